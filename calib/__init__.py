@@ -1,0 +1,1 @@
+"""cmcd_edge.calib stage."""

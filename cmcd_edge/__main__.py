@@ -1,0 +1,3 @@
+from cmcd_edge.cli import main
+
+main()

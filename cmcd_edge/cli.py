@@ -1,0 +1,194 @@
+"""The `cmcd-edge` command line. The only module that sees every stage; each stage is imported inside its command,
+so `cmcd-edge --help` and the device-side commands start fast and work without torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cmcd_edge import __version__
+from cmcd_edge.errors import CmcdError, UserError
+
+log = logging.getLogger("cmcd_edge")
+
+
+class CmcdClickError(click.ClickException):
+    """A domain error as one line on stderr, with the error's own exit code (2 user mistake, 1 environment)."""
+
+    def __init__(self, exc: CmcdError) -> None:
+        super().__init__(str(exc))
+        self.exit_code = exc.exit_code
+
+
+class Group(click.Group):
+    """Turns CmcdError (and, without --debug, any unexpected error) into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:]
+        try:
+            return super().invoke(ctx)
+        except CmcdError as exc:
+            if debug:
+                traceback.print_exc()
+            raise CmcdClickError(exc) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except MemoryError:
+            raise click.ClickException("out of memory: lower --batch-size or the data size") from None
+        except Exception as exc:  # noqa: BLE001  (last resort: never a traceback unless --debug)
+            if debug:
+                raise
+            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)") from None
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """--config FILE: a JSON or TOML file whose keys set any flag of the command (flag name, dashes or underscores)."""
+    if not value:
+        return
+    path = Path(value)
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: expected an object of flag names", param_hint="--config")
+    names = {p.name for p in ctx.command.params}
+    norm = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(norm) - names)
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(unknown)}", param_hint="--config")
+    ctx.default_map = {**(ctx.default_map or {}), **norm}
+
+
+config_option = click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+                             expose_value=False, help="JSON or TOML file setting any of this command's flags.")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="cmcd-edge")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(debug: bool, quiet: bool) -> None:
+    """cmcd-edge: distill a strong source-modality model into a small, fast target-modality model for the edge.
+
+    \b
+    Pipeline:  select-teacher -> distill -> export --int8 -> predict / bench
+    Try:       cmcd-edge demo
+    """
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+def _echo_json_or_table(obj: dict, as_json: bool, table: str) -> None:
+    click.echo(json.dumps(obj, indent=2) if as_json else table)
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+
+
+@main.group()
+def data() -> None:
+    """Inspect, validate and create datasets (numpy multi-view format)."""
+
+
+def _info_table(s: dict) -> str:
+    lines = [f"dataset {s['name']}  ({s['path']})", f"rows {s['rows']}  views {len(s['views'])}  "
+             f"classes {len(s['classes'])}  unlabeled {s['unlabeled']}  groups {s['groups'] or '-'}  "
+             f"fixed splits {'yes' if s['fixed_splits'] else 'no'}", "", f"{'view':<12}{'kind':<10}{'shape':<22}dtype"]
+    for name, v in s["views"].items():
+        lines.append(f"{name:<12}{v['kind']:<10}{str(v['shape']):<22}{v['dtype']}")
+    lines.append("")
+    lines.append("labels  " + "  ".join(f"{c}:{n}" for c, n in s["label_counts"].items()))
+    return "\n".join(lines)
+
+
+@data.command("info")
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_info(dataset: str, as_json: bool) -> None:
+    """Views, kinds, shapes, dtypes, rows, classes, label counts.
+
+    Example: cmcd-edge data info builtin:mfeat
+    """
+    from cmcd_edge import datasets
+
+    s = datasets.load(dataset).summary()
+    _echo_json_or_table(s, as_json, _info_table(s))
+
+
+@data.command("validate")
+@click.argument("dataset")
+def data_validate(dataset: str) -> None:
+    """Check every file and value (shapes, dtypes, alignment, NaN/Inf, label range).
+
+    Example: cmcd-edge data validate ./my-data
+    """
+    from cmcd_edge import datasets
+
+    ds = datasets.load(dataset)
+    datasets.validate(ds)
+    click.echo(f"ok: {ds.spec} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes)")
+
+
+@data.command("from-arrays")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--view", "views", multiple=True, required=True, metavar="NAME=FILE[:KIND]",
+              help="A view from a .npy file or FILE.npz:KEY; KIND vector|sequence|image (default: from ndim).")
+@click.option("--labels", required=True, metavar="FILE", help="Integer labels [N] (.npy, or FILE.npz:KEY); -1 = unlabeled.")
+@click.option("--classes", default=None, help="Comma-separated class names (default 0..K-1).")
+@click.option("--groups", default=None, metavar="FILE", help="Optional group ids [N] (subject, session...).")
+@click.option("--splits", default=None, metavar="FILE", help="Optional fixed splits [N]: 0 train, 1 val, 2 test.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str | None, groups: str | None,
+                     splits: str | None, force: bool) -> None:
+    """Make a dataset folder from loose .npy/.npz arrays.
+
+    Example: cmcd-edge data from-arrays ./my-data --view rgb=rgb.npy --view depth=depth.npy:image --labels y.npy
+    """
+    from cmcd_edge import datasets
+    from cmcd_edge.arrays import load_array, parse_view_arg
+
+    specs = {}
+    for arg in views:
+        name, path, kind = parse_view_arg(arg)
+        arr = load_array(path, "--view")
+        kind = kind or {2: "vector", 3: "sequence", 4: "image"}.get(arr.ndim)
+        if kind is None:
+            raise UserError(f"--view {arg}: cannot infer the kind of a {arr.ndim}-d array; append :vector|:sequence|:image")
+        specs[name] = datasets.ViewSpec(arr, kind)
+    y = load_array(labels, "--labels")
+    names = classes.split(",") if classes else [str(i) for i in range(int(y.max()) + 1 if y.size else 0)]
+    ds = datasets.write_dataset(out, specs, y, names, groups=load_array(groups, "--groups") if groups else None,
+                                splits=load_array(splits, "--splits") if splits else None, force=force)
+    click.echo(f"wrote {out} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes)")
+
+
+# ------------------------------------------------------------------------------------------------------------ demo
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the demo's run, bundle and reports.")
+@click.option("--quick/--full", default=True, show_default=True, help="Quick settings (few epochs, 1 seed).")
+def demo(out: str, quick: bool) -> None:
+    """The whole pipeline on builtin:mfeat, with a summary table.
+
+    Example: cmcd-edge demo --out demo-out
+    """
+    from cmcd_edge import datasets
+
+    ds = datasets.load("builtin:mfeat")
+    click.echo("== data: builtin:mfeat (UCI Multiple Features, CC BY 4.0)")
+    click.echo(_info_table(ds.summary()))

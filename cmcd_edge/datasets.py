@@ -1,0 +1,329 @@
+"""The multi-view dataset format (numpy only, memory-mapped) and the built-in data sets.
+
+    DATASET/
+      dataset.json      {"name", "views": {NAME: {"kind": "vector"|"sequence"|"image"}}, "classes": [...]}
+      views/NAME.npy    rows aligned across views; vector [N, D], sequence [N, C, T], image [N, C, H, W]
+      labels.npy        int64 [N], -1 = unlabeled
+      groups.npy        optional int64 [N]: a group never straddles two splits
+      splits.npy        optional int8 [N]: 0 train, 1 val, 2 test
+
+``builtin:NAME`` resolves to a data set shipped inside the package (``builtin:mfeat``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmcd_edge.errors import DataError
+from cmcd_edge.fsutil import atomic_dir
+
+KIND_NDIM = {"vector": 2, "sequence": 3, "image": 4}
+BUILTIN_ROOT = Path(__file__).parent / "data"
+_CHUNK_ROWS = 4096
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name for p in BUILTIN_ROOT.iterdir() if (p / "dataset.json").is_file())
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """An in-memory view to write: the array and its kind."""
+
+    array: np.ndarray
+    kind: str
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    path: Path
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Row indices of each split, and the labeled rows of the train split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    labeled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    spec: str
+    name: str
+    views: dict[str, ViewInfo]
+    classes: tuple[str, ...]
+    meta: dict[str, Any]
+
+    def view(self, name: str) -> np.ndarray:
+        """The view's array, memory-mapped (read-only): data larger than RAM works."""
+        if name not in self.views:
+            raise DataError(f"{self.spec}: unknown view {name!r}; valid views: {', '.join(self.views)}")
+        return np.load(self.views[name].path, mmap_mode="r")
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return _load_aux(self.root / "labels.npy", self.n_rows)
+
+    @cached_property
+    def groups(self) -> np.ndarray | None:
+        path = self.root / "groups.npy"
+        return _load_aux(path, self.n_rows) if path.exists() else None
+
+    @cached_property
+    def fixed_splits(self) -> np.ndarray | None:
+        path = self.root / "splits.npy"
+        return _load_aux(path, self.n_rows) if path.exists() else None
+
+    @property
+    def n_rows(self) -> int:
+        return next(iter(self.views.values())).shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """sha256 over dataset.json and every array file (what a cache or a run records of its data)."""
+        h = hashlib.sha256()
+        for path in [self.root / "dataset.json", *sorted(self.root.glob("*.npy")), *sorted(self.root.glob("views/*.npy"))]:
+            h.update(path.name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        labels = np.asarray(self.labels)
+        counts = {c: int((labels == i).sum()) for i, c in enumerate(self.classes)}
+        return {
+            "name": self.name,
+            "path": str(self.root),
+            "rows": self.n_rows,
+            "views": {v.name: {"kind": v.kind, "shape": list(v.shape), "dtype": v.dtype} for v in self.views.values()},
+            "classes": list(self.classes),
+            "label_counts": counts,
+            "unlabeled": int((labels < 0).sum()),
+            "groups": None if self.groups is None else int(len(np.unique(self.groups))),
+            "fixed_splits": self.fixed_splits is not None,
+        }
+
+
+def _load_aux(path: Path, n_rows: int) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    if arr.ndim != 1 or arr.shape[0] != n_rows:
+        raise DataError(f"{path}: expected shape [{n_rows}] (one entry per row), got {list(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{path}: expected integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def resolve(spec: str | Path) -> Path:
+    """Map ``builtin:NAME`` or a folder path to the dataset folder."""
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        path = BUILTIN_ROOT / name
+        if not (path / "dataset.json").is_file():
+            raise DataError(f"unknown builtin dataset {spec!r}; valid: {', '.join('builtin:' + n for n in builtin_names())}")
+        return path
+    path = Path(spec)
+    if not path.is_dir():
+        raise DataError(f"{spec}: no such dataset folder")
+    if not (path / "dataset.json").is_file():
+        raise DataError(f"{path / 'dataset.json'}: missing (a dataset folder needs dataset.json; see `cmcd-edge data from-arrays`)")
+    return path
+
+
+def load(spec: str | Path) -> Dataset:
+    """Open a dataset: reads dataset.json and array headers only (cheap); ``validate`` checks the values."""
+    root = resolve(spec)
+    meta_path = root / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("views"), dict) or not meta["views"]:
+        raise DataError(f"{meta_path}: needs a non-empty \"views\" object")
+    if not isinstance(meta.get("classes"), list) or not meta["classes"]:
+        raise DataError(f"{meta_path}: needs a non-empty \"classes\" list")
+    views: dict[str, ViewInfo] = {}
+    for name, vmeta in meta["views"].items():
+        path = root / "views" / f"{name}.npy"
+        kind = vmeta.get("kind") if isinstance(vmeta, dict) else None
+        if kind not in KIND_NDIM:
+            raise DataError(f"{meta_path}: view {name!r} has kind {kind!r}; valid kinds: {', '.join(KIND_NDIM)}")
+        if not path.is_file():
+            raise DataError(f"{path}: missing (listed in dataset.json)")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+        _check_view(path, arr, kind)
+        views[name] = ViewInfo(name, kind, tuple(arr.shape), str(arr.dtype), path)
+    rows = {v.shape[0] for v in views.values()}
+    if len(rows) > 1:
+        detail = ", ".join(f"{v.name}: {v.shape[0]}" for v in views.values())
+        raise DataError(f"{root}: views have different row counts ({detail}); rows must be aligned across views")
+    ds = Dataset(root, str(spec), str(meta.get("name", root.name)), views, tuple(str(c) for c in meta["classes"]), meta)
+    _check_labels(root / "labels.npy", ds.labels, ds.n_classes)
+    if ds.fixed_splits is not None and not np.isin(ds.fixed_splits, (0, 1, 2)).all():
+        raise DataError(f"{root / 'splits.npy'}: values must be 0 (train), 1 (val) or 2 (test)")
+    return ds
+
+
+def _check_view(path: Path, arr: np.ndarray, kind: str) -> None:
+    if arr.ndim != KIND_NDIM[kind]:
+        layout = {"vector": "[N, D]", "sequence": "[N, C, T]", "image": "[N, C, H, W]"}[kind]
+        raise DataError(f"{path}: a {kind} view must be {layout}, got shape {list(arr.shape)}")
+    if arr.size == 0:
+        raise DataError(f"{path}: empty view (shape {list(arr.shape)})")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{path}: dtype {arr.dtype} is not numeric")
+
+
+def _check_labels(path: Path, labels: np.ndarray, n_classes: int) -> None:
+    bad = (labels < -1) | (labels >= n_classes)
+    if bad.any():
+        raise DataError(f"{path}: label {int(labels[bad][0])} out of range; expected -1 (unlabeled) or 0..{n_classes - 1}")
+
+
+def validate(ds: Dataset) -> None:
+    """Full value check, chunked so memory-mapped views larger than RAM are fine: no NaN or Inf anywhere."""
+    for info in ds.views.values():
+        arr = ds.view(info.name)
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        for start in range(0, arr.shape[0], _CHUNK_ROWS):
+            block = np.asarray(arr[start:start + _CHUNK_ROWS])
+            finite = np.isfinite(block)
+            if not finite.all():
+                row = start + int(np.argwhere(~finite)[0][0])
+                raise DataError(f"{info.path}: NaN or Inf at row {row}")
+
+
+def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarray, classes: list[str], *,
+                  name: str | None = None, groups: np.ndarray | None = None, splits: np.ndarray | None = None,
+                  force: bool = False, extra: dict[str, Any] | None = None) -> Dataset:
+    """Write a dataset folder atomically, after checking everything a reader would check."""
+    out = Path(out)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise DataError(f"labels: expected integers, got dtype {labels.dtype}")
+    if not views:
+        raise DataError("at least one view is needed")
+    for vname, spec in views.items():
+        if spec.kind not in KIND_NDIM:
+            raise DataError(f"view {vname}: unknown kind {spec.kind!r}; valid kinds: {', '.join(KIND_NDIM)}")
+        _check_view(Path(f"view {vname}"), spec.array, spec.kind)
+        if spec.array.shape[0] != labels.shape[0]:
+            raise DataError(f"view {vname}: {spec.array.shape[0]} rows but labels have {labels.shape[0]}")
+        if np.issubdtype(spec.array.dtype, np.floating) and not np.isfinite(spec.array).all():
+            raise DataError(f"view {vname}: contains NaN or Inf")
+    _check_labels(Path("labels"), labels, len(classes))
+    meta = {"name": name or out.name, "views": {v: {"kind": s.kind} for v, s in views.items()},
+            "classes": [str(c) for c in classes], **(extra or {})}
+    with atomic_dir(out, force=force) as tmp:
+        (tmp / "views").mkdir()
+        for vname, spec in views.items():
+            np.save(tmp / "views" / f"{vname}.npy", np.ascontiguousarray(spec.array))
+        np.save(tmp / "labels.npy", labels.astype(np.int64))
+        for fname, arr, dtype in (("groups.npy", groups, np.int64), ("splits.npy", splits, np.int8)):
+            if arr is not None:
+                np.save(tmp / fname, np.asarray(arr).astype(dtype))
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        load(tmp)  # the reader must accept what we wrote
+    return load(out)
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+
+
+def make_splits(ds: Dataset, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                labeled_fraction: float = 1.0) -> Splits:
+    """Train/val/test row indices: ``splits.npy`` when the dataset has one, else seeded and stratified by label,
+    group-aware when ``groups.npy`` exists (whole groups go to one split). Then ``sample_labeled`` on train."""
+    labels = np.asarray(ds.labels)
+    if ds.fixed_splits is not None:
+        fixed = ds.fixed_splits
+        train, val, test = (np.flatnonzero(fixed == k) for k in (0, 1, 2))
+    elif ds.groups is not None:
+        train, val, test = _group_split(np.asarray(ds.groups), fractions, seed)
+    else:
+        train, val, test = _stratified_split(labels, fractions, seed)
+    for name, idx in (("train", train), ("val", val), ("test", test)):
+        if idx.size == 0:
+            raise DataError(f"{ds.spec}: the {name} split is empty ({ds.n_rows} rows); add rows or fix splits.npy")
+    labeled = sample_labeled(train, labels, labeled_fraction, seed)
+    return Splits(train, val, test, labeled)
+
+
+def _stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int):
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_train = int(round(fractions[0] * len(idx)))
+        n_val = int(round(fractions[1] * len(idx)))
+        for k, chunk in enumerate((idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
+            parts[k].append(chunk)
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+
+
+def _group_split(groups: np.ndarray, fractions: tuple[float, float, float], seed: int):
+    rng = np.random.default_rng(seed)
+    uniq = rng.permutation(np.unique(groups))
+    cuts = np.cumsum([round(f * len(uniq)) for f in fractions[:2]])
+    assign = np.split(uniq, cuts)
+    return tuple(np.flatnonzero(np.isin(groups, g)).astype(np.int64) for g in assign)
+
+
+def sample_labeled(train: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded, stratified ``fraction`` of the labeled train rows, with at least one row of each class present."""
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"labeled fraction {fraction} is outside (0, 1]")
+    rng = np.random.default_rng(seed + 7919)
+    picked = []
+    for cls in np.unique(labels[train]):
+        if cls < 0:
+            continue
+        idx = train[labels[train] == cls]
+        n = max(1, int(round(fraction * len(idx))))
+        picked.append(rng.choice(idx, size=n, replace=False))
+    if not picked:
+        raise DataError("the train split has no labeled rows")
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def norm_stats(arr: np.ndarray, rows: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std from ``rows`` (the train split): per feature for vectors, per channel for sequences/images.
+    Shapes broadcast against one sample: vector [D], sequence [C, 1], image [C, 1, 1]."""
+    x = np.asarray(arr[np.sort(rows)], dtype=np.float64)
+    axes = {"vector": (0,), "sequence": (0, 2), "image": (0, 2, 3)}[kind]
+    mean, std = x.mean(axis=axes, keepdims=True)[0], x.std(axis=axes, keepdims=True)[0]
+    std = np.where(std < 1e-6, 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -1,0 +1,23 @@
+"""Re-export of the error hierarchy (defined in cmcd_edge.runtime.errors, the bottom layer)."""
+
+from cmcd_edge.runtime.errors import (
+    AccuracyGateError,
+    BundleError,
+    CmcdError,
+    DataError,
+    EnvironmentFailure,
+    InputShapeError,
+    UserError,
+    missing_extra,
+)
+
+__all__ = [
+    "AccuracyGateError",
+    "BundleError",
+    "CmcdError",
+    "DataError",
+    "EnvironmentFailure",
+    "InputShapeError",
+    "UserError",
+    "missing_extra",
+]
