@@ -175,6 +175,95 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
     click.echo(f"wrote {out} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes)")
 
 
+# --------------------------------------------------------------------------------------------------------- distill
+
+
+def _require(module: str, extra: str) -> None:
+    import importlib.util
+
+    from cmcd_edge.errors import missing_extra
+
+    if importlib.util.find_spec(module) is None:
+        raise missing_extra(module, extra)
+
+
+def _distill_options(fn):
+    opts = [
+        click.option("--data", required=True, help="Dataset folder or builtin:NAME."),
+        click.option("--source", required=True, help="Source (teacher) view, or 'auto' (best by select-teacher)."),
+        click.option("--target", required=True, help="Target (student) view."),
+        click.option("--labeled-fraction", type=float, default=0.1, show_default=True,
+                     help="Fraction of target train rows with labels."),
+        click.option("--teacher", default="train", show_default=True,
+                     help="'train', a TorchScript .pt / ExportedProgram .pt2 file, or pkg.module:factory."),
+        click.option("--epochs", type=int, default=60, show_default=True),
+        click.option("--finetune", type=click.Choice(["head", "full", "none"]), default="head", show_default=True),
+        click.option("--student", default="auto", show_default=True, help="mlp | cnn1d | cnn2d | auto (by view kind)."),
+        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        config_option,
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _make_config(method: str, **kw):
+    from cmcd_edge.distill.config import DistillConfig
+
+    return DistillConfig(method=method, **kw)
+
+
+@main.command()
+@_distill_options
+@click.option("--method", default="cmcd", show_default=True,
+              help="cmcd | cmd | cmc | kd | fitnet | rkd | crd | supervised")
+@click.option("--recipe", default=None, help="Override the loss recipe, e.g. '1.0*cmd+0.5*cmc+1.0*ce'.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--resume", is_flag=True, help="Continue a killed run in --out from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Replace an existing run in --out.")
+def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
+    """Train a compact target-view student from a frozen source-view teacher.
+
+    Example: cmcd-edge distill --data builtin:mfeat --source fac --target zer --out runs/zer
+    """
+    _require("torch", "train")
+    from cmcd_edge.distill.pipeline import run_distill
+
+    ranking = None
+    if source == "auto":
+        from cmcd_edge.distill.select import best_source
+
+        source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"])
+        click.echo(f"--source auto: {source} (top of the CCH ranking)")
+    cfg = _make_config(source=source, **kw)
+    res = run_distill(cfg, Path(out), resume=resume, force=force, ranking=ranking)
+    m = res.metrics
+    click.echo(f"{m['recipe']}\n{cfg.method}: {cfg.source} -> {cfg.target}  test top-1 {100 * m['test_accuracy']:.1f}%  "
+               f"macro-F1 {100 * m['test_macro_f1']:.1f}%  teacher {100 * (m['teacher_test_accuracy'] or 0):.1f}%  "
+               f"params {m['params']:,}  MACs {m['macs']:,}  ({m['wall_s']:.1f}s) -> {out}")
+
+
+@main.command()
+@_distill_options
+@click.option("--methods", default="cmcd,cmd,cmc,kd,fitnet,rkd,crd,supervised", show_default=True)
+@click.option("--seeds", type=int, default=3, show_default=True, help="Number of seeds (seed, seed+1, ...).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.json/.md and runs.")
+@click.option("--force", is_flag=True, help="Recompute an existing comparison.")
+def compare(methods: str, seeds: int, out: str, force: bool, **kw) -> None:
+    """Compare methods over seeds under one protocol (teachers shared per seed).
+
+    Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
+    """
+    _require("torch", "train")
+    from cmcd_edge.distill.compare import results_markdown, run_compare
+
+    res = run_compare(_make_config("cmcd", **kw), [m.strip() for m in methods.split(",") if m.strip()], seeds,
+                      Path(out), force=force)
+    click.echo(results_markdown(res))
+
+
 # ------------------------------------------------------------------------------------------------------------ demo
 
 

@@ -1,0 +1,120 @@
+"""`cmcd-edge compare`: methods x seeds under one protocol. Each seed's teacher is trained once and shared by every
+method; a killed compare resumes (finished runs are kept). Writes results.json and results.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cmcd_edge import datasets
+from cmcd_edge.distill import engine
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.losses import METHODS
+from cmcd_edge.distill.pipeline import run_distill
+from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
+from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import write_json, write_text
+from cmcd_edge.registry import check_choice
+
+log = logging.getLogger(__name__)
+UPPER = "supervised@100%"
+
+
+def _stats(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "runs": list(values)}
+
+
+def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
+    """The seed's teacher, trained (or loaded) once and cached in ``folder``."""
+    cached = TeacherOutputs.load(folder)
+    if cached is not None:
+        return cached
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = datasets.load(cfg.data)
+    cfg.check_against(ds)
+    splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
+    device = engine.pick_device(cfg.device)
+    if cfg.teacher == "train":
+        t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
+                          dist=engine.Dist(), out=folder)
+    else:
+        t = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
+    t.save(folder)
+    return t
+
+
+def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, *, force: bool = False,
+                upper_bound: bool = True) -> dict:
+    for m in methods:
+        check_choice("method", m, METHODS)
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    if (out / "results.json").exists() and not force:
+        raise UserError(f"--out {out} already holds results.json: pass --force to recompute")
+    if force and out.exists():
+        shutil.rmtree(out)
+    seed_list = [base.seed + i for i in range(seeds)]
+    acc: dict[str, list[float]] = {m: [] for m in methods}
+    f1: dict[str, list[float]] = {m: [] for m in methods}
+    wall: dict[str, float] = {m: 0.0 for m in methods}
+    teacher_acc, extra_runs = [], list(methods) + ([UPPER] if upper_bound else [])
+    acc[UPPER], f1[UPPER], wall[UPPER] = [], [], 0.0
+    for seed in seed_list:
+        cfg_s = dataclasses.replace(base, seed=seed)
+        t0 = time.perf_counter()
+        teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}")
+        log.info("seed %d: teacher %s test accuracy %.4f (%.1fs)", seed, base.source, teacher.test_accuracy or float("nan"),
+                 time.perf_counter() - t0)
+        teacher_acc.append(teacher.test_accuracy)
+        for m in extra_runs:
+            cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
+                dataclasses.replace(cfg_s, method=m)
+            run_dir = out / "runs" / f"{m.replace('@100%', '-all-labels')}-s{seed}"
+            res = _finished(run_dir) or run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
+            acc[m].append(res["test_accuracy"])
+            f1[m].append(res["test_macro_f1"])
+            wall[m] += res["wall_s"]
+            log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)", m, seed, res["test_accuracy"], res["wall_s"])
+    results = {
+        "data": base.data, "source": base.source, "target": base.target, "labeled_fraction": base.labeled_fraction,
+        "seeds": seed_list, "teacher_test_accuracy": _stats([a for a in teacher_acc if a is not None] or [float("nan")]),
+        "methods": {m: {"test_accuracy": _stats(acc[m]), "test_macro_f1": _stats(f1[m]), "wall_s": round(wall[m], 2)}
+                    for m in methods},
+        "upper_bound": {"method": UPPER, "test_accuracy": _stats(acc[UPPER]), "wall_s": round(wall[UPPER], 2)}
+        if upper_bound else None,
+        "config": base.to_json(),
+    }
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", results_markdown(results))
+    return results
+
+
+def _finished(run_dir: Path) -> dict | None:
+    import json
+
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def results_markdown(r: dict) -> str:
+    sup = r["methods"].get("supervised", {}).get("test_accuracy", {}).get("mean")
+    lines = [f"{r['source']} -> {r['target']} on {r['data']}, {r['labeled_fraction']:.0%} target labels, "
+             f"seeds {r['seeds']}; teacher ({r['source']}) test top-1 "
+             f"{100 * r['teacher_test_accuracy']['mean']:.1f} +- {100 * r['teacher_test_accuracy']['std']:.1f}", "",
+             "| method | test top-1 (%) | macro-F1 (%) | vs supervised | wall s |", "|---|---|---|---|---|"]
+    rows = list(r["methods"].items())
+    if r.get("upper_bound"):
+        rows.append((r["upper_bound"]["method"], r["upper_bound"]))
+    for m, v in rows:
+        a = v["test_accuracy"]
+        f = v.get("test_macro_f1")
+        delta = f"{100 * (a['mean'] - sup):+.1f}" if sup is not None and m != "supervised" else ""
+        f1s = f"{100 * f['mean']:.1f} +- {100 * f['std']:.1f}" if f else ""
+        lines.append(f"| {m} | {100 * a['mean']:.1f} +- {100 * a['std']:.1f} | {f1s} | {delta} | {v['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""The distill stage's one config: frozen, validated on creation, saved as run.json next to every run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from cmcd_edge.datasets import Dataset
+from cmcd_edge.distill.losses import METHODS, LossParams, parse_recipe
+from cmcd_edge.errors import UserError
+from cmcd_edge.registry import check_choice
+
+DEVICES = ("auto", "cpu", "cuda")
+FINETUNE = ("head", "full", "none")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    data: str
+    source: str
+    target: str
+    method: str = "cmcd"
+    recipe: str | None = None  # overrides the method's recipe, e.g. "1.0*cmd+0.5*cmc+1.0*ce"
+    labeled_fraction: float = 0.1
+    teacher: str = "train"  # "train" | PATH.pt | PATH.pt2 | pkg.module:factory
+    seed: int = 0
+    device: str = "auto"
+    student: str = "auto"  # a registered architecture, or auto by the target view's kind
+    embed_dim: int = 128
+    width: int | None = None
+    depth: int | None = None
+    epochs: int = 60
+    finetune: str = "head"
+    finetune_epochs: int = 30
+    teacher_epochs: int = 80
+    batch_size: int = 128
+    labeled_batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 25
+    max_batch_bytes: int = 2 << 30  # refuse batches whose activations would not fit (clear advice instead of OOM)
+    loss: LossParams = LossParams()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", _loss_params(self.loss))
+        check_choice("method", self.method, METHODS)
+        if self.recipe:
+            parse_recipe(self.recipe)
+        if not 0.0 < self.labeled_fraction <= 1.0:
+            raise UserError(f"--labeled-fraction {self.labeled_fraction} is outside (0, 1]")
+        if self.device not in DEVICES:
+            raise UserError(f"--device {self.device!r}; valid: {', '.join(DEVICES)}")
+        if self.finetune not in FINETUNE:
+            raise UserError(f"--finetune {self.finetune!r}; valid: {', '.join(FINETUNE)}")
+        for name in ("epochs", "teacher_epochs", "batch_size", "labeled_batch_size", "embed_dim", "patience"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.finetune_epochs < 0:
+            raise UserError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        if self.source == self.target:
+            raise UserError(f"--source and --target are the same view ({self.source!r}); distill across two views")
+
+    @property
+    def terms(self) -> list[tuple[float, str]]:
+        return parse_recipe(self.recipe) if self.recipe else METHODS[self.method]
+
+    def check_against(self, ds: Dataset) -> None:
+        """Checks that need the data: the views exist, the source view has labels to train a teacher."""
+        for flag, view in (("--source", self.source), ("--target", self.target)):
+            if view not in ds.views:
+                raise UserError(f"{flag} {view!r}: no such view in {ds.spec}; valid views: {', '.join(ds.views)}")
+        if (ds.labels >= 0).sum() == 0:
+            raise UserError(f"{ds.spec}: has no labels; a teacher cannot be trained and nothing can be evaluated")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"config has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def training_key(self) -> dict:
+        """What must match for --resume to continue a run (everything but the device)."""
+        d = self.to_json()
+        d.pop("device")
+        return d
+
+
+def _loss_params(d: dict) -> LossParams:
+    known = {f.name for f in fields(LossParams)}
+    unknown = set(d) - known
+    if unknown:
+        raise UserError(f"loss config has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+    return LossParams(**d)

@@ -1,0 +1,248 @@
+"""One distill run: teacher -> distill (recipe on all paired train rows + CE on the labeled ones) -> fine-tune on the
+labeled rows -> test evaluation -> run directory (run.json, student/teacher safetensors + JSON, metrics, history)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmcd_edge import __version__, datasets
+from cmcd_edge.distill import engine, students
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.evaluate import macro_f1, modality_gap
+from cmcd_edge.distill.losses import LossDims, Pair, Recipe
+from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher, view_tensor
+from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import write_bytes, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+class DistillModel(nn.Module):
+    """Student + recipe (whose losses own projectors, queues, memory banks): one module, so DDP wraps it whole."""
+
+    def __init__(self, student: students.Net, recipe: Recipe) -> None:
+        super().__init__()
+        self.student, self.recipe = student, recipe
+
+    def forward(self, x_pair, t_emb, t_logits, idx, x_lab, y_lab):
+        n_pair = x_pair.shape[0]
+        logits, emb = self.student.forward_both(torch.cat([x_pair, x_lab]))  # one pass: BN sees both batches
+        pair = Pair(emb[:n_pair], logits[:n_pair], t_emb, t_logits, idx, logits[n_pair:], y_lab)
+        return self.recipe(pair)
+
+
+@dataclass
+class RunResult:
+    metrics: dict
+    out: Path | None
+
+
+def versions() -> dict:
+    import onnxruntime
+
+    return {"cmcd_edge": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> dict | None:
+    """Check the run folder against the flags; return the checkpoint to resume from (or None)."""
+    run_json = out / "run.json"
+    if resume:
+        if not run_json.exists():
+            raise UserError(f"--resume: {out} holds no run to resume (no run.json)")
+        old = json.loads(run_json.read_text())["config"]
+        old_cfg = DistillConfig.from_json(old)
+        if old_cfg.training_key() != cfg.training_key():
+            diff = sorted(k for k, v in cfg.training_key().items() if old_cfg.training_key().get(k) != v)
+            raise UserError(f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
+                            "rerun with the same flags, or use a new --out")
+        return engine.Checkpoint(out / "checkpoint.pt").load() or {}
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            done = (out / "metrics.json").exists()
+            hint = "pass --force to replace it" if done else "pass --resume to continue it, or --force to replace it"
+            raise UserError(f"--out {out} already holds a {'finished' if done else 'partial'} run: {hint}")
+        shutil.rmtree(out)
+    return None
+
+
+def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, force: bool = False,
+                teacher: TeacherOutputs | None = None, ranking: dict | None = None) -> RunResult:
+    t0 = time.perf_counter()
+    ds = datasets.load(cfg.data)
+    cfg.check_against(ds)
+    device = engine.pick_device(cfg.device)
+    dist = engine.setup_distributed(device)
+    ckpt_state = prepare_out(out, cfg, resume, force) if (out is not None and dist.main) else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
+    if out is not None and dist.main and not resume:
+        write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
+
+    if teacher is None and out is not None:
+        teacher = TeacherOutputs.load(out)
+    if teacher is None:
+        if cfg.teacher == "train":
+            teacher = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
+                                    dist=dist, out=out)
+        else:
+            teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
+        if out is not None and dist.main:
+            teacher.save(out)
+    if teacher.emb.shape[0] != ds.n_rows:
+        raise UserError(f"teacher gives {teacher.emb.shape[0]} rows, the data has {ds.n_rows}")
+
+    recipe_terms = cfg.terms
+    if teacher.logits is None and any(n == "kd" for _, n in recipe_terms):
+        raise UserError(f"--method {cfg.method}: needs teacher logits (kd term); this teacher gives embeddings only")
+    info = ds.views[cfg.target]
+    arch = students.ARCH_FOR_KIND[info.kind] if cfg.student == "auto" else cfg.student
+    spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, arch=arch, embed_dim=cfg.embed_dim,
+                                 width=cfg.width, depth=cfg.depth)
+    engine.check_batch_memory(cfg.batch_size + cfg.labeled_batch_size, int(np.prod(info.sample_shape)), spec.width,
+                              cfg.max_batch_bytes)
+    engine.seed_everything(cfg.seed)
+    student = students.build(spec)
+    student.set_normalization(*datasets.norm_stats(ds.view(cfg.target), splits.train, info.kind))
+    recipe = Recipe(recipe_terms, LossDims(spec.embed_dim, teacher.emb.shape[1], ds.n_classes, ds.n_rows),
+                    cfg.loss)
+    model = DistillModel(student, recipe).to(device)
+    log.info("%s  (%s -> %s, %s)", recipe, cfg.source, cfg.target, arch)
+
+    x = view_tensor(ds, cfg.target).to(device)
+    y = torch.as_tensor(np.asarray(ds.labels)).to(device)
+    t_emb, t_logits = teacher.emb.to(device), None if teacher.logits is None else teacher.logits.to(device)
+    train, lab = torch.as_tensor(splits.train, device=device), torch.as_tensor(splits.labeled, device=device)
+    val = torch.as_tensor(splits.val, device=device)
+    wrapped = model
+    if dist.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def evaluate():
+        return engine.accuracy_and_loss(engine.predict_logits(student, x[val]), y[val])
+
+    def shard(t: torch.Tensor) -> torch.Tensor:
+        return t[dist.rank::dist.world]
+
+    def distill_step(gen: torch.Generator):
+        pick = shard(train[torch.randperm(len(train), generator=gen)[: cfg.batch_size].to(device)])
+        lpick = shard(lab[torch.randint(0, len(lab), (cfg.labeled_batch_size,), generator=gen).to(device)])
+        with engine.autocast(device):
+            return wrapped(x[pick], t_emb[pick], None if t_logits is None else t_logits[pick], pick, x[lpick], y[lpick])
+
+    ckpt = engine.Checkpoint(out / "checkpoint.pt" if out is not None else None)
+    resume_state = ckpt_state or None
+    history: list[dict] = []
+    steps = max(1, len(train) // cfg.batch_size)
+    if not (resume_state and resume_state.get("phase") == "finetune"):
+        phase = engine.PhaseSpec("distill", cfg.epochs, cfg.lr, cfg.weight_decay, cfg.patience, steps, cfg.seed)
+        res = engine.run_phase(phase, model, distill_step, evaluate, ckpt, dist, resume=resume_state)
+        model.load_state_dict(res.best_state)
+        history += res.history
+    else:
+        history += [r for r in resume_state["history"] if r["phase"] == "distill"]
+    if cfg.finetune != "none" and cfg.finetune_epochs > 0:
+        history += _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device)
+
+    wall = time.perf_counter() - t0
+    metrics = _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall)
+    if out is not None and dist.main:
+        _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, ranking)
+    return RunResult(metrics, out)
+
+
+def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device) -> list[dict]:
+    """Fine-tune the head (or the whole student) on the labeled rows; the distilled state competes as epoch 0."""
+    head_only = cfg.finetune == "head"
+    params = list(student.head.parameters()) if head_only else list(student.parameters())
+
+    def step(gen: torch.Generator):
+        if head_only:
+            student.norm.eval()
+            student.encoder.eval()
+        pick = lab[torch.randint(0, len(lab), (min(cfg.labeled_batch_size, len(lab)),), generator=gen).to(device)]
+        with engine.autocast(device):
+            return torch.nn.functional.cross_entropy(student(x[pick]), y[pick]), {}
+
+    lr = 1e-3 if head_only else cfg.lr / 3
+    start = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    phase = engine.PhaseSpec("finetune", cfg.finetune_epochs, lr, cfg.weight_decay, cfg.patience,
+                             max(1, len(lab) // cfg.labeled_batch_size), cfg.seed + 1)
+
+    class _Wrap(nn.Module):  # checkpoint the distill model's student under the same key layout
+        def __init__(self):
+            super().__init__()
+            self.student = student
+
+    wrap = _Wrap()
+    start_state = {f"student.{k}": v for k, v in start.items()}
+    res = engine.run_phase(phase, wrap, step, evaluate, ckpt, dist, params=params, resume=resume_state,
+                           start_state=start_state)
+    wrap.load_state_dict(res.best_state)
+    return res.history
+
+
+@torch.no_grad()
+def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall) -> dict:
+    test = torch.as_tensor(splits.test, device=x.device)
+    logits = engine.predict_logits(student, x[test]).cpu()
+    yt = y[test].cpu()
+    pred = logits.argmax(1).numpy()
+    student.eval()
+    s_emb = torch.cat([student.embed(x[i:i + 1024]).float().cpu() for i in range(0, x.shape[0], 1024)]).numpy()
+    gap = modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test, seed=cfg.seed)
+    size = students.measure(student.cpu(), spec.in_shape)
+    student.to(x.device)
+    return {"method": cfg.method, "recipe": str(Recipe.__str__(_FakeRecipe(cfg.terms))), "source": cfg.source,
+            "target": cfg.target, "seed": cfg.seed, "labeled_fraction": cfg.labeled_fraction,
+            "labeled_rows": int(len(splits.labeled)), "test_accuracy": float((pred == yt.numpy()).mean()),
+            "test_macro_f1": macro_f1(pred, yt.numpy(), ds.n_classes),
+            "teacher_test_accuracy": teacher.test_accuracy, "params": size.params, "macs": size.macs,
+            "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}
+
+
+class _FakeRecipe:
+    """Just enough of a Recipe for its __str__ (weights and names)."""
+
+    def __init__(self, terms):
+        self.weights, self.names = [float(w) for w, _ in terms], [n for _, n in terms]
+
+
+def _run_json(cfg, ds, splits, teacher, status: str) -> dict:
+    return {"config": cfg.to_json(), "status": status, "versions": versions(), "data_fingerprint": ds.fingerprint(),
+            "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+                                         "labeled": len(splits.labeled)},
+            "teacher": None if teacher is None else teacher.info}
+
+
+def _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, ranking) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    write_bytes(out / "student.safetensors", save(state))
+    write_json(out / "student.json", {**spec.to_json(), "view": cfg.target, "view_kind": ds.views[cfg.target].kind,
+                                      "classes": list(ds.classes)})
+    if history:
+        buf = io.StringIO()
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+        write_text(out / "history.csv", buf.getvalue())
+    if ranking is None and (out / "run.json").exists():  # a resumed run keeps the ranking it started with
+        ranking = json.loads((out / "run.json").read_text()).get("source_ranking")
+    write_json(out / "run.json", {**_run_json(cfg, ds, splits, teacher, "done"), "source_ranking": ranking})
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run

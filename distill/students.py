@@ -1,0 +1,217 @@
+"""Compact students (and the larger teachers) by view kind, each built from a JSON-able spec (no pickle).
+
+Every network is ``Normalize -> encoder -> embedding (B, E) -> linear head (B, K)``: the view's train-split mean and
+std are buffers of the network, so an exported graph takes raw samples. ``forward`` returns logits; ``embed`` the
+embedding; ``forward_both`` both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from cmcd_edge.errors import UserError
+from cmcd_edge.registry import Registry
+
+ARCH_FOR_KIND = {"vector": "mlp", "sequence": "cnn1d", "image": "cnn2d"}
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Everything needed to rebuild a network: saved as student.json / teacher.json beside the safetensors."""
+
+    arch: str
+    in_shape: tuple[int, ...]  # one sample, e.g. (47,), (6, 256), (1, 16, 15)
+    num_classes: int
+    embed_dim: int = 128
+    width: int = 96
+    depth: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_shape", tuple(int(d) for d in self.in_shape))
+        if self.arch not in STUDENTS:
+            STUDENTS.get(self.arch)  # raises with the valid names
+        for name in ("num_classes", "embed_dim", "width", "depth"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "in_shape": list(self.in_shape)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> NetSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"network spec has unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+STUDENTS: Registry = Registry("student architecture")
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with per-feature (vector) or per-channel (sequence, image) statistics as buffers."""
+
+    def __init__(self, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        stat_shape = (in_shape[0],) + (1,) * (len(in_shape) - 1)
+        self.register_buffer("mean", torch.zeros(stat_shape))
+        self.register_buffer("std", torch.ones(stat_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+class Net(nn.Module):
+    def __init__(self, spec: NetSpec, encoder: nn.Module, feat_dim: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.norm = Normalize(spec.in_shape)
+        self.encoder = encoder
+        self.to_embed = nn.Linear(feat_dim, spec.embed_dim)
+        self.head = nn.Linear(spec.embed_dim, spec.num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.to_embed(self.encoder(self.norm(x))))  # (B, E)
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.embed(x)
+        return self.head(e), e  # (B, K), (B, E)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))  # (B, K)
+
+    def set_normalization(self, mean, std) -> None:
+        self.norm.mean.copy_(torch.as_tensor(mean).reshape(self.norm.mean.shape))
+        self.norm.std.copy_(torch.as_tensor(std).reshape(self.norm.std.shape))
+
+
+def build(spec: NetSpec) -> Net:
+    encoder, feat_dim = STUDENTS.get(spec.arch)(spec)
+    return Net(spec, encoder, feat_dim)
+
+
+# ------------------------------------------------------------------------------------------------ mlp (vectors)
+
+
+@STUDENTS.register("mlp")
+def mlp(spec: NetSpec) -> tuple[nn.Module, int]:
+    """depth x (Linear -> BatchNorm -> ReLU -> Dropout) on a feature vector (B, D)."""
+    if len(spec.in_shape) != 1:
+        raise UserError(f"mlp takes vector views [N, D]; got sample shape {list(spec.in_shape)}")
+    layers: list[nn.Module] = []
+    d = spec.in_shape[0]
+    for _ in range(spec.depth):
+        layers += [nn.Linear(d, spec.width), nn.BatchNorm1d(spec.width), nn.ReLU(), nn.Dropout(spec.dropout)]
+        d = spec.width
+    return nn.Sequential(*layers), d
+
+
+# ------------------------------------------------------------------------------------------- cnn1d (sequences)
+
+
+class SeparableBlock1d(nn.Module):
+    """Depthwise (k=5) then pointwise conv, BN, ReLU; stride 2 halves T. Residual when shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv1d(c_in, c_in, 5, stride=stride, padding=2, groups=c_in, bias=False)
+        self.pw = nn.Conv1d(c_in, c_out, 1, bias=False)
+        self.bn = nn.BatchNorm1d(c_out)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T)
+        y = torch.relu(self.bn(self.pw(self.dw(x))))
+        return x + y if self.residual else y
+
+
+@STUDENTS.register("cnn1d")
+def cnn1d(spec: NetSpec) -> tuple[nn.Module, int]:
+    """Stem conv, then depth x (a strided and a plain depthwise-separable block), global average pool -> (B, W)."""
+    if len(spec.in_shape) != 2:
+        raise UserError(f"cnn1d takes sequence views [N, C, T]; got sample shape {list(spec.in_shape)}")
+    c, w = spec.in_shape[0], spec.width // 2
+    layers: list[nn.Module] = [nn.Conv1d(c, w, 5, stride=2, padding=2, bias=False), nn.BatchNorm1d(w), nn.ReLU()]
+    for i in range(spec.depth):
+        w_out = min(spec.width, w * 2) if i else w
+        layers += [SeparableBlock1d(w, w_out, 2), SeparableBlock1d(w_out, w_out, 1)]
+        w = w_out
+    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten()]
+    return nn.Sequential(*layers), w
+
+
+# ---------------------------------------------------------------------------------------------- cnn2d (images)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (x4), 3x3 depthwise (stride s), 1x1 project; residual when s=1 and C equal."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+        )
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+@STUDENTS.register("cnn2d")
+def cnn2d(spec: NetSpec) -> tuple[nn.Module, int]:
+    """Stem 3x3 conv (stride 2 on large inputs), depth x (strided + plain inverted residual), global pool."""
+    if len(spec.in_shape) != 3:
+        raise UserError(f"cnn2d takes image views [N, C, H, W]; got sample shape {list(spec.in_shape)}")
+    c, h = spec.in_shape[0], min(spec.in_shape[1:])
+    w = max(8, spec.width // 4)
+    stem_stride = 2 if h >= 32 else 1
+    layers: list[nn.Module] = [nn.Conv2d(c, w, 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(w),
+                               nn.ReLU6()]
+    for i in range(spec.depth):
+        w_out = min(spec.width, w * 2)
+        layers += [InvertedResidual(w, w_out, 2 if i < 3 else 1), InvertedResidual(w_out, w_out, 1)]
+        w = w_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), w
+
+
+# ----------------------------------------------------------------------------------------------- size figures
+
+
+def default_spec(kind: str, in_shape, num_classes: int, role: str = "student", **overrides) -> NetSpec:
+    """Edge-sized students (<= 100k parameters on mfeat views); teachers wider and deeper."""
+    base = {"student": {"embed_dim": 128, "width": 96, "depth": 2},
+            "teacher": {"embed_dim": 256, "width": 512, "depth": 2}}[role]
+    if kind != "vector":
+        base = {**base, "width": 64 if role == "student" else 128, "depth": 2 if role == "student" else 3}
+    fields = {"arch": ARCH_FOR_KIND[kind], **base, **{k: v for k, v in overrides.items() if v is not None}}
+    return NetSpec(in_shape=tuple(in_shape), num_classes=num_classes, **fields)
+
+
+@dataclass
+class Size:
+    params: int
+    macs: int
+    extra: dict = field(default_factory=dict)
+
+
+def measure(net: nn.Module, in_shape: tuple[int, ...]) -> Size:
+    """Parameters, and multiply-accumulates of one sample from torch.utils.flop_counter (FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in net.parameters())
+    was_training = net.training
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros((1, *in_shape)))
+    net.train(was_training)
+    return Size(params=params, macs=int(counter.get_total_flops() // 2))

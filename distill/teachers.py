@@ -1,0 +1,193 @@
+"""Teachers on the source view: trained here (a larger network, all source labels of the train split), or loaded
+from the user's TorchScript (.pt), ExportedProgram (.pt2) or ``pkg.module:factory``. Frozen; their embeddings (and
+logits) of every row are computed once and cached, so distillation costs only the student."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmcd_edge.datasets import Dataset, Splits, norm_stats
+from cmcd_edge.distill import engine, students
+from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherOutputs:
+    """The frozen teacher, as distillation sees it: an embedding (and logits) per dataset row."""
+
+    emb: torch.Tensor  # (N, Et)
+    logits: torch.Tensor | None  # (N, K)
+    test_accuracy: float | None
+    info: dict
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save
+
+        tensors = {"emb": self.emb.contiguous()}
+        if self.logits is not None:
+            tensors["logits"] = self.logits.contiguous()
+        from cmcd_edge.fsutil import write_bytes
+
+        write_bytes(folder / "teacher_outputs.safetensors", save(tensors))
+        write_text(folder / "teacher_outputs.json", json.dumps({"test_accuracy": self.test_accuracy, **self.info}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> TeacherOutputs | None:
+        st, meta = folder / "teacher_outputs.safetensors", folder / "teacher_outputs.json"
+        if not (st.exists() and meta.exists()):
+            return None
+        from safetensors.torch import load_file
+
+        tensors, info = load_file(st), json.loads(meta.read_text())
+        acc = info.pop("test_accuracy")
+        return cls(tensors["emb"], tensors.get("logits"), acc, info)
+
+
+def view_tensor(ds: Dataset, view: str, rows: np.ndarray | None = None) -> torch.Tensor:
+    arr = ds.view(view)
+    return torch.from_numpy(np.array(arr if rows is None else arr[rows], dtype=np.float32))
+
+
+def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs: int, device: torch.device,
+                  dist: engine.Dist, out: Path | None = None) -> TeacherOutputs:
+    """A larger network of the source view's kind, trained on all labeled train rows of the source view."""
+    info = ds.views[source]
+    labels = torch.as_tensor(np.asarray(ds.labels))
+    train = splits.train[labels[splits.train].numpy() >= 0]
+    if train.size == 0:
+        raise UserError(f"--source {source}: no labeled train rows to train a teacher on; pass --teacher FILE")
+    engine.seed_everything(seed)
+    spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, role="teacher")
+    net = students.build(spec)
+    x = view_tensor(ds, source)
+    net.set_normalization(*norm_stats(ds.view(source), splits.train, info.kind))
+    net.to(device)
+    xd, yd = x.to(device), labels.to(device)
+    tr = torch.as_tensor(train, device=device)
+    val = torch.as_tensor(splits.val, device=device)
+    bs = 128
+
+    def step(gen: torch.Generator):
+        pick = tr[torch.randint(0, len(tr), (min(bs, len(tr)),), generator=gen).to(device)]
+        with engine.autocast(device):
+            return F.cross_entropy(net(xd[pick]), yd[pick]), {}
+
+    def evaluate():
+        return engine.accuracy_and_loss(engine.predict_logits(net, xd[val]), yd[val])
+
+    phase = engine.PhaseSpec("teacher", epochs, 2e-3, 1e-4, 20, max(1, len(tr) // bs), seed)
+    res = engine.run_phase(phase, net, step, evaluate, engine.Checkpoint(None), dist)
+    net.load_state_dict(res.best_state)
+    net.eval()
+    if out is not None and dist.main:
+        from safetensors.torch import save
+
+        from cmcd_edge.fsutil import write_bytes
+
+        write_bytes(out / "teacher.safetensors", save({k: v.cpu().contiguous() for k, v in net.state_dict().items()}))
+        write_text(out / "teacher.json", json.dumps({"kind": "trained", "view": source, **spec.to_json()}, indent=2))
+    return _outputs(net, xd, yd, splits, {"kind": "trained", "view": source, "spec": spec.to_json(),
+                                          "params": sum(p.numel() for p in net.parameters())})
+
+
+@torch.no_grad()
+def _outputs(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None, splits: Splits, info: dict) -> TeacherOutputs:
+    embs, logits = [], []
+    for i in range(0, x.shape[0], 1024):
+        lo, e = net.forward_both(x[i:i + 1024])
+        embs.append(e.float().cpu())
+        logits.append(lo.float().cpu())
+    lo = torch.cat(logits)
+    acc = None
+    if y is not None:
+        test = torch.as_tensor(splits.test)
+        yt = y.cpu()[test]
+        keep = yt >= 0
+        acc = float((lo[test][keep].argmax(1) == yt[keep]).float().mean()) if keep.any() else None
+    return TeacherOutputs(torch.cat(embs), lo, acc, info)
+
+
+class _External(nn.Module):
+    """Adapts a user model whose forward returns an embedding, (embedding, logits) or {"embedding", "logits"}."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        out = self.model(x)
+        if isinstance(out, dict):
+            return out.get("logits"), out["embedding"]
+        if isinstance(out, (tuple, list)):
+            return (out[1] if len(out) > 1 else None), out[0]
+        return None, out
+
+
+def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device) -> TeacherOutputs:
+    """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row."""
+    model, info = _load_external(ref)
+    net = _External(model)
+    x = view_tensor(ds, source)
+    n = x.shape[0]
+    try:
+        with torch.no_grad():
+            probe_logits, probe = net.forward_both(x[:2].to(device))
+    except Exception as exc:  # noqa: BLE001  (the user's model may raise anything)
+        raise UserError(f"--teacher {ref}: fails on a source batch of shape {list(x[:2].shape)}: {exc}") from exc
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 2:
+        shape = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise UserError(f"--teacher {ref}: a batch of 2 gave an embedding of shape {shape}; expected [2, D]")
+    embs, logits = [], []
+    with torch.no_grad():
+        for i in range(0, n, 512):
+            lo, e = net.forward_both(x[i:i + 512].to(device))
+            embs.append(e.float().cpu())
+            if lo is not None:
+                logits.append(lo.float().cpu())
+    lo = torch.cat(logits) if logits and probe_logits is not None else None
+    if lo is not None and lo.shape[1] != ds.n_classes:
+        log.warning("teacher logits have %d classes, the data %d: logits ignored", lo.shape[1], ds.n_classes)
+        lo = None
+    acc = None
+    if lo is not None:
+        y = torch.as_tensor(np.asarray(ds.labels))[splits.test]
+        acc = float((lo[splits.test].argmax(1) == y).float().mean())
+    return TeacherOutputs(torch.cat(embs), lo, acc, {**info, "view": source})
+
+
+def _load_external(ref: str):
+    path = Path(ref)
+    if path.suffix in (".pt", ".pt2"):
+        if not path.is_file():
+            raise UserError(f"--teacher {ref}: no such file")
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            model = torch.jit.load(str(path), map_location="cpu") if path.suffix == ".pt" else torch.export.load(str(path)).module()
+        except Exception as exc:  # noqa: BLE001
+            kind = "TorchScript" if path.suffix == ".pt" else "ExportedProgram"
+            raise UserError(f"--teacher {ref}: not a loadable {kind} file ({type(exc).__name__})") from exc
+        return model, {"kind": "file", "path": str(path.resolve()), "sha256": sha}
+    if ":" in ref:
+        mod_name, _, fn_name = ref.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), fn_name)
+            model = factory()
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"--teacher {ref}: cannot build the model ({type(exc).__name__}: {exc})") from exc
+        if isinstance(model, nn.Module):
+            model.eval()
+        return model, {"kind": "factory", "ref": ref}
+    raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2 file or pkg.module:factory")

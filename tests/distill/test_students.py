@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmcd_edge.distill import students
+from cmcd_edge.distill.students import NetSpec
+from cmcd_edge.errors import UserError
+
+SHAPES = {"mlp": (47,), "cnn1d": (6, 64), "cnn2d": (3, 32, 32)}
+
+
+@pytest.mark.parametrize("arch", students.STUDENTS.names())
+def test_student_shapes_and_gradient(arch):
+    net = students.build(NetSpec(arch, SHAPES[arch], num_classes=5, embed_dim=16, width=32))
+    x = torch.randn(4, *SHAPES[arch])
+    logits, emb = net.forward_both(x)
+    assert logits.shape == (4, 5) and emb.shape == (4, 16)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("arch", students.STUDENTS.names())
+def test_student_rebuilds_from_json_spec(arch):
+    spec = NetSpec(arch, SHAPES[arch], num_classes=5)
+    a = students.build(spec)
+    b = students.build(NetSpec.from_json(spec.to_json()))
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = torch.randn(2, *SHAPES[arch])
+    assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("arch", students.STUDENTS.names())
+def test_student_exports_to_onnx(arch, tmp_path):
+    pytest.importorskip("onnxscript")
+    import numpy as np
+    import onnxruntime as ort
+
+    net = students.build(NetSpec(arch, SHAPES[arch], num_classes=5)).eval()
+    x = torch.randn(3, *SHAPES[arch])
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=True, external_data=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(out, net(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,shape", [("vector", (216,)), ("vector", (47,)), ("vector", (6,)), ("image", (1, 16, 15))])
+def test_default_students_are_edge_sized_on_mfeat(kind, shape):
+    net = students.build(students.default_spec(kind, shape, 10))
+    size = students.measure(net, shape)
+    assert size.params <= 100_000 and size.macs > 0
+
+
+def test_mlp_rejects_image_shape():
+    with pytest.raises(UserError, match="mlp takes vector"):
+        students.build(NetSpec("mlp", (1, 16, 15), 10))
+
+
+def test_unknown_arch_lists_valid():
+    with pytest.raises(UserError, match="valid: mlp, cnn1d, cnn2d"):
+        NetSpec("resnet", (4,), 2)
