@@ -66,10 +66,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(f"{path}: expected an object of flag names", param_hint="--config")
     names = {p.name for p in ctx.command.params}
     norm = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(norm) - names)
-    if unknown:
-        raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(unknown)}", param_hint="--config")
-    ctx.default_map = {**(ctx.default_map or {}), **norm}
+    extra = {k: v for k, v in norm.items() if k not in names}
+    if extra and not getattr(ctx.command, "takes_config_extras", False):
+        raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(sorted(extra))}", param_hint="--config")
+    ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names}}
 
 
 config_option = click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
@@ -212,7 +213,8 @@ def _distill_options(fn):
 def _make_config(method: str, **kw):
     from cmcd_edge.distill.config import DistillConfig
 
-    return DistillConfig(method=method, **kw)
+    extra = click.get_current_context().meta.get("config_extra", {})
+    return DistillConfig.from_json({**extra, **kw, "method": kw.get("method", method)})
 
 
 @main.command()
@@ -237,7 +239,7 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
 
         source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"])
         click.echo(f"--source auto: {source} (top of the CCH ranking)")
-    cfg = _make_config(source=source, **kw)
+    cfg = _make_config(kw.pop("method"), source=source, **kw)
     res = run_distill(cfg, Path(out), resume=resume, force=force, ranking=ranking)
     m = res.metrics
     click.echo(f"{m['recipe']}\n{cfg.method}: {cfg.source} -> {cfg.target}  test top-1 {100 * m['test_accuracy']:.1f}%  "
@@ -262,6 +264,39 @@ def compare(methods: str, seeds: int, out: str, force: bool, **kw) -> None:
     res = run_compare(_make_config("cmcd", **kw), [m.strip() for m in methods.split(",") if m.strip()], seeds,
                       Path(out), force=force)
     click.echo(results_markdown(res))
+
+
+distill.takes_config_extras = True
+compare.takes_config_extras = True
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Add the calibrated static INT8 variant.")
+@click.option("--fp16", is_flag=True, help="Add an FP16 variant (float32 IO), for GPUs.")
+@click.option("--calib-size", type=int, default=None, help="Calibration rows [default: 512, capped by the data].")
+@click.option("--calib-method", default="minmax", show_default=True, help="minmax | entropy | percentile")
+@click.option("--calib-select", default="random", show_default=True, help="random | coverage (k-center greedy)")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, help="Top-1 points INT8 may lose.")
+@click.option("--allow-accuracy-drop", is_flag=True, help="Write the bundle even when a variant fails the gate.")
+@click.option("--target", default="auto", show_default=True, help="auto | cpu | tensorrt (quantization preset)")
+@click.option("--force", is_flag=True, help="Replace an existing bundle (it stays intact until the new one is done).")
+@config_option
+def export(run: str, **kw) -> None:
+    """Export a distill run to a deploy bundle: ONNX FP32, static INT8 (QDQ), accuracy gate, manifest.
+
+    Example: cmcd-edge export runs/zer --out bundles/zer --int8
+    """
+    _require("torch", "train")
+    _require("onnx", "train")
+    from cmcd_edge.export.bundle import ExportConfig, report_markdown, run_export
+
+    res = run_export(ExportConfig(run=run, **kw))
+    click.echo(report_markdown(res.manifest) + f"-> {kw['out']}")
 
 
 # ------------------------------------------------------------------------------------------------------------ demo

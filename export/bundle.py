@@ -1,0 +1,205 @@
+"""`cmcd-edge export`: a distill run -> a self-contained deploy bundle, written to a temp folder and renamed.
+
+    BUNDLE/ manifest.json · model.fp32.onnx · model.int8.onnx · [model.fp16.onnx] · calibration.json
+            report.json · report.md · export.json (this stage's config)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cmcd_edge import __version__, datasets
+from cmcd_edge.calib import ranges as calib_ranges
+from cmcd_edge.calib.select import METHODS as SELECT_METHODS
+from cmcd_edge.calib.select import check_size, select_rows
+from cmcd_edge.errors import AccuracyGateError, UserError
+from cmcd_edge.export import gate, onnx_export, quantize
+from cmcd_edge.fsutil import atomic_dir, write_json, write_text
+from cmcd_edge.registry import check_choice
+from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
+from cmcd_edge.runtime.session import make_session, run_batched
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run: str
+    out: str
+    int8: bool = True
+    fp16: bool = False
+    calib_size: int | None = None  # None: min(512, train rows)
+    calib_method: str = "minmax"
+    calib_select: str = "random"
+    max_accuracy_drop: float = 1.0
+    allow_accuracy_drop: bool = False
+    target: str = "auto"
+    force: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("--calib-method", self.calib_method, calib_ranges.METHODS)
+        check_choice("--calib-select", self.calib_select, SELECT_METHODS)
+        check_choice("--target", self.target, quantize.TARGETS)
+        if self.calib_size is not None and self.calib_size < 1:
+            raise UserError(f"--calib-size {self.calib_size}: must be >= 1")
+        if self.max_accuracy_drop < 0:
+            raise UserError(f"--max-accuracy-drop {self.max_accuracy_drop}: must be >= 0")
+
+
+@dataclass
+class ExportResult:
+    manifest: dict
+    report: dict
+    gate_failed: bool
+
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    t0 = time.perf_counter()
+    run = onnx_export.load_run(cfg.run)
+    dcfg = run.run_json["config"]
+    ds = datasets.load(dcfg["data"])
+    view = run.student_json["view"]
+    splits = datasets.make_splits(ds, int(dcfg["seed"]), labeled_fraction=float(dcfg["labeled_fraction"]))
+    x_all = ds.view(view)
+    labels = np.asarray(ds.labels)
+    test = (np.asarray(x_all[splits.test], np.float32), labels[splits.test])
+    val = (np.asarray(x_all[splits.val], np.float32), labels[splits.val])
+    calib_size = check_size(min(512, len(splits.train)) if cfg.calib_size is None else cfg.calib_size, len(splits.train))
+    target = "cpu" if cfg.target == "auto" else cfg.target
+    preset = quantize.preset_for(target)
+    out = Path(cfg.out)
+    if Path(cfg.run).resolve() == out.resolve():
+        raise UserError(f"--out {out}: must differ from the run folder")
+    variants, report_rows = [], []
+    with atomic_dir(out, force=cfg.force) as tmp:
+        fp32 = tmp / "model.fp32.onnx"
+        onnx_export.export_fp32(run.net, run.spec.in_shape, fp32, example=test[0])
+        par = onnx_export.parity(run.net, make_session(fp32), test[0])
+        if par["max_abs_rel"] > 1e-4 or par["top1_agreement"] < 1.0:
+            raise UserError(f"ONNX parity failed vs torch: {par}; please report this student spec")
+        fp32_acc = float((run_batched(make_session(fp32), test[0]).argmax(1) == test[1]).mean())
+        macs = run.metrics.get("macs")
+        variants.append(_variant(tmp, "fp32", "fp32", fp32, fp32_acc, "passed", "any",
+                                 {"agreement_with_fp32": 1.0, "macs": macs, "parity": par}))
+        calibration = None
+        gate_failed = False
+        if cfg.int8:
+            calibration, g = _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val)
+            gate_failed = not g.passed
+            variants.append(_variant(tmp, "int8", "int8", tmp / "model.int8.onnx", g.accuracy,
+                                     "passed" if g.passed else "failed", preset.name,
+                                     {"agreement_with_fp32": g.agreement, "cosine_with_fp32": g.cosine,
+                                      "drop_points": round(g.drop_points, 3), "float_nodes": g.excluded,
+                                      "sensitivity": g.sensitivity[:20], "preset": preset.to_json(), "macs": macs}))
+        if cfg.fp16:
+            quantize.to_fp16(fp32, tmp / "model.fp16.onnx")
+            from cmcd_edge.export.gate import score
+
+            ref = run_batched(make_session(fp32), test[0])
+            acc16, agree16, cos16 = score(tmp / "model.fp16.onnx", *test, ref)
+            passed16 = 100 * (fp32_acc - acc16) <= cfg.max_accuracy_drop
+            gate_failed |= not passed16
+            variants.append(_variant(tmp, "fp16", "fp16", tmp / "model.fp16.onnx", acc16,
+                                     "passed" if passed16 else "failed", "cuda",
+                                     {"agreement_with_fp32": agree16, "cosine_with_fp32": cos16, "macs": macs}))
+        manifest = _manifest(run, ds, view, variants, calibration, cfg)
+        report = {"variants": variants, "fp32_parity": par, "wall_s": round(time.perf_counter() - t0, 2),
+                  "source_run": str(Path(cfg.run).resolve()), "max_accuracy_drop_points": cfg.max_accuracy_drop}
+        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / "report.json", report)
+        write_text(tmp / "report.md", report_markdown(manifest))
+        write_json(tmp / "export.json", asdict(cfg))
+        if gate_failed and not cfg.allow_accuracy_drop:
+            failed = [v["name"] for v in variants if v["gate"] == "failed"]
+            raise AccuracyGateError(f"accuracy gate failed for {', '.join(failed)} (more than {cfg.max_accuracy_drop} "
+                                    "points below FP32 even with the most sensitive nodes left float); nothing was "
+                                    "written: raise --max-accuracy-drop, try --calib-method entropy, or pass "
+                                    "--allow-accuracy-drop to write the bundle with the variant marked failed")
+    return ExportResult(manifest, report, gate_failed)
+
+
+def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val):
+    pre = tmp / ".model.pre.onnx"
+    quantize.preprocess(fp32, pre)
+    train = splits.train
+    emb = None
+    if cfg.calib_select == "coverage":
+        emb = run_batched(make_session(fp32), np.asarray(x_all[train], np.float32), output="embedding")
+    rows = select_rows(train, calib_size, cfg.calib_select, labels=labels[train], embeddings=emb, seed=cfg.seed)
+    key = calib_ranges.CalibKey(sha256_file(pre), ds.fingerprint(), cfg.calib_method, cfg.calib_select,
+                                calib_size, preset.symmetric)
+    cache_path = Path(cfg.out) / "calibration.json"  # the previous bundle's cache, if any
+    cached = calib_ranges.load_cache(cache_path, key) if cache_path.exists() and not cfg.force else None
+    t = time.perf_counter()
+    rng = cached or calib_ranges.compute_ranges(pre, onnx_export.INPUT, np.asarray(x_all[rows], np.float32),
+                                                cfg.calib_method, symmetric=preset.symmetric)
+    log.info("calibration (%s, %d rows): %s in %.1fs", cfg.calib_method, len(rows), "cached" if cached else "computed",
+             time.perf_counter() - t)
+    calib_ranges.save_cache(tmp / "calibration.json", key, rng, rows)
+
+    def q(exclude, path):
+        quantize.quantize(pre, path, preset, rng, cfg.calib_method, exclude)
+
+    g = gate.run_gate(q, quantize.quantizable_nodes(pre), tmp / "model.int8.onnx", fp32, test, val,
+                      cfg.max_accuracy_drop)
+    pre.unlink()
+    calibration = {"method": cfg.calib_method, "select": cfg.calib_select, "size": len(rows),
+                   "data_fingerprint": ds.fingerprint(), "file": "calibration.json", "preset": preset.to_json()}
+    return calibration, g
+
+
+def _variant(root: Path, name: str, precision: str, path: Path, acc: float, gate_state: str, target: str,
+             extra: dict) -> dict:
+    return {"name": name, "precision": precision, "file": path.name, "sha256": sha256_file(path),
+            "size_bytes": path.stat().st_size, "test_accuracy": acc, "gate": gate_state, "target": target, **extra}
+
+
+def _manifest(run, ds, view, variants, calibration, cfg) -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    info = ds.views[view]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "input": {"name": onnx_export.INPUT, "shape": ["batch", *run.spec.in_shape], "dtype": "float32",
+                  "layout": {"vector": "ND", "sequence": "NCT", "image": "NCHW"}[info.kind], "view": view,
+                  "view_kind": info.kind, "normalization": "inside the graph (train-split mean/std): feed raw samples"},
+        "outputs": [{"name": "logits", "kind": "logits", "shape": ["batch", len(ds.classes)]},
+                    {"name": "embedding", "kind": "embedding", "shape": ["batch", run.spec.embed_dim]}],
+        "classes": list(ds.classes),
+        "variants": variants,
+        "calibration": calibration,
+        "student": {**run.spec.to_json(), "params": run.metrics.get("params"), "macs": run.metrics.get("macs")},
+        "source_run": {"path": str(Path(cfg.run).resolve()), "method": run.metrics.get("method"),
+                       "test_accuracy": run.metrics.get("test_accuracy"), "data": run.run_json["config"]["data"],
+                       "data_fingerprint": run.run_json.get("data_fingerprint")},
+        "versions": {"cmcd_edge": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                     "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def report_markdown(manifest: dict) -> str:
+    lines = ["| variant | precision | target | size (KB) | test top-1 (%) | agreement with FP32 (%) | gate |",
+             "|---|---|---|---|---|---|---|"]
+    for v in manifest["variants"]:
+        acc = "" if v["test_accuracy"] is None else f"{100 * v['test_accuracy']:.2f}"
+        agree = v.get("agreement_with_fp32")
+        lines.append(f"| {v['name']} | {v['precision']} | {v['target']} | {v['size_bytes'] / 1024:.1f} | {acc} | "
+                     f"{'' if agree is None else f'{100 * agree:.2f}'} | {v['gate']} |")
+    floats = [n for v in manifest["variants"] for n in v.get("float_nodes", [])]
+    if floats:
+        lines.append(f"\nNodes kept in float by the accuracy gate: {', '.join(floats)}")
+    return "\n".join(lines) + "\n"
+
+
+def load_report(bundle: Path) -> dict:
+    return json.loads((bundle / "report.json").read_text())

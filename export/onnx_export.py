@@ -1,0 +1,109 @@
+"""Student -> ONNX FP32: rebuilt from the run's safetensors + JSON spec (no pickle), exported with torch.onnx (dynamo,
+one file), dynamic batch, the view's normalisation inside the graph; two outputs, logits and embedding."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmcd_edge.distill import students
+from cmcd_edge.errors import UserError
+
+log = logging.getLogger(__name__)
+INPUT, OUTPUTS = "input", ("logits", "embedding")
+
+
+@dataclass
+class LoadedRun:
+    root: Path
+    net: students.Net
+    spec: students.NetSpec
+    student_json: dict
+    run_json: dict
+    metrics: dict
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Read a distill run: every missing or corrupt file is a one-line UserError naming it."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such run folder")
+    docs = {}
+    for name in ("run.json", "student.json", "metrics.json"):
+        path = root / name
+        if not path.is_file():
+            hint = " (the run did not finish: cmcd-edge distill --resume)" if name == "metrics.json" else ""
+            raise UserError(f"{path}: missing{hint}")
+        try:
+            docs[name] = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from exc
+    sj = docs["student.json"]
+    spec = students.NetSpec.from_json({k: v for k, v in sj.items() if k in students.NetSpec.__dataclass_fields__})
+    net = students.build(spec)
+    st = root / "student.safetensors"
+    if not st.is_file():
+        raise UserError(f"{st}: missing")
+    try:
+        from safetensors.torch import load_file
+
+        state = load_file(st)
+        net.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001  (safetensors raises several types for corrupt files)
+        raise UserError(f"{st}: corrupt or not matching student.json ({type(exc).__name__}: {str(exc)[:120]})") from exc
+    net.eval()
+    return LoadedRun(root, net, spec, sj, docs["run.json"], docs["metrics.json"])
+
+
+class _Both(nn.Module):
+    def __init__(self, net: students.Net) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_both(x)
+
+
+def export_fp32(net: students.Net, in_shape: tuple[int, ...], path: Path, example: np.ndarray | None = None) -> None:
+    import onnx
+
+    x = torch.from_numpy(np.ascontiguousarray(example[:4], np.float32)) if example is not None else torch.randn(4, *in_shape)
+    with torch.no_grad():
+        program = torch.onnx.export(_Both(net).eval(), (x,), dynamo=True, external_data=False, input_names=[INPUT],
+                                    output_names=list(OUTPUTS), dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    verbose=False)
+    program.save(str(path), external_data=False)
+    strip_debug_info(path)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def strip_debug_info(path: Path) -> None:
+    """Drop the exporter's per-node stack traces and FX metadata: debug text, often larger than a small model's
+    weights, and nothing a device needs."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        node.ClearField("metadata_props")
+        node.doc_string = ""
+    model.graph.ClearField("value_info")
+    onnx.save(model, str(path))
+
+
+def parity(net: students.Net, session, x: np.ndarray) -> dict:
+    """Torch eager vs the exported graph on ``x``: max-abs error relative to the logits' scale, top-1 agreement."""
+    from cmcd_edge.runtime.session import run_batched
+
+    with torch.no_grad():
+        ref = torch.cat([net(torch.from_numpy(np.ascontiguousarray(x[i:i + 256], np.float32)))
+                         for i in range(0, len(x), 256)]).numpy()
+    got = run_batched(session, x, output="logits")
+    rel = float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))
+    agree = float((got.argmax(1) == ref.argmax(1)).mean())
+    return {"max_abs_rel": rel, "top1_agreement": agree}

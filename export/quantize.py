@@ -1,0 +1,161 @@
+"""Static INT8 (QDQ, per-channel weights) with per-target presets, and the FP16 variant.
+
+Presets (``--target``):
+- ``cpu``: detects the ISA. AVX-512 VNNI / AVX-VNNI / AMX: full-range S8S8. AVX2 without VNNI: U8S8 with
+  reduce_range (7-bit weights; without it u8*s8 pairs saturate in VPMADDUBSW and accuracy drops). arm64: S8S8.
+- ``tensorrt``: symmetric S8 activations and weights, every zero point 0 (TensorRT's explicit quantization).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cmcd_edge.errors import UserError
+from cmcd_edge.registry import check_choice
+
+log = logging.getLogger(__name__)
+TARGETS = ("auto", "cpu", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    isa: str
+    activation: str  # "s8" | "u8"
+    weight: str
+    reduce_range: bool
+    symmetric: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def cpu_isa() -> str:
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return "arm64"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    if flags & {"amx_int8", "avx512_vnni", "avx_vnni"}:
+        return "x86-vnni"
+    if "avx2" in flags:
+        return "x86-avx2"
+    return "x86"
+
+
+def preset_for(target: str, isa: str | None = None) -> Preset:
+    target = check_choice("--target", target, TARGETS)
+    if target == "tensorrt":
+        return Preset("tensorrt", "tensorrt", "s8", "s8", reduce_range=False, symmetric=True)
+    isa = isa or cpu_isa()
+    if isa in ("x86-vnni", "arm64"):
+        return Preset("cpu", isa, "s8", "s8", reduce_range=False, symmetric=False)
+    return Preset("cpu", isa, "u8", "s8", reduce_range=True, symmetric=False)
+
+
+def preprocess(fp32: Path, out: Path) -> None:
+    """onnxruntime's quant_pre_process: symbolic shape inference and graph optimisation before calibration."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+
+
+def quantize(pre: Path, out: Path, preset: Preset, ranges: dict, method: str,
+             exclude: list[str] | None = None) -> None:
+    """quantize_static (QDQ, per-channel) from precomputed ranges (handed over through ORT's calibration cache)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from cmcd_edge.calib.ranges import ort_method, write_ort_cache
+
+    qt = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
+    extra = {"ActivationSymmetric": preset.symmetric, "WeightSymmetric": True}
+    if preset.name == "tensorrt":
+        extra.update({"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "DedicatedQDQPair": False})
+    with tempfile.TemporaryDirectory(prefix="cmcd-q.") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        write_ort_cache(ranges, cache)
+        quantize_static(str(pre), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=preset.reduce_range, activation_type=qt[preset.activation],
+                        weight_type=qt[preset.weight], nodes_to_exclude=list(exclude or []),
+                        calibrate_method=ort_method(method), extra_options=extra, calibration_cache_path=cache)
+    from cmcd_edge.export.onnx_export import strip_debug_info
+
+    strip_debug_info(out)
+
+
+def quantizable_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes whose inputs get QDQ pairs (candidates for the gate's exclusion)."""
+    import onnx
+
+    ops = {"Conv", "MatMul", "Gemm", "Add", "Mul", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Concat"}
+    return [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type in ops and n.name]
+
+
+def to_fp16(fp32: Path, out: Path) -> None:
+    """FP16 weights and compute, float32 inputs and outputs (onnxconverter-common)."""
+    try:
+        import onnx
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise UserError("--fp16 needs onnxconverter-common: pip install 'cmcd-edge[train]'") from exc
+    model = onnx.load(str(fp32))
+    model.graph.ClearField("value_info")  # stale float32 value_info from the exporter would clash with fp16 types
+    _split_outputs_used_inside(model)
+    model = float16.convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(model, str(out))
+
+
+def _split_outputs_used_inside(model) -> None:
+    """A graph output that also feeds a node (the embedding feeds the head) gets its own Identity, so that
+    keep_io_types casts only the output, not the head's input."""
+    import onnx
+
+    consumed = {i for n in model.graph.node for i in n.input}
+    for out in model.graph.output:
+        if out.name not in consumed:
+            continue
+        inner = out.name + "_inner"
+        for n in model.graph.node:
+            n.output[:] = [inner if o == out.name else o for o in n.output]
+            n.input[:] = [inner if i == out.name else i for i in n.input]
+        model.graph.node.append(onnx.helper.make_node("Identity", [inner], [out.name], name=out.name + "_out"))
+
+
+def check_tensorrt_qdq(path: Path) -> list[str]:
+    """What TensorRT's explicit quantization needs: every QuantizeLinear/DequantizeLinear zero point is 0 and int8.
+    Returns the problems found (empty when the model is fine)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts = {}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    problems = []
+    n_qdq = 0
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        n_qdq += 1
+        if len(n.input) < 3 or not n.input[2]:
+            continue  # no zero point given: 0 by the ONNX spec (int8 when the output type says so)
+        zp = inits.get(n.input[2], consts.get(n.input[2]))
+        if zp is None:
+            problems.append(f"{n.name}: zero point {n.input[2]} is not a constant")
+        elif zp.dtype.name != "int8":
+            problems.append(f"{n.name}: zero point dtype {zp.dtype.name} (TensorRT takes int8)")
+        elif (zp != 0).any():
+            problems.append(f"{n.name}: non-zero zero point (asymmetric)")
+    if n_qdq == 0:
+        problems.append("no QuantizeLinear/DequantizeLinear nodes: the model is not quantized")
+    return problems

@@ -1,0 +1,113 @@
+"""Latency benchmark: variants interleaved in short rounds (so ratios hold on a noisy machine), warm-up, then timed
+calls (perf_counter_ns) until a duration and a minimum count; p50/p90/p95/p99, mean, std, throughput; accuracy beside
+latency when data is given; the Predictor's overhead over a raw session.run; achieved GMAC/s; the environment."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cmcd_edge.runtime import jetson
+
+
+@dataclass
+class Case:
+    """One thing to time: ``fn(x)`` on a fixed input batch."""
+
+    variant: str
+    backend: str
+    batch: int
+    threads: int | None
+    fn: Callable[[np.ndarray], object]
+    x: np.ndarray
+    macs_per_sample: int | None = None
+    times_ns: list[int] = field(default_factory=list)
+    test_accuracy: float | None = None
+
+
+def stats(times_ns: list[int], batch: int, macs: int | None) -> dict:
+    t = np.asarray(times_ns, dtype=np.float64) / 1e6
+    p50 = float(np.percentile(t, 50))
+    out = {"n": len(t), "p50_ms": p50, "p90_ms": float(np.percentile(t, 90)), "p95_ms": float(np.percentile(t, 95)),
+           "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "std_ms": float(t.std()),
+           "throughput_per_s": batch / (p50 / 1e3)}
+    if macs:
+        out["gmac_per_s"] = macs * batch / (p50 / 1e3) / 1e9
+    return out
+
+
+def run_interleaved(cases: list[Case], duration_s: float = 3.0, warmup_s: float = 0.5, min_count: int = 50,
+                    round_calls: int = 10, seed: int = 0) -> None:
+    """Round-robin over ``cases`` in shuffled order, ``round_calls`` calls each per round, until every case has run
+    ``duration_s`` seconds (and ``min_count`` calls). Warm-up calls are not recorded."""
+    rng = random.Random(seed)
+    end_warm = time.perf_counter() + warmup_s
+    while time.perf_counter() < end_warm:
+        for c in cases:
+            c.fn(c.x)
+    spent = {id(c): 0 for c in cases}
+    budget = int(duration_s * 1e9)
+    while any(spent[id(c)] < budget or len(c.times_ns) < min_count for c in cases):
+        order = cases[:]
+        rng.shuffle(order)
+        for c in order:
+            if spent[id(c)] >= budget and len(c.times_ns) >= min_count:
+                continue
+            for _ in range(round_calls):
+                t0 = time.perf_counter_ns()
+                c.fn(c.x)
+                dt = time.perf_counter_ns() - t0
+                c.times_ns.append(dt)
+                spent[id(c)] += dt
+
+
+def environment() -> dict:
+    import onnxruntime as ort
+
+    flags: list[str] = []
+    model = platform.processor() or platform.machine()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        for line in cpuinfo.splitlines():
+            if line.startswith("model name") and model in ("", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")) and not flags:
+                have = set(line.split(":", 1)[1].split())
+                flags = sorted(have & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "asimd",
+                                       "asimddp", "i8mm", "sve"})
+    except OSError:
+        pass
+    return {"cpu": model, "machine": platform.machine(), "cores": os.cpu_count(), "isa_flags": flags,
+            "onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
+            "python": platform.python_version(), **{"jetson": jetson.detect()}}
+
+
+def table(results: list[dict]) -> str:
+    head = f"{'variant':<14}{'backend':<10}{'batch':>6}{'thr':>5}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}" \
+           f"{'items/s':>11}{'top-1 %':>9}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        acc = "" if r.get("test_accuracy") is None else f"{100 * r['test_accuracy']:.2f}"
+        lines.append(f"{r['variant']:<14}{r['backend']:<10}{r['batch']:>6}{str(r['threads'] or '-'):>5}"
+                     f"{r['p50_ms']:>10.4f}{r['p90_ms']:>10.4f}{r['p99_ms']:>10.4f}{r['throughput_per_s']:>11.1f}{acc:>9}")
+    return "\n".join(lines)
+
+
+def results_of(cases: list[Case]) -> list[dict]:
+    return [{"variant": c.variant, "backend": c.backend, "batch": c.batch, "threads": c.threads,
+             **stats(c.times_ns, c.batch, c.macs_per_sample),
+             **({"test_accuracy": c.test_accuracy} if c.test_accuracy is not None else {})} for c in cases]
+
+
+def ratio(results: list[dict], a: str, b: str, batch: int = 1, key: str = "p50_ms") -> float | None:
+    """results[b][key] / results[a][key] at ``batch``: how many times faster ``a`` is than ``b``."""
+    ra = [r for r in results if r["variant"] == a and r["batch"] == batch]
+    rb = [r for r in results if r["variant"] == b and r["batch"] == batch]
+    return rb[0][key] / ra[0][key] if ra and rb else None

@@ -1,0 +1,143 @@
+"""The Predictor a device app embeds: numpy + onnxruntime, never torch.
+
+    from cmcd_edge.runtime import Predictor
+    p = Predictor.load("bundle/")                 # best variant that passed the gate, fastest backend
+    names, probs = p.classify(sample)             # one sample (C, ...) or a batch (B, C, ...)
+
+One ONNX Runtime session is shared by every thread (``InferenceSession.run`` is thread-safe); session options are set
+once at load. Inputs are checked against the manifest: float64 and integer arrays are cast to float32, a wrong rank or
+size is an error naming the expected shape, NaN/Inf are refused (``allow_nonfinite=True`` passes them through).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from cmcd_edge.runtime.errors import BundleError, EnvironmentFailure, InputShapeError
+from cmcd_edge.runtime.manifest import Manifest, Variant, load_manifest
+from cmcd_edge.runtime.session import available_backends, make_session
+
+log = logging.getLogger(__name__)
+VARIANT_PREFERENCE = {"cpu": ("int8", "fp32", "fp16"), "cuda": ("fp16", "int8", "fp32"),
+                      "tensorrt": ("int8", "fp16", "fp32")}
+
+
+class Predictor:
+    def __init__(self, manifest: Manifest, variant: Variant, backend: str, session, max_batch: int = 256,
+                 allow_nonfinite: bool = False) -> None:
+        self.manifest, self.variant, self.backend, self.session = manifest, variant, backend, session
+        self.max_batch, self.allow_nonfinite = max_batch, allow_nonfinite
+        self._input = manifest.input_name
+        outs = [o.name for o in session.get_outputs()]
+        self._logits = "logits" if "logits" in outs else outs[0]
+        self._embedding = "embedding" if "embedding" in outs else None
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, bundle: str | os.PathLike, variant: str = "auto", backend: str = "auto", threads: int | None = None,
+             max_batch: int = 256, allow_nonfinite: bool = False) -> Predictor:
+        """Open a bundle: manifest checked, file sha256 checked, session created once."""
+        manifest = load_manifest(bundle)
+        backends = _backend_order(backend)
+        chosen = _choose_variant(manifest, variant, backends[0])
+        last_error: Exception | None = None
+        for b in backends:
+            try:
+                session = make_session(manifest.verified_path(chosen), backend=b, threads=threads)
+            except EnvironmentFailure as exc:
+                last_error = exc
+                log.warning("backend %s unavailable (%s); falling back", b, exc)
+                continue
+            return cls(manifest, chosen, b, session, max_batch, allow_nonfinite)
+        raise last_error or EnvironmentFailure("no backend could load the bundle")
+
+    # ------------------------------------------------------------------------------------------------ inference
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.manifest.classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.manifest.sample_shape
+
+    def check_input(self, x) -> tuple[np.ndarray, bool]:
+        """(float32 C-contiguous batch, whether a single sample was given)."""
+        arr = np.asarray(x)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise InputShapeError(f"input dtype {arr.dtype} is not numeric; expected float32")
+        shape = self.input_shape
+        single = arr.ndim == len(shape)
+        if single:
+            arr = arr[None]
+        if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
+            raise InputShapeError(f"input shape {list(np.asarray(x).shape)} does not match the bundle's "
+                                  f"{list(shape)} (one sample) or [batch, {', '.join(map(str, shape))}]")
+        if arr.shape[0] == 0:
+            raise InputShapeError("empty batch: the input has 0 samples")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not self.allow_nonfinite and not np.isfinite(arr).all():
+            raise InputShapeError("input contains NaN or Inf (pass allow_nonfinite=True to run it anyway)")
+        return arr, single
+
+    def _run(self, x, output: str) -> np.ndarray:
+        arr, single = self.check_input(x)
+        outs = [self.session.run([output], {self._input: arr[i:i + self.max_batch]})[0]
+                for i in range(0, arr.shape[0], self.max_batch)]
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return out[0] if single else out
+
+    def predict(self, x) -> np.ndarray:
+        """Logits: (K,) for one sample, (B, K) for a batch."""
+        return self._run(x, self._logits)
+
+    def embed(self, x) -> np.ndarray:
+        if self._embedding is None:
+            raise BundleError(f"{self.manifest.root}: variant {self.variant.name} has no embedding output")
+        return self._run(x, self._embedding)
+
+    def classify(self, x) -> tuple[list[str] | str, np.ndarray]:
+        """(class name(s), softmax probabilities)."""
+        logits = self.predict(x)
+        z = logits - logits.max(axis=-1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=-1, keepdims=True)
+        idx = p.argmax(axis=-1)
+        names = self.classes[int(idx)] if np.ndim(idx) == 0 else [self.classes[int(i)] for i in idx]
+        return names, p
+
+    def describe(self) -> dict:
+        return {"bundle": str(self.manifest.root), "variant": self.variant.name, "precision": self.variant.precision,
+                "backend": self.backend, "input_shape": list(self.input_shape), "classes": list(self.classes)}
+
+
+def _backend_order(backend: str) -> list[str]:
+    have = available_backends()
+    if backend == "auto":
+        return have
+    if backend not in ("cpu", "cuda", "tensorrt"):
+        raise BundleError(f"unknown backend {backend!r}; valid: auto, cpu, cuda, tensorrt")
+    if backend not in have:
+        raise EnvironmentFailure(f"backend {backend!r} is not available here; available: {', '.join(have)}")
+    return [backend]
+
+
+def _choose_variant(manifest: Manifest, variant: str, backend: str) -> Variant:
+    if variant != "auto":
+        v = manifest.variant(variant)
+        if v.gate == "failed":
+            log.warning("variant %s failed the accuracy gate at export (%s); loading it because it was asked for",
+                        v.name, v.test_accuracy)
+        return v
+    ok = [v for v in manifest.variants if v.gate != "failed"]
+    for precision in VARIANT_PREFERENCE.get(backend, VARIANT_PREFERENCE["cpu"]):
+        for v in ok:
+            if v.precision == precision and (v.target in ("any", "cpu") or backend != "cpu"):
+                return v
+    if not ok:
+        raise BundleError(f"{manifest.root}: every variant failed the accuracy gate; pass variant= explicitly")
+    return ok[0]

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import CLI
+from tests.helpers import assert_one_line_error, synthetic_paired
+
+FAST = ["--epochs", "3", "--config"]
+
+
+@pytest.fixture(scope="module")
+def fast_cfg(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "fast.json"
+    path.write_text(json.dumps({"teacher_epochs": 3, "finetune_epochs": 2}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return synthetic_paired(tmp_path_factory.mktemp("data") / "toy").root
+
+
+def _distill(cli, toy, out, *extra, cfg=None):
+    args = ["distill", "--data", toy, "--source", "src", "--target", "tgt", "--epochs", "3", "--out", out, *extra]
+    if cfg:
+        args += ["--config", cfg]
+    return cli(*args)
+
+
+def test_distill_writes_a_complete_run(cli, toy, tmp_path, fast_cfg):
+    res = _distill(cli, toy, tmp_path / "run", cfg=fast_cfg)
+    assert res.returncode == 0, res.stderr
+    assert "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * ce" in res.stdout
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"run.json", "metrics.json", "history.csv", "student.safetensors", "student.json", "teacher.safetensors",
+            "teacher.json", "checkpoint.pt"} <= files
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("method", "source", "target", "seed", "labeled_fraction", "test_accuracy", "test_macro_f1",
+                "teacher_test_accuracy", "params", "macs", "wall_s", "modality_gap"):
+        assert key in m
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["params"] > 0
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--target", "nope"], ["--target 'nope'", "valid views: src, tgt"]),
+    (["--target", "src"], ["same view"]),
+    (["--labeled-fraction", "0"], ["outside (0, 1]"]),
+    (["--labeled-fraction", "1.5"], ["outside (0, 1]"]),
+    (["--method", "cmdd"], ["did you mean 'cmd'"]),
+    (["--batch-size", "100000000"], ["--batch-size", "lower"]),
+])
+def test_distill_bad_input(cli, toy, tmp_path, args, needles):
+    base = ["distill", "--data", toy, "--source", "src", "--target", "tgt", "--out", tmp_path / "r"]
+    for i in range(0, len(args), 2):  # later flags override earlier ones in click
+        base += args[i:i + 2]
+    assert_one_line_error(cli(*base), 2, *needles)
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_distill_dataset_without_labels(cli, tmp_path):
+    ds = synthetic_paired(tmp_path / "nolab", labels=False)
+    assert_one_line_error(_distill(cli, ds.root, tmp_path / "r"), 2, "no labels")
+
+
+def test_teacher_file_that_does_not_load(cli, toy, tmp_path):
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"not a torchscript archive")
+    assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", bad), 2, "not a loadable TorchScript")
+
+
+class _WrongBatch(torch.nn.Module):
+    def forward(self, x):
+        return x[:1]
+
+
+class _Good(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_teacher_with_wrong_batch_size(cli, toy, tmp_path):
+    path = tmp_path / "wrong.pt"
+    torch.jit.script(_WrongBatch()).save(str(path))
+    assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", path), 2, "expected [2, D]")
+
+
+def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
+    path = tmp_path / "good.pt"
+    torch.jit.script(_Good()).save(str(path))
+    res = _distill(cli, toy, tmp_path / "r", "--teacher", path, "--method", "cmd", cfg=fast_cfg)
+    assert res.returncode == 0, res.stderr
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["teacher"]["kind"] == "file" and len(run["teacher"]["sha256"]) == 64
+    # kd needs logits, which this teacher does not give
+    assert_one_line_error(_distill(cli, toy, tmp_path / "r2", "--teacher", path, "--method", "kd"), 2, "logits")
+
+
+def test_existing_run_refused_and_untouched(cli, toy, tmp_path, fast_cfg):
+    out = tmp_path / "run"
+    assert _distill(cli, toy, out, cfg=fast_cfg).returncode == 0
+    before = (out / "student.safetensors").read_bytes()
+    assert_one_line_error(_distill(cli, toy, out, cfg=fast_cfg), 2, "--force")
+    assert_one_line_error(_distill(cli, toy, out, "--seed", "5", "--resume", cfg=fast_cfg), 2, "different config", "seed")
+    assert (out / "student.safetensors").read_bytes() == before
+
+
+def test_kill9_then_resume_finishes(toy, tmp_path, fast_cfg):
+    out = tmp_path / "run"
+    cfg = tmp_path / "slow.json"
+    cfg.write_text(json.dumps({"teacher_epochs": 3, "finetune_epochs": 5, "patience": 100}))
+    args = [*CLI, "distill", "--data", str(toy), "--source", "src", "--target", "tgt", "--epochs", "40",
+            "--config", str(cfg), "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_accuracy"] > 0.5
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_torchrun_two_processes_on_cpu(toy, tmp_path, fast_cfg):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    res = subprocess.run([*torchrun, "-m", "cmcd_edge", "distill", "--data", str(toy), "--source", "src", "--target",
+                          "tgt", "--epochs", "3", "--device", "cpu", "--config", fast_cfg, "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.25
+
+
+@pytest.mark.parametrize("kind,shape", [("sequence", (3, 64)), ("image", (1, 12, 12))])
+def test_sequence_and_image_students_learn_and_export(kind, shape, tmp_path):
+    pytest.importorskip("onnxscript")
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import run_distill
+
+    ds = synthetic_paired(tmp_path / kind, kind, n=400, target_shape=shape)
+    cfg = DistillConfig(data=str(ds.root), source="src", target="tgt", epochs=8, teacher_epochs=10, finetune_epochs=3,
+                        batch_size=64, labeled_fraction=0.2)
+    res = run_distill(cfg, tmp_path / "run")
+    assert res.metrics["test_accuracy"] > 0.5, res.metrics  # chance is 0.25
+    assert res.metrics["student"] == {"sequence": "cnn1d", "image": "cnn2d"}[kind]
+    from safetensors.torch import load_file
+
+    from cmcd_edge.distill import students
+
+    spec = students.NetSpec.from_json({k: v for k, v in json.loads((tmp_path / "run" / "student.json").read_text()).items()
+                                       if k in students.NetSpec.__dataclass_fields__})
+    net = students.build(spec)
+    net.load_state_dict(load_file(tmp_path / "run" / "student.safetensors"))
+    net.eval()
+    x = torch.from_numpy(np.asarray(ds.view("tgt")[:5], np.float32))
+    torch.onnx.export(net, (x,), str(tmp_path / "s.onnx"), dynamo=True, external_data=False)
+    assert (tmp_path / "s.onnx").stat().st_size > 1000

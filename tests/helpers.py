@@ -1,0 +1,43 @@
+"""Shared test helpers: synthetic paired datasets and one-line-error assertions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cmcd_edge import datasets
+from cmcd_edge.datasets import ViewSpec
+
+
+def assert_one_line_error(res, code: int = 2, *needles: str) -> None:
+    assert res.returncode == code, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert lines and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert lines[-1].startswith("Error:"), lines
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+
+
+def synthetic_paired(out, target_kind: str = "vector", n: int = 600, classes: int = 4, seed: int = 0,
+                     target_shape=None, labels: bool = True):
+    """A rich source view (clean class signal) and a noisy target view of the given kind, rows aligned."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    protos = rng.normal(size=(classes, 16))
+    src = protos[y] * 2.0 + rng.normal(size=(n, 16)) * 0.5
+    if target_kind == "vector":
+        tgt = protos[y][:, :8] + rng.normal(size=(n, 8)) * 1.0
+    elif target_kind == "sequence":
+        c, t = target_shape or (3, 64)
+        freqs = 1 + np.arange(classes)
+        tt = np.linspace(0, 1, t)
+        base = np.sin(2 * np.pi * freqs[y][:, None] * tt[None, :] * 2)
+        tgt = base[:, None, :].repeat(c, 1) + rng.normal(size=(n, c, t)) * 0.8
+    else:
+        c, h, w = target_shape or (1, 12, 12)
+        tgt = rng.normal(size=(n, c, h, w)) * 0.8
+        for k in range(classes):  # a bright quadrant per class
+            r, q = divmod(k, 2)
+            tgt[y == k, :, r * h // 2:(r + 1) * h // 2, q * w // 2:(q + 1) * w // 2] += 1.5
+    views = {"src": ViewSpec(src.astype(np.float32), "vector"), "tgt": ViewSpec(tgt.astype(np.float32), target_kind)}
+    lab = y if labels else np.full(n, -1)
+    return datasets.write_dataset(out, views, lab, [f"c{i}" for i in range(classes)])
