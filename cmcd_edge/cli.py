@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from cmcd_edge import __version__
 from cmcd_edge.errors import CmcdError, UserError
@@ -253,7 +254,9 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
 @click.option("--seeds", type=int, default=3, show_default=True, help="Number of seeds (seed, seed+1, ...).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.json/.md and runs.")
 @click.option("--force", is_flag=True, help="Recompute an existing comparison.")
-def compare(methods: str, seeds: int, out: str, force: bool, **kw) -> None:
+@click.option("--upper-bound/--no-upper-bound", default=True, show_default=True,
+              help="Also train the 100%-labels student (the ceiling).")
+def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, **kw) -> None:
     """Compare methods over seeds under one protocol (teachers shared per seed).
 
     Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
@@ -262,12 +265,42 @@ def compare(methods: str, seeds: int, out: str, force: bool, **kw) -> None:
     from cmcd_edge.distill.compare import results_markdown, run_compare
 
     res = run_compare(_make_config("cmcd", **kw), [m.strip() for m in methods.split(",") if m.strip()], seeds,
-                      Path(out), force=force)
+                      Path(out), force=force, upper_bound=upper_bound)
     click.echo(results_markdown(res))
 
 
 distill.takes_config_extras = True
 compare.takes_config_extras = True
+
+
+@main.command("select-teacher")
+@click.option("--data", required=True, help="Dataset folder or builtin:NAME.")
+@click.option("--target", required=True, help="Target (student) view.")
+@click.option("--candidates", default=None, help="Comma-separated source views (default: every other view).")
+@click.option("--seeds", type=int, default=3, show_default=True)
+@click.option("--labeled-fraction", type=float, default=0.1, show_default=True)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the ranking as JSON.")
+@config_option
+def select_teacher(data: str, target: str, candidates: str | None, seeds: int, labeled_fraction: float,
+                   out: str | None) -> None:
+    """Rank candidate source views by the CCH criterion I(T;S) - I(S;Y) (nats).
+
+    Example: cmcd-edge select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor
+    """
+    _require("torch", "train")
+    from cmcd_edge.distill.select import rank_teachers, table
+
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: must be >= 1")
+    if not 0 < labeled_fraction <= 1:
+        raise UserError(f"--labeled-fraction {labeled_fraction} is outside (0, 1]")
+    cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+    res = rank_teachers(data, target, cands, seeds=seeds, labeled_fraction=labeled_fraction)
+    click.echo(table(res))
+    if out:
+        from cmcd_edge.fsutil import write_json
+
+        write_json(out, res)
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -299,20 +332,122 @@ def export(run: str, **kw) -> None:
     click.echo(report_markdown(res.manifest) + f"-> {kw['out']}")
 
 
+# ------------------------------------------------------------------------------------------------- predict, bench
+
+
+def _csv_ints(value: str, flag: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {value!r}: expected comma-separated integers") from None
+    if not out or min(out) < 1:
+        raise UserError(f"{flag} {value!r}: expected positive integers")
+    return out
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("input_npy", metavar="INPUT.npy", type=click.Path())
+@click.option("--variant", default="auto", show_default=True, help="auto | int8 | fp32 | fp16")
+@click.option("--backend", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write JSON here instead of printing.")
+@click.option("--top", type=int, default=3, show_default=True, help="Classes to print per sample.")
+def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | None, top: int) -> None:
+    """Classify samples (one sample or a batch in a .npy file) with a bundle. Needs no torch.
+
+    Example: cmcd-edge predict bundles/zer samples.npy --top 2
+    """
+    from cmcd_edge.arrays import load_array
+    from cmcd_edge.runtime import Predictor
+
+    p = Predictor.load(bundle, variant=variant, backend=backend)
+    x = load_array(input_npy, "INPUT.npy")
+    names, probs = p.classify(x)
+    probs = np.atleast_2d(probs)
+    names = [names] if isinstance(names, str) else names
+    rows = [{"class": n, "probabilities": {c: round(float(v), 6) for c, v in zip(p.classes, pr, strict=True)}}
+            for n, pr in zip(names, probs, strict=True)]
+    doc = {"bundle": bundle, "variant": p.variant.name, "backend": p.backend, "predictions": rows}
+    if out:
+        from cmcd_edge.fsutil import write_json
+
+        write_json(out, doc)
+        click.echo(f"{len(rows)} predictions ({p.variant.name}, {p.backend}) -> {out}")
+        return
+    for i, pr in enumerate(probs):
+        best = np.argsort(-pr)[:top]
+        click.echo(f"{i}: " + "  ".join(f"{p.classes[j]} {pr[j]:.3f}" for j in best))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--variants", default="all", show_default=True, help="Comma-separated variants, or all.")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--threads", default="1", show_default=True, help="intra-op thread counts, comma-separated.")
+@click.option("--backend", default="cpu", show_default=True, help="cpu | cuda | tensorrt | auto")
+@click.option("--duration", type=float, default=2.0, show_default=True, help="Timed seconds per case.")
+@click.option("--warmup", type=float, default=0.5, show_default=True, help="Warm-up seconds (all cases).")
+@click.option("--data", default=None, help="Dataset for accuracy beside latency (default: the bundle's own data).")
+@click.option("--no-accuracy", is_flag=True, help="Skip the accuracy run.")
+@click.option("--compare-torch", "torch_run", default=None, type=click.Path(), help="Add torch eager of this run.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write JSON results here.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a PNG (needs matplotlib).")
+@config_option
+def bench(bundle: str, **kw) -> None:
+    """Latency (p50/p90/p99) of a bundle's variants, interleaved, with accuracy beside it. Needs no torch.
+
+    Example: cmcd-edge bench bundles/zer --batch 1,8 --threads 1,2 --out bench.json
+    """
+    from cmcd_edge.benchcli import run_bench
+
+    run_bench(bundle, threads=_csv_ints(kw.pop("threads"), "--threads"), batches=_csv_ints(kw.pop("batches"), "--batch"),
+              **kw)
+
+
 # ------------------------------------------------------------------------------------------------------------ demo
 
 
 @main.command()
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the demo's run, bundle and reports.")
-@click.option("--quick/--full", default=True, show_default=True, help="Quick settings (few epochs, 1 seed).")
+              help="Folder for the demo's run, comparison, bundle and bench results (replaced if present).")
+@click.option("--quick/--full", default=True, show_default=True,
+              help="Quick: 3 methods x 1 seed in the comparison; full: 8 methods x 3 seeds.")
 def demo(out: str, quick: bool) -> None:
-    """The whole pipeline on builtin:mfeat, with a summary table.
+    """The whole pipeline on builtin:mfeat (fac -> zer, 10% labels), with a summary table.
 
     Example: cmcd-edge demo --out demo-out
     """
+    import shutil
+
     from cmcd_edge import datasets
 
+    _require("torch", "train")
+    root = Path(out)
+    if root.exists():
+        shutil.rmtree(root)
     ds = datasets.load("builtin:mfeat")
-    click.echo("== data: builtin:mfeat (UCI Multiple Features, CC BY 4.0)")
+    click.echo("== 1. data: builtin:mfeat (UCI Multiple Features, CC BY 4.0)")
     click.echo(_info_table(ds.summary()))
+    ctx = click.get_current_context()
+    data = {"data": "builtin:mfeat", "target": "zer"}
+    click.echo("\n== 2. select-teacher: which source view should teach the zer student?")
+    ctx.invoke(select_teacher, candidates="fac,pix,kar,fou,mor", seeds=1, out=str(root / "select.json"), **data)
+    click.echo("\n== 3. distill: CMCD student on zer from a frozen fac teacher")
+    ctx.invoke(distill, source="fac", out=str(root / "run"), resume=False, force=False, method="cmcd", recipe=None,
+               labeled_fraction=0.1, teacher="train", epochs=60, finetune="head", student="auto", batch_size=128,
+               device="auto", seed=0, **data)
+    click.echo("\n== 4. compare: CMCD against baselines under one protocol")
+    methods = "cmcd,kd,supervised" if quick else "cmcd,cmd,cmc,kd,fitnet,rkd,crd,supervised"
+    ctx.invoke(compare, source="fac", methods=methods, seeds=1 if quick else 3, out=str(root / "compare"), force=True,
+               upper_bound=True,
+               labeled_fraction=0.1, teacher="train", epochs=60, finetune="head", student="auto", batch_size=128,
+               device="auto", seed=0, **data)
+    click.echo("== 5. export --int8: ONNX FP32 + calibrated static INT8 + accuracy gate")
+    ctx.invoke(export, run=str(root / "run"), out=str(root / "bundle"), int8=True, fp16=False, calib_size=None,
+               calib_method="minmax", calib_select="random", max_accuracy_drop=1.0, allow_accuracy_drop=False,
+               target="auto", force=False)
+    click.echo("\n== 6. bench: latency with accuracy beside it (torch-free runtime)")
+    ctx.invoke(bench, bundle=str(root / "bundle"), variants="all", batches="1,8", threads="1", backend="cpu",
+               duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None, out=str(root / "bench.json"),
+               plot=None)
+    click.echo(f"\nEverything is in {root}/: run/, compare/results.md, bundle/, bench.json")

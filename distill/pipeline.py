@@ -79,7 +79,9 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> dic
 
 
 def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, force: bool = False,
-                teacher: TeacherOutputs | None = None, ranking: dict | None = None) -> RunResult:
+                teacher: TeacherOutputs | None = None, ranking: dict | None = None,
+                capture: dict | None = None) -> RunResult:
+    """One run. ``capture``, when given, receives the trained student (for in-process callers like select)."""
     t0 = time.perf_counter()
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
@@ -157,6 +159,8 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if cfg.finetune != "none" and cfg.finetune_epochs > 0:
         history += _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device)
 
+    if capture is not None:
+        capture["student"] = student
     wall = time.perf_counter() - t0
     metrics = _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall)
     if out is not None and dist.main:

@@ -181,7 +181,9 @@ def _manifest(run, ds, view, variants, calibration, cfg) -> dict:
         "student": {**run.spec.to_json(), "params": run.metrics.get("params"), "macs": run.metrics.get("macs")},
         "source_run": {"path": str(Path(cfg.run).resolve()), "method": run.metrics.get("method"),
                        "test_accuracy": run.metrics.get("test_accuracy"), "data": run.run_json["config"]["data"],
-                       "data_fingerprint": run.run_json.get("data_fingerprint")},
+                       "data_fingerprint": run.run_json.get("data_fingerprint"),
+                       "seed": run.run_json["config"]["seed"],
+                       "labeled_fraction": run.run_json["config"]["labeled_fraction"]},
         "versions": {"cmcd_edge": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
                      "torch": torch.__version__, "python": platform.python_version()},
     }

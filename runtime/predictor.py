@@ -31,6 +31,7 @@ class Predictor:
         self.manifest, self.variant, self.backend, self.session = manifest, variant, backend, session
         self.max_batch, self.allow_nonfinite = max_batch, allow_nonfinite
         self._input = manifest.input_name
+        self._shape = manifest.sample_shape
         outs = [o.name for o in session.get_outputs()]
         self._logits = "logits" if "logits" in outs else outs[0]
         self._embedding = "embedding" if "embedding" in outs else None
@@ -67,28 +68,35 @@ class Predictor:
 
     def check_input(self, x) -> tuple[np.ndarray, bool]:
         """(float32 C-contiguous batch, whether a single sample was given)."""
-        arr = np.asarray(x)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise InputShapeError(f"input dtype {arr.dtype} is not numeric; expected float32")
-        shape = self.input_shape
+        arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+        if arr.dtype != np.float32:
+            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise InputShapeError(f"input dtype {arr.dtype} is not numeric; expected float32")
+            arr = arr.astype(np.float32)
+        shape = self._shape
         single = arr.ndim == len(shape)
         if single:
             arr = arr[None]
-        if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
-            raise InputShapeError(f"input shape {list(np.asarray(x).shape)} does not match the bundle's "
+        if arr.shape[1:] != shape or arr.ndim != len(shape) + 1:
+            raise InputShapeError(f"input shape {list(np.shape(x))} does not match the bundle's "
                                   f"{list(shape)} (one sample) or [batch, {', '.join(map(str, shape))}]")
         if arr.shape[0] == 0:
             raise InputShapeError("empty batch: the input has 0 samples")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not self.allow_nonfinite and not np.isfinite(arr).all():
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        # a sum is finite iff every element is, barring float overflow, which the exact check then settles
+        if not self.allow_nonfinite and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
             raise InputShapeError("input contains NaN or Inf (pass allow_nonfinite=True to run it anyway)")
         return arr, single
 
     def _run(self, x, output: str) -> np.ndarray:
         arr, single = self.check_input(x)
-        outs = [self.session.run([output], {self._input: arr[i:i + self.max_batch]})[0]
-                for i in range(0, arr.shape[0], self.max_batch)]
-        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        feed, run = self._input, self.session.run
+        if arr.shape[0] <= self.max_batch:
+            out = run([output], {feed: arr})[0]
+        else:
+            out = np.concatenate([run([output], {feed: arr[i:i + self.max_batch]})[0]
+                                  for i in range(0, arr.shape[0], self.max_batch)])
         return out[0] if single else out
 
     def predict(self, x) -> np.ndarray:

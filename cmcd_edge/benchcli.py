@@ -1,0 +1,148 @@
+"""`cmcd-edge bench` orchestration: builds the cases (variants x batches x threads, the raw session beside the
+Predictor, torch eager when asked), runs them interleaved, and reports. Device side: torch only for --compare-torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+
+from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import write_json
+from cmcd_edge.runtime import bench as rb
+from cmcd_edge.runtime.manifest import load_manifest
+from cmcd_edge.runtime.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def _test_split(manifest, data: str | None):
+    """The bundle's test rows (the run's data and seed), or those of --data."""
+    from cmcd_edge import datasets
+
+    src = manifest.raw.get("source_run") or {}
+    spec = data or src.get("data")
+    if not spec:
+        return None
+    try:
+        ds = datasets.load(spec)
+    except UserError as exc:
+        if data:
+            raise
+        log.warning("accuracy skipped: the bundle's data %s is not here (%s); pass --data", spec, exc)
+        return None
+    view = manifest.raw["input"].get("view")
+    if view not in ds.views:
+        raise UserError(f"--data {spec}: has no view {view!r} (the bundle's input view)")
+    splits = datasets.make_splits(ds, int(src.get("seed", 0)), labeled_fraction=float(src.get("labeled_fraction", 1.0)))
+    return np.asarray(ds.view(view)[splits.test], np.float32), np.asarray(ds.labels)[splits.test]
+
+
+def _torch_fn(run: str, threads: int):
+    import torch
+
+    from cmcd_edge.export.onnx_export import load_run
+
+    net = load_run(run).net.eval()
+
+    def fn(x, net=net):
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return net(torch.from_numpy(x))
+
+    return fn
+
+
+def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: str, backend: str, duration: float,
+              warmup: float, data: str | None, no_accuracy: bool, torch_run: str | None, out: str | None,
+              plot: str | None) -> dict:
+    manifest = load_manifest(bundle)
+    names = [v.name for v in manifest.variants] if variants == "all" else [v.strip() for v in variants.split(",")]
+    for n in names:
+        manifest.variant(n)
+    if duration <= 0 or warmup < 0:
+        raise UserError("--duration must be > 0 and --warmup >= 0")
+    test = None if no_accuracy else _test_split(manifest, data)
+    rng = np.random.default_rng(0)
+    macs = (manifest.raw.get("student") or {}).get("macs")
+    cases: list[rb.Case] = []
+    overhead_pairs = []
+    for t in threads:
+        for name in names:
+            p = Predictor.load(bundle, variant=name, backend=backend, threads=t)
+            acc = None
+            if test is not None:
+                acc = float((p.predict(test[0]).argmax(1) == test[1]).mean())
+            for b in batches:
+                x = test[0][:b] if test is not None and len(test[0]) >= b else \
+                    rng.normal(size=(b, *p.input_shape)).astype(np.float32)
+                cases.append(rb.Case(name, p.backend, b, t, p.predict, x, macs, test_accuracy=acc))
+                if b == batches[0]:
+                    sess, inp = p.session, p.manifest.input_name
+                    raw = rb.Case(f"{name}:raw", p.backend, b, t, lambda x, s=sess, i=inp: s.run(["logits"], {i: x}), x)
+                    cases.append(raw)
+                    overhead_pairs.append((cases[-2], raw))
+        if torch_run:
+            fn = _torch_fn(torch_run, t)
+            for b in batches:
+                x = cases[0].x if cases[0].batch == b else rng.normal(size=(b, *manifest.sample_shape)).astype(np.float32)
+                cases.append(rb.Case("torch-eager", "torch", b, t, fn, x, macs))
+    env = rb.environment()
+    sampler = rb.jetson.TegrastatsSampler().start() if env["jetson"]["jetson"] else None
+    click.echo(f"benchmarking {len(cases)} cases, {duration:.1f}s each, interleaved ...", err=True)
+    rb.run_interleaved(cases, duration_s=duration, warmup_s=warmup)
+    results = rb.results_of(cases)
+    overhead = []
+    for pc, raw in overhead_pairs:
+        a, r = rb.stats(pc.times_ns, pc.batch, None), rb.stats(raw.times_ns, raw.batch, None)
+        overhead.append({"variant": pc.variant, "threads": pc.threads, "batch": pc.batch,
+                         "predictor_p50_ms": a["p50_ms"], "raw_p50_ms": r["p50_ms"],
+                         "overhead_us": 1e3 * (a["p50_ms"] - r["p50_ms"]),
+                         "overhead_pct": 100 * (a["p50_ms"] - r["p50_ms"]) / r["p50_ms"]})
+    doc = {"bundle": str(bundle), "environment": env, "results": [r for r in results if not r["variant"].endswith(":raw")],
+           "predictor_overhead": overhead}
+    if sampler is not None:
+        samples = sampler.stop()
+        power = [rb.jetson.total_power_mw(s) for s in samples if rb.jetson.total_power_mw(s)]
+        doc["tegrastats"] = {"samples": len(samples), "mean_power_mw": float(np.mean(power)) if power else None}
+        if not env["jetson"].get("clocks_locked"):
+            log.warning("jetson clocks are not locked: run sudo jetson_clocks for stable latency")
+    click.echo(rb.table(doc["results"]))
+    for o in overhead:
+        click.echo(f"Predictor overhead over raw session.run ({o['variant']}, batch {o['batch']}, {o['threads']} thr): "
+                   f"{o['overhead_us']:+.1f} us ({o['overhead_pct']:+.1f}%)")
+    click.echo(f"jetson: {'yes (' + str(env['jetson'].get('model')) + ')' if env['jetson']['jetson'] else 'no'}  "
+               f"cpu: {env['cpu']}  isa: {' '.join(env['isa_flags'])}  onnxruntime {env['onnxruntime']}")
+    if out:
+        write_json(out, doc)
+    if plot:
+        _plot(doc, cases, Path(plot))
+    return doc
+
+
+def _plot(doc: dict, cases: list[rb.Case], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise UserError("--plot needs matplotlib: pip install 'cmcd-edge[plot]'") from exc
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    shown = [c for c in cases if not c.variant.endswith(":raw")]
+    a.boxplot([np.asarray(c.times_ns) / 1e6 for c in shown], showfliers=False)
+    a.set_xticks(range(1, len(shown) + 1), [f"{c.variant}\nb{c.batch} t{c.threads}" for c in shown], fontsize=7)
+    a.set_ylabel("latency (ms)")
+    for r in doc["results"]:
+        if r.get("test_accuracy") is not None:
+            b.scatter(r["p50_ms"], 100 * r["test_accuracy"])
+            b.annotate(f"{r['variant']} b{r['batch']}", (r["p50_ms"], 100 * r["test_accuracy"]), fontsize=7)
+    b.set_xlabel("p50 latency (ms)")
+    b.set_ylabel("test top-1 (%)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)

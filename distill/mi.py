@@ -1,0 +1,156 @@
+"""Mutual-information estimators for teacher selection (numpy, torch for the InfoNCE critic). Nats throughout."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _digamma(x: np.ndarray) -> np.ndarray:
+    """psi(x) for x >= 1 (recurrence up to 6, then the asymptotic series): no scipy needed."""
+    x = np.asarray(x, dtype=np.float64).copy()
+    acc = np.zeros_like(x)
+    while (small := x < 6).any():
+        acc[small] -= 1.0 / x[small]
+        x[small] += 1
+    inv, inv2 = 1.0 / x, 1.0 / x**2
+    return acc + np.log(x) - 0.5 * inv - inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 / 252))
+
+
+def pca(x: np.ndarray, dims: int) -> np.ndarray:
+    """Centered projection on the top ``dims`` principal directions."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(0)
+    if x.shape[1] <= dims:
+        return x
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:dims].T
+
+
+def gaussian_mi(x: np.ndarray, y: np.ndarray, dims: int = 8) -> float:
+    """Closed form for jointly Gaussian variables on PCA-reduced embeddings:
+    I = 1/2 (log det C_x + log det C_y - log det C_xy) = -1/2 sum log(1 - rho_i^2) over canonical correlations.
+    Assumes joint Gaussianity (exact for it, a lower bound on the Gaussian part of the dependence otherwise) and
+    n >> dims; the first-order small-sample bias dx dy / 2n is subtracted."""
+    a, b = pca(x, dims), pca(y, dims)
+    a = (a - a.mean(0)) / (a.std(0) + 1e-12)
+    b = (b - b.mean(0)) / (b.std(0) + 1e-12)
+    c = np.cov(np.c_[a, b].T)
+    da = a.shape[1]
+    sign_x, ld_x = np.linalg.slogdet(c[:da, :da])
+    sign_y, ld_y = np.linalg.slogdet(c[da:, da:])
+    sign_j, ld_j = np.linalg.slogdet(c + 1e-9 * np.eye(len(c)))
+    bias = a.shape[1] * b.shape[1] / (2 * len(a))  # E[estimate] under independence ~ dx dy / 2n
+    return float(max(0.0, 0.5 * (ld_x + ld_y - ld_j) - bias))
+
+
+def _cheb(x: np.ndarray) -> np.ndarray:
+    """Pairwise max-norm distances (N, N)."""
+    d = np.zeros((len(x), len(x)))
+    for j in range(x.shape[1]):
+        np.maximum(d, np.abs(x[:, j:j + 1] - x[:, j][None, :]), out=d)
+    return d
+
+
+def ksg_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: int = 0) -> float:
+    """Kraskov-Stoegbauer-Grassberger estimator 1 (Phys. Rev. E 69, 2004) with k = 4, on PCA projections of at most
+    ``dims`` dims each (k-NN estimators degrade in high dimension, hence the projection, as latentmi does):
+    I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_y + 1) >, max-norm. Assumes continuous, tie-free samples
+    (a 1e-10 jitter breaks ties)."""
+    rng = np.random.default_rng(seed)
+    a, b = pca(x, dims), pca(y, dims)
+    a = a / (a.std(0) + 1e-12) + 1e-10 * rng.normal(size=a.shape)
+    b = b / (b.std(0) + 1e-12) + 1e-10 * rng.normal(size=b.shape)
+    n = len(a)
+    dx, dy = _cheb(a), _cheb(b)
+    dj = np.maximum(dx, dy)
+    np.fill_diagonal(dj, np.inf)
+    eps = np.partition(dj, k - 1, axis=1)[:, k - 1]
+    nx = (dx < eps[:, None]).sum(1) - 1
+    ny = (dy < eps[:, None]).sum(1) - 1
+    return float(max(0.0, _digamma(k) + _digamma(n) - np.mean(_digamma(nx + 1) + _digamma(ny + 1))))
+
+
+def ksg_mixed_label_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8) -> float:
+    """Ross (PLoS ONE 2014) estimator for a continuous x and a discrete label y:
+    I = psi(N) - <psi(N_y)> + psi(k) - <psi(m)>, where for each point the distance to its k-th neighbour within its
+    own class sets a radius and m counts all points within it. Assumes every class has more than k samples."""
+    a = pca(x, dims)
+    a = a / (a.std(0) + 1e-12)
+    n = len(a)
+    d = _cheb(a)
+    np.fill_diagonal(d, np.inf)
+    psi_ny, psi_m = np.zeros(n), np.zeros(n)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) <= k:
+            raise ValueError(f"class {c} has {len(idx)} held-out samples; the mixed KSG estimator needs > {k}")
+        r = np.partition(d[np.ix_(idx, idx)], k - 1, axis=1)[:, k - 1]
+        m = (d[idx] <= r[:, None]).sum(1)
+        psi_ny[idx], psi_m[idx] = _digamma(len(idx)), _digamma(np.maximum(m, 1))
+    return float(max(0.0, _digamma(n) - psi_ny.mean() + _digamma(k) - psi_m.mean()))
+
+
+def infonce_mi(x: np.ndarray, y: np.ndarray, dims: int = 16, steps: int = 600, seed: int = 0) -> float:
+    """InfoNCE lower bound (van den Oord et al. 2018; Poole et al. 2019) with a separable critic f(x).g(y) (small
+    MLPs): trained on half the rows, early-stopped on a quarter, and the bound
+    I >= log N + mean_i log softmax_j(f(x_i).g(y_j))_ii evaluated on the last quarter. A lower bound: it cannot
+    exceed log N and is loose for large MI; a critic that overfits only lowers it."""
+    torch.manual_seed(seed)
+    a = torch.tensor(pca(x, dims), dtype=torch.float32)
+    b = torch.tensor(pca(y, dims), dtype=torch.float32)
+    a, b = (a - a.mean(0)) / (a.std(0) + 1e-6), (b - b.mean(0)) / (b.std(0) + 1e-6)
+    perm = torch.randperm(len(a), generator=torch.Generator().manual_seed(seed))
+    n2, n4 = len(a) // 2, len(a) * 3 // 4
+    tr, va, te = perm[:n2], perm[n2:n4], perm[n4:]
+    f = nn.Sequential(nn.Linear(a.shape[1], 64), nn.ReLU(), nn.Linear(64, 32))
+    g = nn.Sequential(nn.Linear(b.shape[1], 64), nn.ReLU(), nn.Linear(64, 32))
+    opt = torch.optim.AdamW([*f.parameters(), *g.parameters()], lr=1e-3, weight_decay=1e-2)
+
+    def bound(idx: torch.Tensor) -> torch.Tensor:
+        scores = f(a[idx]) @ g(b[idx]).T  # (n, n)
+        return torch.log(torch.tensor(float(len(idx)))) + torch.log_softmax(scores, dim=1).diag().mean()
+
+    best, best_state = -float("inf"), None
+    for step in range(steps):
+        batch = tr[torch.randint(0, len(tr), (128,))]
+        loss = -bound(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 20 == 19:
+            with torch.no_grad():
+                v = float(bound(va))
+            if v > best:
+                best, best_state = v, ([p.clone() for p in f.parameters()], [p.clone() for p in g.parameters()])
+    with torch.no_grad():
+        if best_state is not None:
+            for p, q in zip([*f.parameters(), *g.parameters()], [*best_state[0], *best_state[1]], strict=True):
+                p.copy_(q)
+        return float(max(0.0, bound(te)))
+
+
+def label_mi_probe(h: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) -> float:
+    """I(H; Y) = H(Y) - H(Y | H) >= H(Y) - CE, with CE the held-out cross-entropy of a logistic probe trained on the
+    other half (a variational bound: any probe's CE upper-bounds H(Y | H)). Assumes labels in 0..n_classes-1."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(h))
+    tr, te = perm[: len(h) // 2], perm[len(h) // 2:]
+    x = torch.tensor((h - h[tr].mean(0)) / (h[tr].std(0) + 1e-6), dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.long)
+    lin = nn.Linear(x.shape[1], n_classes)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(lin(x[tr]), yt[tr]) + 1e-3 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        ce = float(nn.functional.cross_entropy(lin(x[te]), yt[te]))
+    p = np.bincount(y[te], minlength=n_classes) / len(te)
+    h_y = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    return max(0.0, h_y - ce)
