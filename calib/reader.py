@@ -7,9 +7,14 @@ import numpy as np
 
 
 class ArrayReader:
-    """Yields ``{input_name: batch}`` dicts; ``rewind()`` starts over (ORT calls get_next until it returns None)."""
+    """Yields ``{input_name: batch}`` dicts; ``rewind()`` starts over (ORT calls get_next until it returns None).
+
+    Every batch has the same size (the largest divisor of the row count up to ``batch``): ORT's histogram
+    calibrators stack per-batch outputs and fail on a ragged last batch."""
 
     def __init__(self, input_name: str, x: np.ndarray, batch: int = 32) -> None:
+        n = len(x)
+        batch = max(d for d in range(1, max(1, min(batch, n)) + 1) if n % d == 0)
         self.input_name, self.x, self.batch = input_name, np.ascontiguousarray(x, np.float32), batch
         self._i = 0
 

@@ -3,7 +3,6 @@ Predictor, torch eager when asked), runs them interleaved, and reports. Device s
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

@@ -15,12 +15,12 @@ import logging
 import time
 
 import numpy as np
-
-from cmcd_edge import datasets
 from cmcd_edge.distill import engine, mi
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teachers import train_teacher
+
+from cmcd_edge import datasets
 from cmcd_edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
         h_s = _student_embedding(cfg, ds, held)
         y = labels[held]
         i_sy = mi.label_mi_probe(h_s, y, ds.n_classes, seed=s)
-        i_sy_ksg = _safe(lambda: mi.ksg_mixed_label_mi(h_s, y))
+        i_sy_ksg = _safe(lambda h=h_s, yy=y: mi.ksg_mixed_label_mi(h, yy))
         for c in cands:
             t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=device, dist=engine.Dist())
             h_t = t.emb.numpy()[held]
@@ -110,7 +110,6 @@ def _safe(fn):
 def _student_embedding(cfg: DistillConfig, ds, rows: np.ndarray) -> np.ndarray:
     """The supervised baseline's encoder, trained on the labeled target rows; its embedding of ``rows``."""
     import torch
-
     from cmcd_edge.distill.teachers import TeacherOutputs
 
     # the supervised recipe never reads the teacher: a zero placeholder keeps the pipeline's shapes

@@ -72,14 +72,14 @@ def preprocess(fp32: Path, out: Path) -> None:
 def quantize(pre: Path, out: Path, preset: Preset, ranges: dict, method: str,
              exclude: list[str] | None = None) -> None:
     """quantize_static (QDQ, per-channel) from precomputed ranges (handed over through ORT's calibration cache)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
     from cmcd_edge.calib.ranges import ort_method, write_ort_cache
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     qt = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
     extra = {"ActivationSymmetric": preset.symmetric, "WeightSymmetric": True}
     if preset.name == "tensorrt":
-        extra.update({"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "DedicatedQDQPair": False})
+        # TensorRT takes int8 QDQ only: biases stay float (it fuses them), per-channel weights on the output axis
+        extra.update({"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "QuantizeBias": False})
     with tempfile.TemporaryDirectory(prefix="cmcd-q.") as tmp:
         cache = Path(tmp) / "ranges.json"
         write_ort_cache(ranges, cache)

@@ -20,3 +20,27 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None =
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """A small finished distill run on synthetic paired data (vector target)."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import run_distill
+    from tests.helpers import synthetic_paired
+
+    root = tmp_path_factory.mktemp("toyrun")
+    ds = synthetic_paired(root / "data", n=400)
+    cfg = DistillConfig(data=str(ds.root), source="src", target="tgt", epochs=6, teacher_epochs=6, finetune_epochs=3,
+                        batch_size=64)
+    run_distill(cfg, root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def toy_bundle(toy_run, tmp_path_factory):
+    from cmcd_edge.export.bundle import ExportConfig, run_export
+
+    out = tmp_path_factory.mktemp("toybundle") / "bundle"
+    run_export(ExportConfig(run=str(toy_run), out=str(out), max_accuracy_drop=5.0))
+    return out

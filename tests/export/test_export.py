@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cmcd_edge.errors import UserError
+from cmcd_edge.export import quantize
+from cmcd_edge.export.bundle import ExportConfig, run_export
+from cmcd_edge.runtime.manifest import load_manifest, sha256_file
+from tests.helpers import assert_one_line_error
+
+
+def test_bundle_has_manifest_variants_and_reports(toy_bundle):
+    m = load_manifest(toy_bundle)
+    names = {v.name for v in m.variants}
+    assert names == {"fp32", "int8"}
+    for v in m.variants:
+        assert sha256_file(toy_bundle / v.file) == v.sha256
+        assert v.gate == "passed" and 0 <= v.test_accuracy <= 1
+    raw = m.raw
+    assert raw["calibration"]["method"] == "minmax" and raw["input"]["dtype"] == "float32"
+    assert raw["variants"][0]["parity"]["max_abs_rel"] <= 1e-4
+    assert {"report.json", "report.md", "calibration.json", "export.json"} <= {p.name for p in toy_bundle.iterdir()}
+    int8 = m.variant("int8")
+    assert int8.extra["agreement_with_fp32"] >= 0.95
+    assert int8.size_bytes < m.variant("fp32").size_bytes
+
+
+def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
+    before = (toy_bundle / "manifest.json").read_bytes()
+    assert_one_line_error(cli("export", toy_run, "--out", toy_bundle), 2, "--force")
+    assert (toy_bundle / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--calib-size", "0"], ["--calib-size 0"]),
+    (["--calib-size", "100000"], ["larger than"]),
+    (["--calib-method", "kl"], ["--calib-method 'kl'", "minmax, entropy, percentile"]),
+    (["--target", "tpu"], ["--target 'tpu'", "auto, cpu, tensorrt"]),
+])
+def test_export_bad_flags(toy_run, tmp_path, cli, args, needles):
+    assert_one_line_error(cli("export", toy_run, "--out", tmp_path / "b", *args), 2, *needles)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+@pytest.mark.parametrize("damage", ["missing_student_json", "corrupt_safetensors", "unfinished"])
+def test_export_bad_run_dir(toy_run, tmp_path, cli, damage):
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    if damage == "missing_student_json":
+        (run / "student.json").unlink()
+        needle = "student.json: missing"
+    elif damage == "corrupt_safetensors":
+        (run / "student.safetensors").write_bytes(b"\x00" * 64)
+        needle = "student.safetensors: corrupt"
+    else:
+        (run / "metrics.json").unlink()
+        needle = "did not finish"
+    assert_one_line_error(cli("export", run, "--out", tmp_path / "b"), 2, needle)
+    assert not (tmp_path / "b").exists()
+
+
+def test_calibration_cache_mismatch_is_refused(toy_run, toy_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(toy_bundle, out)
+    cal = json.loads((out / "calibration.json").read_text())
+    cal["key"]["data_fingerprint"] = "0" * 64
+    (out / "calibration.json").write_text(json.dumps(cal))
+    from cmcd_edge.calib.ranges import CalibKey, load_cache
+
+    key = CalibKey(**{**cal["key"], "data_fingerprint": "1" * 64})
+    with pytest.raises(UserError, match="delete it or pass --recalibrate"):
+        load_cache(out / "calibration.json", key)
+
+
+def test_entropy_and_percentile_calibration(toy_run, tmp_path):
+    for method in ("entropy", "percentile"):
+        res = run_export(ExportConfig(run=str(toy_run), out=str(tmp_path / method), calib_method=method,
+                                      calib_select="coverage", max_accuracy_drop=5.0))
+        assert res.manifest["calibration"]["method"] == method
+        assert res.manifest["calibration"]["select"] == "coverage"
+
+
+def test_tensorrt_preset_is_symmetric_with_zero_points_zero(toy_run, tmp_path):
+    import onnx
+
+    res = run_export(ExportConfig(run=str(toy_run), out=str(tmp_path / "trt"), target="tensorrt",
+                                  max_accuracy_drop=5.0))
+    path = tmp_path / "trt" / "model.int8.onnx"
+    onnx.checker.check_model(str(path))
+    assert quantize.check_tensorrt_qdq(path) == []
+    assert res.manifest["variants"][1]["target"] == "tensorrt"
+
+
+def test_cpu_preset_is_asymmetric_and_flagged_by_tensorrt_check(toy_bundle):
+    problems = quantize.check_tensorrt_qdq(toy_bundle / "model.int8.onnx")
+    assert any("uint8" in p or "non-zero" in p for p in problems)
+
+
+@pytest.mark.parametrize("isa,expect", [("x86-avx2", ("u8", True)), ("x86-vnni", ("u8", False)),
+                                        ("arm64", ("s8", False))])
+def test_cpu_presets_by_isa(isa, expect):
+    p = quantize.preset_for("cpu", isa)
+    assert (p.activation, p.reduce_range) == expect
+
+
+def test_fp16_variant(toy_run, tmp_path):
+    res = run_export(ExportConfig(run=str(toy_run), out=str(tmp_path / "b"), int8=False, fp16=True))
+    fp16 = [v for v in res.manifest["variants"] if v["name"] == "fp16"][0]
+    assert fp16["agreement_with_fp32"] >= 0.99
+
+
+@pytest.mark.parametrize("kind,shape", [("sequence", (6, 256)), ("image", (3, 96, 96))])
+def test_int8_agrees_with_fp32_on_conv_students(kind, shape, tmp_path):
+    """Random-weight cnn1d/cnn2d students, synthetic calibration: agreement >= 99%, cosine >= 0.999."""
+    import torch
+
+    from cmcd_edge.calib.ranges import compute_ranges
+    from cmcd_edge.distill import students
+    from cmcd_edge.export import onnx_export
+    from cmcd_edge.export.gate import score
+
+    torch.manual_seed(0)
+    net = students.build(students.default_spec(kind, shape, 10)).eval()
+    rng = np.random.default_rng(0)
+    calib, held = (rng.normal(size=(n, *shape)).astype(np.float32) for n in (64, 200))
+    fp32, pre, int8 = tmp_path / "f.onnx", tmp_path / "p.onnx", tmp_path / "q.onnx"
+    onnx_export.export_fp32(net, shape, fp32, example=calib)
+    quantize.preprocess(fp32, pre)
+    preset = quantize.preset_for("cpu")
+    quantize.quantize(pre, int8, preset, compute_ranges(pre, "input", calib, "minmax"), "minmax")
+    from cmcd_edge.runtime.session import make_session, run_batched
+
+    ref = run_batched(make_session(fp32), held)
+    _, agree, cos = score(int8, held, ref.argmax(1), ref)
+    assert agree >= 0.99 and cos >= 0.999, (agree, cos)
