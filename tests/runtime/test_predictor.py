@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from cmcd_edge.runtime import Predictor
+from cmcd_edge.runtime.errors import BundleError, InputShapeError
+from cmcd_edge.runtime.manifest import load_manifest
+from tests.helpers import assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def pred(toy_bundle):
+    return Predictor.load(toy_bundle, threads=1)
+
+
+def _x(pred, n=5, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, *pred.input_shape)).astype(np.float32)
+
+
+def test_auto_picks_int8_that_passed_the_gate(pred):
+    assert pred.variant.name == "int8" and pred.backend == "cpu"
+
+
+def test_predict_single_and_batch_agree(pred):
+    x = _x(pred)
+    batch = pred.predict(x)
+    assert batch.shape == (5, len(pred.classes))
+    np.testing.assert_allclose(pred.predict(x[2]), batch[2], rtol=1e-5, atol=1e-5)
+    names, probs = pred.classify(x)
+    assert len(names) == 5 and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert pred.embed(x).shape[0] == 5
+
+
+def test_float64_and_noncontiguous_inputs_are_cast(pred):
+    x = _x(pred, 6)
+    ref = pred.predict(x)
+    np.testing.assert_allclose(pred.predict(x.astype(np.float64)), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.predict(np.asfortranarray(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_large_batches_are_split(toy_bundle):
+    p = Predictor.load(toy_bundle, variant="fp32", max_batch=4)
+    x = _x(p, 11)
+    np.testing.assert_allclose(p.predict(x), Predictor.load(toy_bundle, variant="fp32").predict(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (lambda s: np.zeros((2, s[0] + 1), np.float32), "does not match"),
+    (lambda s: np.zeros((2, 1, s[0]), np.float32), "does not match"),
+    (lambda s: np.zeros((0, s[0]), np.float32), "empty batch"),
+    (lambda s: np.full((2, s[0]), np.nan, np.float32), "NaN"),
+    (lambda s: np.array([["a"] * s[0]]), "not numeric"),
+])
+def test_bad_inputs(pred, bad, msg):
+    with pytest.raises(InputShapeError, match=msg):
+        pred.predict(bad(pred.input_shape))
+
+
+def test_nan_pass_through_when_allowed(toy_bundle):
+    p = Predictor.load(toy_bundle, variant="fp32", allow_nonfinite=True)
+    x = _x(p, 2)
+    x[0, 0] = np.nan
+    assert p.predict(x).shape == (2, len(p.classes))
+
+
+def test_threads_share_one_session_and_match_sequential(pred):
+    xs = [_x(pred, 1 + i % 4, seed=i) for i in range(50)]
+    expected = [pred.predict(x) for x in xs]
+    errors = []
+
+    def worker():
+        for _ in range(200 // 8 + 1):
+            for x, e in zip(xs, expected, strict=True):
+                if not np.array_equal(pred.predict(x), e):
+                    errors.append("mismatch")
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def _copy(bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(bundle, out)
+    return out
+
+
+def test_tampered_model_refused(toy_bundle, tmp_path):
+    b = _copy(toy_bundle, tmp_path)
+    data = bytearray((b / "model.int8.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (b / "model.int8.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        Predictor.load(b, variant="int8")
+
+
+def test_truncated_onnx_with_matching_hash_gives_clear_error(toy_bundle, tmp_path):
+    b = _copy(toy_bundle, tmp_path)
+    path = b / "model.fp32.onnx"
+    path.write_bytes(path.read_bytes()[:200])
+    m = json.loads((b / "manifest.json").read_text())
+    from cmcd_edge.runtime.manifest import sha256_file
+
+    for v in m["variants"]:
+        if v["name"] == "fp32":
+            v["sha256"] = sha256_file(path)
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="onnxruntime cannot load"):
+        Predictor.load(b, variant="fp32")
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda m: m.pop("input"), "missing field 'input'"),
+    (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
+    (lambda m: m["variants"][0].update(file="../escape.onnx"), "escapes the bundle"),
+    (lambda m: m["variants"][0].update(file="/etc/passwd"), "plain relative path"),
+    (lambda m: m["variants"][0].update(size_bytes="big"), "'size_bytes' must be int"),
+])
+def test_manifest_validation(toy_bundle, tmp_path, mutate, msg):
+    b = _copy(toy_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    mutate(m)
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=msg):
+        load_manifest(b)
+
+
+def test_symlink_out_of_bundle_refused(toy_bundle, tmp_path):
+    b = _copy(toy_bundle, tmp_path)
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(b / "model.fp32.onnx", outside)
+    (b / "model.fp32.onnx").unlink()
+    os.symlink(outside, b / "model.fp32.onnx")
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Predictor.load(b, variant="fp32")
+
+
+def test_predict_cli_and_errors(toy_bundle, cli, tmp_path):
+    p = Predictor.load(toy_bundle)
+    np.save(tmp_path / "x.npy", _x(p, 3))
+    res = cli("predict", toy_bundle, tmp_path / "x.npy", "--out", tmp_path / "p.json")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads((tmp_path / "p.json").read_text())["predictions"]) == 3
+    np.save(tmp_path / "bad.npy", np.zeros((3, 999), np.float32))
+    assert_one_line_error(cli("predict", toy_bundle, tmp_path / "bad.npy"), 2, "does not match")
+
+
+def test_bench_cli_json(toy_bundle, cli, tmp_path):
+    res = cli("bench", toy_bundle, "--duration", "0.2", "--warmup", "0.05", "--batch", "1,4", "--out", tmp_path / "b.json")
+    assert res.returncode == 0, res.stderr
+    assert "jetson: no" in res.stdout
+    doc = json.loads((tmp_path / "b.json").read_text())
+    keys = {"variant", "backend", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s"}
+    assert doc["results"] and all(keys <= set(r) for r in doc["results"])
+    assert all(r["test_accuracy"] is not None for r in doc["results"])
+    assert doc["predictor_overhead"] and "environment" in doc
+
+
+def test_runtime_and_bench_work_without_torch(toy_bundle, tmp_path):
+    """The device side: predict and bench with torch (and onnx) made unimportable."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
+            "from cmcd_edge.cli import main; sys.argv = ['cmcd-edge'] + sys.argv[1:]; main()")
+    res = subprocess.run([sys.executable, "-c", code, "bench", str(toy_bundle), "--duration", "0.1", "--warmup", "0",
+                          "--batch", "1"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
