@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmcd_edge.distill import mi
+from cmcd_edge.distill.select import verdict
+from tests.helpers import assert_one_line_error, synthetic_paired
+
+
+def _gauss(d, true_mi, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    rho = np.sqrt(1 - np.exp(-2 * true_mi / d))
+    x = rng.normal(size=(n, d))
+    return x, rho * x + np.sqrt(1 - rho**2) * rng.normal(size=(n, d))
+
+
+@pytest.mark.parametrize("d,true_mi", [(2, 0.5), (4, 1.0), (8, 2.0)])
+def test_gaussian_estimator_within_5_percent(d, true_mi):
+    assert mi.gaussian_mi(*_gauss(d, true_mi)) == pytest.approx(true_mi, rel=0.05)
+
+
+def test_ksg_within_15_percent_in_two_dims():
+    assert mi.ksg_mi(*_gauss(2, 1.0)) == pytest.approx(1.0, rel=0.15)
+
+
+def test_infonce_is_a_lower_bound():
+    v = mi.infonce_mi(*_gauss(2, 1.0))
+    assert 0.7 <= v <= 1.05
+
+
+def test_independent_variables_have_near_zero_mi():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4))
+    assert mi.gaussian_mi(x, y) < 0.02 and mi.ksg_mi(x, y) < 0.05
+
+
+def test_label_mi_probe_bounds():
+    rng = np.random.default_rng(0)
+    y = np.arange(1000) % 4
+    informative = np.eye(4)[y] * 3 + rng.normal(size=(1000, 4)) * 0.3
+    noise = rng.normal(size=(1000, 4))
+    assert mi.label_mi_probe(informative, y, 4) > 1.2  # H(Y) = log 4 = 1.386
+    assert mi.label_mi_probe(noise, y, 4) < 0.1
+    assert mi.ksg_mixed_label_mi(informative, y) > 1.0
+
+
+def test_verdicts():
+    assert verdict(0.5) == "distill" and verdict(0.0) == "marginal" and verdict(-1).startswith("skip")
+
+
+def test_select_teacher_bad_input(cli, tmp_path):
+    ds = synthetic_paired(tmp_path / "d", n=200)
+    assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", "--candidates", "tgt"), 2,
+                          "no candidate other than the target")
+    nolab = synthetic_paired(tmp_path / "n", n=200, labels=False)
+    assert_one_line_error(cli("select-teacher", "--data", nolab.root, "--target", "tgt"), 2, "no labels")
+    small = synthetic_paired(tmp_path / "s", n=60)
+    assert_one_line_error(cli("select-teacher", "--data", small.root, "--target", "tgt", "--seeds", "1"), 2,
+                          "held-out rows")
