@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from cmcd_edge.calib.ranges import compute_ranges
 from cmcd_edge.distill import students
 from cmcd_edge.export import onnx_export, quantize

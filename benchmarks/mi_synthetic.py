@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from cmcd_edge.distill.mi import gaussian_mi, infonce_mi, ksg_mi
 
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from cmcd_edge.calib.reader import ArrayReader
 
+from cmcd_edge.calib.reader import ArrayReader
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json
 

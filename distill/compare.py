@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from cmcd_edge import datasets
 from cmcd_edge.distill import engine
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.losses import METHODS
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
-
-from cmcd_edge import datasets
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json, write_text
 from cmcd_edge.registry import check_choice

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from cmcd_edge.distill.losses import METHODS, LossParams, parse_recipe
-
 from cmcd_edge.datasets import Dataset
+from cmcd_edge.distill.losses import METHODS, LossParams, parse_recipe
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice
 

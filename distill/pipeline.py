@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from cmcd_edge import __version__, datasets
 from cmcd_edge.distill import engine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import macro_f1, modality_gap
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher, view_tensor
-from torch import nn
-
-from cmcd_edge import __version__, datasets
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_json, write_text
 

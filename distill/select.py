@@ -15,12 +15,12 @@ import logging
 import time
 
 import numpy as np
+
+from cmcd_edge import datasets
 from cmcd_edge.distill import engine, mi
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teachers import train_teacher
-
-from cmcd_edge import datasets
 from cmcd_edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def _safe(fn):
 def _student_embedding(cfg: DistillConfig, ds, rows: np.ndarray) -> np.ndarray:
     """The supervised baseline's encoder, trained on the labeled target rows; its embedding of ``rows``."""
     import torch
+
     from cmcd_edge.distill.teachers import TeacherOutputs
 
     # the supervised recipe never reads the teacher: a zero placeholder keeps the pipeline's shapes

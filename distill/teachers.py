@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cmcd_edge.distill import engine, students
 from torch import nn
 
 from cmcd_edge.datasets import Dataset, Splits, norm_stats
+from cmcd_edge.distill import engine, students
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_text
 

@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cmcd_edge import __version__, datasets
 from cmcd_edge.calib import ranges as calib_ranges
 from cmcd_edge.calib.select import METHODS as SELECT_METHODS
 from cmcd_edge.calib.select import check_size, select_rows
-from cmcd_edge.export import gate, onnx_export, quantize
-from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
-from cmcd_edge.runtime.session import make_session, run_batched
-
-from cmcd_edge import __version__, datasets
 from cmcd_edge.errors import AccuracyGateError, UserError
+from cmcd_edge.export import gate, onnx_export, quantize
 from cmcd_edge.fsutil import atomic_dir, write_json, write_text
 from cmcd_edge.registry import check_choice
+from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
+from cmcd_edge.runtime.session import make_session, run_batched
 
 log = logging.getLogger(__name__)
 

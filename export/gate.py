@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from cmcd_edge.runtime.session import make_session, top1
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cmcd_edge.distill import students
 from torch import nn
 
+from cmcd_edge.distill import students
 from cmcd_edge.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -72,8 +72,9 @@ def preprocess(fp32: Path, out: Path) -> None:
 def quantize(pre: Path, out: Path, preset: Preset, ranges: dict, method: str,
              exclude: list[str] | None = None) -> None:
     """quantize_static (QDQ, per-channel) from precomputed ranges (handed over through ORT's calibration cache)."""
-    from cmcd_edge.calib.ranges import ort_method, write_ort_cache
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from cmcd_edge.calib.ranges import ort_method, write_ort_cache
 
     qt = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
     extra = {"ActivationSymmetric": preset.symmetric, "WeightSymmetric": True}

@@ -15,6 +15,7 @@ import logging
 import os
 
 import numpy as np
+
 from cmcd_edge.runtime.errors import BundleError, EnvironmentFailure, InputShapeError
 from cmcd_edge.runtime.manifest import Manifest, Variant, load_manifest
 from cmcd_edge.runtime.session import available_backends, make_session

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from cmcd_edge.runtime.errors import BundleError, EnvironmentFailure
 
 PROVIDER_FOR_BACKEND = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}

@@ -160,8 +160,9 @@ def test_sequence_and_image_students_learn_and_export(kind, shape, tmp_path):
     res = run_distill(cfg, tmp_path / "run")
     assert res.metrics["test_accuracy"] > 0.5, res.metrics  # chance is 0.25
     assert res.metrics["student"] == {"sequence": "cnn1d", "image": "cnn2d"}[kind]
-    from cmcd_edge.distill import students
     from safetensors.torch import load_file
+
+    from cmcd_edge.distill import students
 
     spec = students.NetSpec.from_json({k: v for k, v in json.loads((tmp_path / "run" / "student.json").read_text()).items()
                                        if k in students.NetSpec.__dataclass_fields__})

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cmcd_edge.distill.losses import LOSSES, METHODS, LossDims, LossParams, Pair, Recipe, parse_recipe
 from torch import nn
 
+from cmcd_edge.distill.losses import LOSSES, METHODS, LossDims, LossParams, Pair, Recipe, parse_recipe
 from cmcd_edge.errors import UserError
 
 DIMS = LossDims(s_dim=4, t_dim=4, num_classes=3, n_train=10)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from cmcd_edge.distill import students
 from cmcd_edge.distill.students import NetSpec
-
 from cmcd_edge.errors import UserError
 
 SHAPES = {"mlp": (47,), "cnn1d": (6, 64), "cnn2d": (3, 32, 32)}
