@@ -249,7 +249,12 @@ class Recipe(nn.Module):
         return any(n != "ce" for n in self.names)
 
     def __str__(self) -> str:
-        return "Loss = " + " + ".join(f"{w} * {n}" for w, n in zip(self.weights, self.names, strict=True))
+        return recipe_str(list(zip(self.weights, self.names, strict=True)))
+
+
+def recipe_str(terms: list[tuple[float, str]]) -> str:
+    """``Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * ce``."""
+    return "Loss = " + " + ".join(f"{float(w)} * {n}" for w, n in terms)
 
 
 # The methods of `cmcd-edge distill --method`: each a recipe. `cmd` and `cmc` are the paper's pure losses (plus the

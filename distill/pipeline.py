@@ -21,7 +21,7 @@ from cmcd_edge import __version__, datasets
 from cmcd_edge.distill import engine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import macro_f1, modality_gap
-from cmcd_edge.distill.losses import LossDims, Pair, Recipe
+from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher, view_tensor
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_json, write_text
@@ -210,19 +210,12 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall) -> dict:
     gap = modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test, seed=cfg.seed)
     size = students.measure(student.cpu(), spec.in_shape)
     student.to(x.device)
-    return {"method": cfg.method, "recipe": str(Recipe.__str__(_FakeRecipe(cfg.terms))), "source": cfg.source,
+    return {"method": cfg.method, "recipe": recipe_str(cfg.terms), "source": cfg.source,
             "target": cfg.target, "seed": cfg.seed, "labeled_fraction": cfg.labeled_fraction,
             "labeled_rows": int(len(splits.labeled)), "test_accuracy": float((pred == yt.numpy()).mean()),
             "test_macro_f1": macro_f1(pred, yt.numpy(), ds.n_classes),
             "teacher_test_accuracy": teacher.test_accuracy, "params": size.params, "macs": size.macs,
             "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}
-
-
-class _FakeRecipe:
-    """Just enough of a Recipe for its __str__ (weights and names)."""
-
-    def __init__(self, terms):
-        self.weights, self.names = [float(w) for w, _ in terms], [n for _, n in terms]
 
 
 def _run_json(cfg, ds, splits, teacher, status: str) -> dict:
