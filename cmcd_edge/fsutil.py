@@ -49,6 +49,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` litter a killed writer left in ``folder``; return what was removed.
+
+    Only call this on a folder this process owns (a run being resumed): a live writer's temp file would go too.
+    """
+    removed = []
+    for stale in Path(folder).glob(".*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``out``; on success it replaces ``out`` whole, on failure it is removed.

@@ -24,7 +24,7 @@ from cmcd_edge.distill.evaluate import macro_f1, modality_gap
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher, view_tensor
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import write_bytes, write_json, write_text
+from cmcd_edge.fsutil import remove_stale_temps, write_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> dic
             diff = sorted(k for k, v in cfg.training_key().items() if old_cfg.training_key().get(k) != v)
             raise UserError(f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
                             "rerun with the same flags, or use a new --out")
+        for stale in remove_stale_temps(out):
+            log.info("resume: removed %s, left by the killed run", stale.name)
         return engine.Checkpoint(out / "checkpoint.pt").load() or {}
     if out.exists() and any(out.iterdir()):
         if not force:

@@ -131,6 +131,7 @@ def test_kill9_then_resume_finishes(toy, tmp_path, fast_cfg):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    (out / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")  # as if killed mid-write
     res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     m = json.loads((out / "metrics.json").read_text())
