@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cmcd_edge.errors import UserError
+from cmcd_edge.errors import EngineMismatch, UserError
 from cmcd_edge.fsutil import write_json
 from cmcd_edge.runtime import bench as rb
 from cmcd_edge.runtime.manifest import load_manifest
@@ -71,7 +71,13 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
     overhead_pairs = []
     for t in threads:
         for name in names:
-            p = Predictor.load(bundle, variant=name, backend=backend, threads=t)
+            try:
+                p = Predictor.load(bundle, variant=name, backend=backend, threads=t)
+            except EngineMismatch as exc:
+                if variants != "all":
+                    raise
+                log.warning("variant %s skipped on %s: %s", name, backend, exc)
+                continue
             acc = None
             if test is not None:
                 acc = float((p.predict(test[0]).argmax(1) == test[1]).mean())
@@ -89,6 +95,8 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
             for b in batches:
                 x = cases[0].x if cases[0].batch == b else rng.normal(size=(b, *manifest.sample_shape)).astype(np.float32)
                 cases.append(rb.Case("torch-eager", "torch", b, t, fn, x, macs))
+    if not cases:
+        raise UserError(f"{bundle}: no variant could be loaded on backend {backend!r}")
     env = rb.environment()
     sampler = rb.jetson.TegrastatsSampler().start() if env["jetson"]["jetson"] else None
     click.echo(f"benchmarking {len(cases)} cases, {duration:.1f}s each, interleaved ...", err=True)

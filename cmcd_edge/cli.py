@@ -318,8 +318,9 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, l
 @click.option("--allow-accuracy-drop", is_flag=True, help="Write the bundle even when a variant fails the gate.")
 @click.option("--target", default="auto", show_default=True, help="auto | cpu | tensorrt (quantization preset)")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (it stays intact until the new one is done).")
+@click.option("--engine", is_flag=True, help="Also build a TensorRT INT8 engine here (needs TensorRT and a GPU).")
 @config_option
-def export(run: str, **kw) -> None:
+def export(run: str, engine: bool = False, **kw) -> None:
     """Export a distill run to a deploy bundle: ONNX FP32, static INT8 (QDQ), accuracy gate, manifest.
 
     Example: cmcd-edge export runs/zer --out bundles/zer --int8
@@ -328,8 +329,38 @@ def export(run: str, **kw) -> None:
     _require("onnx", "train")
     from cmcd_edge.export.bundle import ExportConfig, report_markdown, run_export
 
-    res = run_export(ExportConfig(run=run, **kw))
+    cfg = ExportConfig(run=run, **kw)
+    if engine:
+        from cmcd_edge.runtime import trt
+
+        if cfg.target != "tensorrt" or not cfg.int8:
+            raise UserError("--engine builds from the TensorRT INT8 variant: pass it with --int8 --target tensorrt")
+        trt.current_device_key()  # TensorRT and a GPU are here, before minutes of export
+    res = run_export(cfg)
     click.echo(report_markdown(res.manifest) + f"-> {kw['out']}")
+    if engine:
+        from cmcd_edge.export.trt_build import EngineConfig, build_engine
+
+        entry = build_engine(EngineConfig(bundle=kw["out"]))
+        click.echo(f"engine {entry.file} ({entry.key.describe()}) -> {kw['out']}")
+
+
+@main.command("build-engine")
+@click.argument("bundle", type=click.Path())
+@click.option("--precision", default="int8", show_default=True, help="int8 | fp16 | fp32")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch the engine accepts.")
+@click.option("--opt-batch", type=int, default=None, help="Batch the kernels are tuned for [default: min(8, max)].")
+@click.option("--workspace", "workspace_mb", type=int, default=1024, show_default=True, help="Builder workspace, MB.")
+def build_engine_cmd(bundle: str, **kw) -> None:
+    """Build a TensorRT engine for this device from a bundle and list it in the manifest (run it on the device).
+
+    Example: cmcd-edge build-engine bundles/zer --precision int8 --max-batch 32
+    """
+    from cmcd_edge.export.trt_build import EngineConfig, build_engine
+
+    entry = build_engine(EngineConfig(bundle=bundle, **kw))
+    click.echo(f"{entry.file}: {entry.precision}, max batch {entry.max_batch}, {entry.size_bytes / 1024:.1f} KB, "
+               f"{entry.key.describe()} -> {bundle}/manifest.json")
 
 
 # ------------------------------------------------------------------------------------------------- predict, bench
@@ -349,7 +380,7 @@ def _csv_ints(value: str, flag: str) -> list[int]:
 @click.argument("bundle", type=click.Path())
 @click.argument("input_npy", metavar="INPUT.npy", type=click.Path())
 @click.option("--variant", default="auto", show_default=True, help="auto | int8 | fp32 | fp16")
-@click.option("--backend", default="auto", show_default=True, help="auto | cpu | cuda | tensorrt")
+@click.option("--backend", default="auto", show_default=True, help="auto | tensorrt | ort-tensorrt | cuda | cpu")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write JSON here instead of printing.")
 @click.option("--top", type=int, default=3, show_default=True, help="Classes to print per sample.")
 def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | None, top: int) -> None:
@@ -384,7 +415,7 @@ def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | 
 @click.option("--variants", default="all", show_default=True, help="Comma-separated variants, or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--threads", default="1", show_default=True, help="intra-op thread counts, comma-separated.")
-@click.option("--backend", default="cpu", show_default=True, help="cpu | cuda | tensorrt | auto")
+@click.option("--backend", default="cpu", show_default=True, help="cpu | cuda | ort-tensorrt | tensorrt | auto")
 @click.option("--duration", type=float, default=2.0, show_default=True, help="Timed seconds per case.")
 @click.option("--warmup", type=float, default=0.5, show_default=True, help="Warm-up seconds (all cases).")
 @click.option("--data", default=None, help="Dataset for accuracy beside latency (default: the bundle's own data).")
@@ -445,7 +476,7 @@ def demo(out: str, quick: bool) -> None:
     click.echo("== 5. export --int8: ONNX FP32 + calibrated static INT8 + accuracy gate")
     ctx.invoke(export, run=str(root / "run"), out=str(root / "bundle"), int8=True, fp16=False, calib_size=None,
                calib_method="minmax", calib_select="random", max_accuracy_drop=1.0, allow_accuracy_drop=False,
-               target="auto", force=False)
+               target="auto", force=False, engine=False)
     click.echo("\n== 6. bench: latency with accuracy beside it (torch-free runtime)")
     ctx.invoke(bench, bundle=str(root / "bundle"), variants="all", batches="1,8", threads="1", backend="cpu",
                duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None, out=str(root / "bench.json"),

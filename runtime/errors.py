@@ -28,6 +28,10 @@ class BundleError(UserError):
     """A bundle (manifest, model file, engine) is missing, malformed, tampered or unsafe."""
 
 
+class EngineMismatch(BundleError):
+    """The bundle has no TensorRT engine for this TensorRT version and GPU (the auto backend falls back past it)."""
+
+
 class InputShapeError(UserError):
     """An array handed to the Predictor does not match the bundle's input."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,43 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class DeviceKey:
+    """What a TensorRT engine is bound to: TensorRT version, GPU name and compute capability ("8.7")."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+
+    def slug(self) -> str:
+        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu_name.lower()).strip("-")[:40] or "gpu"
+        return f"trt{self.tensorrt_version}.{gpu}.sm{self.compute_capability.replace('.', '')}"
+
+    def describe(self) -> str:
+        return f"TensorRT {self.tensorrt_version} on {self.gpu_name} (sm_{self.compute_capability.replace('.', '')})"
+
+    def to_json(self) -> dict:
+        return {"tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
+                "compute_capability": self.compute_capability}
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """A TensorRT engine listed in the manifest (built on the device by ``cmcd-edge build-engine``)."""
+
+    file: str
+    precision: str
+    sha256: str
+    size_bytes: int
+    key: DeviceKey
+    max_batch: int
+    source_variant: str
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "precision": self.precision, "sha256": self.sha256, "size_bytes": self.size_bytes,
+                **self.key.to_json(), "max_batch": self.max_batch, "source_variant": self.source_variant}
+
+
+@dataclass(frozen=True)
 class Manifest:
     root: Path
     schema_version: int
@@ -50,6 +88,7 @@ class Manifest:
     classes: tuple[str, ...]
     variants: tuple[Variant, ...]
     raw: dict
+    engines: tuple[EngineEntry, ...] = ()
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -148,5 +187,22 @@ def load_manifest(bundle: str | os.PathLike) -> Manifest:
         safe_path(root, variants[-1].file)
     if not variants:
         raise BundleError(f"{where}: lists no variants")
+    names = {v.name for v in variants}
+    engines = []
+    for i, e in enumerate(_req(raw, "engines", list, where) if "engines" in raw else []):
+        w = f"{where} engines[{i}]"
+        if not isinstance(e, dict):
+            raise BundleError(f"{w}: expected an object")
+        precision = _req(e, "precision", str, w)
+        if precision not in PRECISIONS:
+            raise BundleError(f"{w}: precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        key = DeviceKey(_req(e, "tensorrt_version", str, w), _req(e, "gpu_name", str, w),
+                        _req(e, "compute_capability", str, w))
+        entry = EngineEntry(_req(e, "file", str, w), precision, _req(e, "sha256", str, w), _req(e, "size_bytes", int, w),
+                            key, _req(e, "max_batch", int, w), _req(e, "source_variant", str, w))
+        if entry.source_variant not in names:
+            raise BundleError(f"{w}: source_variant {entry.source_variant!r} is not a variant of this bundle")
+        safe_path(root, entry.file)
+        engines.append(entry)
     return Manifest(root, version, name, tuple(shape), dtype, str(inp.get("layout", "")), outputs,
-                    tuple(str(c) for c in classes), tuple(variants), raw)
+                    tuple(str(c) for c in classes), tuple(variants), raw, tuple(engines))

@@ -16,13 +16,15 @@ import os
 
 import numpy as np
 
-from cmcd_edge.runtime.errors import BundleError, EnvironmentFailure, InputShapeError
+from cmcd_edge.runtime.errors import BundleError, EngineMismatch, EnvironmentFailure, InputShapeError
 from cmcd_edge.runtime.manifest import Manifest, Variant, load_manifest
-from cmcd_edge.runtime.session import available_backends, make_session
+from cmcd_edge.runtime.session import BACKENDS, available_backends, make_session
 
 log = logging.getLogger(__name__)
 VARIANT_PREFERENCE = {"cpu": ("int8", "fp32", "fp16"), "cuda": ("fp16", "int8", "fp32"),
-                      "tensorrt": ("int8", "fp16", "fp32")}
+                      "ort-tensorrt": ("int8", "fp16", "fp32")}
+# which variant targets each backend can run: the CPU presets' asymmetric uint8 QDQ is not for TensorRT
+RUNS_TARGET = {"cpu": ("any", "cpu"), "cuda": ("any", "cpu", "cuda", "tensorrt"), "ort-tensorrt": ("any", "cuda", "tensorrt")}
 
 
 class Predictor:
@@ -41,20 +43,26 @@ class Predictor:
     @classmethod
     def load(cls, bundle: str | os.PathLike, variant: str = "auto", backend: str = "auto", threads: int | None = None,
              max_batch: int = 256, allow_nonfinite: bool = False) -> Predictor:
-        """Open a bundle: manifest checked, file sha256 checked, session created once."""
+        """Open a bundle: manifest checked, file sha256 checked, session created once.
+
+        ``backend="auto"`` tries tensorrt (an engine built for this device), ort-tensorrt, cuda, cpu in that order,
+        as far as this machine has them, and logs a warning for each one it falls back past."""
         manifest = load_manifest(bundle)
         backends = _backend_order(backend)
-        chosen = _choose_variant(manifest, variant, backends[0])
-        last_error: Exception | None = None
-        for b in backends:
+        skipped: list[str] = []
+        for i, b in enumerate(backends):
             try:
-                session = make_session(manifest.verified_path(chosen), backend=b, threads=threads)
-            except EnvironmentFailure as exc:
-                last_error = exc
-                log.warning("backend %s unavailable (%s); falling back", b, exc)
+                chosen, session = _open(manifest, variant, b, threads)
+            except (EnvironmentFailure, EngineMismatch) as exc:
+                if len(backends) == 1:
+                    raise
+                skipped.append(f"{b}: {exc}")
+                nxt = backends[i + 1] if i + 1 < len(backends) else None
+                log.warning("backend %s skipped (%s)%s", b, exc, f"; falling back to {nxt}" if nxt else "")
                 continue
-            return cls(manifest, chosen, b, session, max_batch, allow_nonfinite)
-        raise last_error or EnvironmentFailure("no backend could load the bundle")
+            limit = min(max_batch, session.max_batch) if b == "tensorrt" else max_batch
+            return cls(manifest, chosen, b, session, limit, allow_nonfinite)
+        raise EnvironmentFailure(f"no backend could load {manifest.root}: {' | '.join(skipped)}")
 
     # ------------------------------------------------------------------------------------------------ inference
 
@@ -123,12 +131,29 @@ class Predictor:
                 "backend": self.backend, "input_shape": list(self.input_shape), "classes": list(self.classes)}
 
 
+def _open(manifest: Manifest, variant: str, backend: str, threads: int | None):
+    """(variant, session) for one backend; EnvironmentFailure / EngineMismatch when this backend cannot serve it."""
+    if backend == "tensorrt":
+        from cmcd_edge.runtime import trt
+
+        precision = None if variant == "auto" else manifest.variant(variant).precision
+        entry = trt.match_engine(manifest, trt.current_device_key(), precision)
+        return manifest.variant(entry.source_variant), trt.TrtSession(manifest, entry)
+    chosen = _choose_variant(manifest, variant, backend)
+    options = None
+    if backend == "ort-tensorrt":
+        from cmcd_edge.runtime import trt
+
+        options = trt.ort_tensorrt_options(chosen)
+    return chosen, make_session(manifest.verified_path(chosen), backend=backend, threads=threads, provider_options=options)
+
+
 def _backend_order(backend: str) -> list[str]:
     have = available_backends()
     if backend == "auto":
         return have
-    if backend not in ("cpu", "cuda", "tensorrt"):
-        raise BundleError(f"unknown backend {backend!r}; valid: auto, cpu, cuda, tensorrt")
+    if backend not in BACKENDS:
+        raise BundleError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
     if backend not in have:
         raise EnvironmentFailure(f"backend {backend!r} is not available here; available: {', '.join(have)}")
     return [backend]
@@ -144,7 +169,7 @@ def _choose_variant(manifest: Manifest, variant: str, backend: str) -> Variant:
     ok = [v for v in manifest.variants if v.gate != "failed"]
     for precision in VARIANT_PREFERENCE.get(backend, VARIANT_PREFERENCE["cpu"]):
         for v in ok:
-            if v.precision == precision and (v.target in ("any", "cpu") or backend != "cpu"):
+            if v.precision == precision and v.target in RUNS_TARGET[backend]:
                 return v
     if not ok:
         raise BundleError(f"{manifest.root}: every variant failed the accuracy gate; pass variant= explicitly")

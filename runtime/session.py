@@ -9,15 +9,22 @@ import numpy as np
 
 from cmcd_edge.runtime.errors import BundleError, EnvironmentFailure
 
-PROVIDER_FOR_BACKEND = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+PROVIDER_FOR_BACKEND = {"ort-tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+                        "cpu": "CPUExecutionProvider"}
+# "tensorrt" is the native engine backend (runtime/trt.py); the rest are onnxruntime execution providers
+BACKENDS = ("tensorrt", *PROVIDER_FOR_BACKEND)
 
 
 def available_backends() -> list[str]:
-    """Backends in preference order (fastest first) that this onnxruntime build offers."""
+    """Backends in preference order (fastest first) that this machine offers; the native TensorRT backend counts
+    when the tensorrt package is importable (whether the bundle has an engine for this GPU is checked at load)."""
+    import importlib.util
+
     import onnxruntime as ort
 
     have = set(ort.get_available_providers())
-    return [b for b, p in PROVIDER_FOR_BACKEND.items() if p in have]
+    native = ["tensorrt"] if importlib.util.find_spec("tensorrt") is not None else []
+    return native + [b for b, p in PROVIDER_FOR_BACKEND.items() if p in have]
 
 
 def make_session(path: str | os.PathLike, backend: str = "cpu", threads: int | None = None,
@@ -25,9 +32,9 @@ def make_session(path: str | os.PathLike, backend: str = "cpu", threads: int | N
     """An InferenceSession with full graph optimisation and the thread counts set once."""
     import onnxruntime as ort
 
-    provider = PROVIDER_FOR_BACKEND.get(backend)
-    if provider is None:
-        raise BundleError(f"unknown backend {backend!r}; valid: {', '.join(PROVIDER_FOR_BACKEND)}")
+    if backend not in PROVIDER_FOR_BACKEND:
+        raise BundleError(f"unknown onnxruntime backend {backend!r}; valid: {', '.join(PROVIDER_FOR_BACKEND)}")
+    provider = PROVIDER_FOR_BACKEND[backend]
     if provider not in ort.get_available_providers():
         raise EnvironmentFailure(f"backend {backend!r} ({provider}) is not in this onnxruntime build; "
                                  f"available: {', '.join(available_backends())}")

@@ -44,3 +44,13 @@ def toy_bundle(toy_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("toybundle") / "bundle"
     run_export(ExportConfig(run=str(toy_run), out=str(out), max_accuracy_drop=5.0))
     return out
+
+
+@pytest.fixture(scope="session")
+def trt_bundle(toy_run, tmp_path_factory):
+    """The toy run exported for TensorRT: symmetric INT8 QDQ and an FP16 variant."""
+    from cmcd_edge.export.bundle import ExportConfig, run_export
+
+    out = tmp_path_factory.mktemp("trtbundle") / "bundle"
+    run_export(ExportConfig(run=str(toy_run), out=str(out), target="tensorrt", fp16=True, max_accuracy_drop=5.0))
+    return out

@@ -1,0 +1,64 @@
+"""Choose the default `cmcd` recipe by validation accuracy (never test) over fac->zer and fac->fou, 3 seeds.
+
+Reuses the teachers cached by `compare` in benchmarks/results/compare-{zer,fou}/teachers. Prints val and test top-1
+per recipe; the recipe with the best mean val top-1 over both targets wins.
+
+    .venv/bin/python benchmarks/recipe_sweep.py --out benchmarks/results/recipe_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cmcd_edge.distill.compare import teacher_for_seed
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.pipeline import run_distill
+
+RECIPES = ["1.0*cmd+1.0*cmc+1.0*kd+1.0*ce", "1.0*cmd+1.0*cmc+1.0*kd+1.0*fitnet+1.0*ce",
+           "1.0*cmd+1.0*cmc+1.0*fitnet+1.0*ce", "0.5*cmd+0.5*cmc+1.0*kd+1.0*fitnet+1.0*ce"]
+
+
+def final_val(run: Path) -> float:
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    last_phase = rows[-1]["phase"]
+    return max(float(r["val_acc"]) for r in rows if r["phase"] == last_phase)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--targets", default="zer,fou")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    res: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in RECIPES:
+            for target in args.targets.split(","):
+                for seed in range(args.seeds):
+                    cfg = DistillConfig(data="builtin:mfeat", source="fac", target=target, method="cmcd", recipe=recipe,
+                                        seed=seed)
+                    teacher = teacher_for_seed(cfg, Path(f"benchmarks/results/compare-{target}/teachers/seed{seed}"))
+                    run = Path(tmp) / f"{abs(hash(recipe))}-{target}-{seed}"
+                    m = run_distill(cfg, run, force=True, teacher=teacher).metrics
+                    res.setdefault(recipe, {}).setdefault(target, []).append(
+                        {"seed": seed, "val": final_val(run), "test": m["test_accuracy"]})
+            r = res[recipe]
+            val = np.mean([x["val"] for t in r.values() for x in t])
+            print(f"{recipe:<45} val {100 * val:.2f}  " + "  ".join(
+                f"{t}: val {100 * np.mean([x['val'] for x in v]):.2f} test {100 * np.mean([x['test'] for x in v]):.2f}"
+                for t, v in r.items()), flush=True)
+    best = max(res, key=lambda k: np.mean([x["val"] for t in res[k].values() for x in t]))
+    print(f"best by val: {best}")
+    Path(args.out).write_text(json.dumps({"results": res, "best_by_val": best}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
