@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -41,6 +42,7 @@ class ExportConfig:
     max_accuracy_drop: float = 1.0
     allow_accuracy_drop: bool = False
     target: str = "auto"
+    per_channel: bool = True
     force: bool = False
     seed: int = 0
 
@@ -74,7 +76,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     val = (np.asarray(x_all[splits.val], np.float32), labels[splits.val])
     calib_size = check_size(min(512, len(splits.train)) if cfg.calib_size is None else cfg.calib_size, len(splits.train))
     target = "cpu" if cfg.target == "auto" else cfg.target
-    preset = quantize.preset_for(target)
+    preset = dataclasses.replace(quantize.preset_for(target), per_channel=cfg.per_channel)
     out = Path(cfg.out)
     if Path(cfg.run).resolve() == out.resolve():
         raise UserError(f"--out {out}: must differ from the run folder")

@@ -30,6 +30,7 @@ class Preset:
     weight: str
     reduce_range: bool
     symmetric: bool
+    per_channel: bool = True  # False (--per-tensor): one scale per weight tensor, a smaller file, less accuracy
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -85,12 +86,12 @@ def quantize(pre: Path, out: Path, preset: Preset, ranges: dict, method: str,
         cache = Path(tmp) / "ranges.json"
         write_ort_cache(ranges, cache)
         quantize_static(str(pre), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=preset.reduce_range, activation_type=qt[preset.activation],
+                        per_channel=preset.per_channel, reduce_range=preset.reduce_range, activation_type=qt[preset.activation],
                         weight_type=qt[preset.weight], nodes_to_exclude=list(exclude or []),
                         calibrate_method=ort_method(method), extra_options=extra, calibration_cache_path=cache)
-    from cmcd_edge.export.onnx_export import strip_debug_info
+    from cmcd_edge.export.compact import compact
 
-    strip_debug_info(out)
+    compact(out)
 
 
 def quantizable_nodes(model_path: Path) -> list[str]:
