@@ -92,10 +92,11 @@ def ksg_mixed_label_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8) 
     return float(max(0.0, _digamma(n) - psi_ny.mean() + _digamma(k) - psi_m.mean()))
 
 
-def infonce_mi(x: np.ndarray, y: np.ndarray, dims: int = 16, steps: int = 600, seed: int = 0) -> float:
+def infonce_mi(x: np.ndarray, y: np.ndarray, dims: int = 16, steps: int = 600, seed: int = 0,
+               patience: int = 5) -> float:
     """InfoNCE lower bound (van den Oord et al. 2018; Poole et al. 2019) with a separable critic f(x).g(y) (small
-    MLPs): trained on half the rows, early-stopped on a quarter, and the bound
-    I >= log N + mean_i log softmax_j(f(x_i).g(y_j))_ii evaluated on the last quarter. A lower bound: it cannot
+    MLPs): trained on half the rows, early-stopped on a quarter (``patience`` checks of 20 steps without a rise),
+    and the bound I >= log N + mean_i log softmax_j(f(x_i).g(y_j))_ii evaluated on the last quarter. A lower bound: it cannot
     exceed log N and is loose for large MI; a critic that overfits only lowers it."""
     torch.manual_seed(seed)
     a = torch.tensor(pca(x, dims), dtype=torch.float32)
@@ -112,7 +113,7 @@ def infonce_mi(x: np.ndarray, y: np.ndarray, dims: int = 16, steps: int = 600, s
         scores = f(a[idx]) @ g(b[idx]).T  # (n, n)
         return torch.log(torch.tensor(float(len(idx)))) + torch.log_softmax(scores, dim=1).diag().mean()
 
-    best, best_state = -float("inf"), None
+    best, best_state, since = -float("inf"), None, 0
     for step in range(steps):
         batch = tr[torch.randint(0, len(tr), (128,))]
         loss = -bound(batch)
@@ -123,7 +124,11 @@ def infonce_mi(x: np.ndarray, y: np.ndarray, dims: int = 16, steps: int = 600, s
             with torch.no_grad():
                 v = float(bound(va))
             if v > best:
-                best, best_state = v, ([p.clone() for p in f.parameters()], [p.clone() for p in g.parameters()])
+                best, best_state, since = v, ([p.clone() for p in f.parameters()], [p.clone() for p in g.parameters()]), 0
+            else:
+                since += 1
+                if since >= patience:  # the held-out bound stopped rising: more steps only overfit the critic
+                    break
     with torch.no_grad():
         if best_state is not None:
             for p, q in zip([*f.parameters(), *g.parameters()], [*best_state[0], *best_state[1]], strict=True):

@@ -59,6 +59,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
         raise UserError(f"{data}: has no labels; I(H_S; Y) and the teachers need labels")
     device = engine.pick_device("auto")
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
+    timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
     for s in range(seed, seed + seeds):
         splits = datasets.make_splits(ds, s, labeled_fraction=labeled_fraction)
         held = np.sort(np.concatenate([splits.val, splits.test]))
@@ -68,12 +69,17 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                             f"{MIN_HELDOUT}")
         cfg = DistillConfig(data=data, source=cands[0], target=target, method="supervised", seed=s,
                             labeled_fraction=labeled_fraction, epochs=student_epochs, finetune="none", teacher_epochs=1)
+        t0_s = time.perf_counter()
         h_s = _student_embedding(cfg, ds, held)
+        timing["student_s"] += time.perf_counter() - t0_s
         y = labels[held]
         i_sy = mi.label_mi_probe(h_s, y, ds.n_classes, seed=s)
         i_sy_ksg = _safe(lambda h=h_s, yy=y: mi.ksg_mixed_label_mi(h, yy))
         for c in cands:
+            t0_t = time.perf_counter()
             t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=device, dist=engine.Dist())
+            t0_e = time.perf_counter()
+            timing["teachers_s"] += t0_e - t0_t
             h_t = t.emb.numpy()[held]
             row = per[c]
             row.setdefault("i_sy", []).append(i_sy)
@@ -83,6 +89,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
             for est in estimators:
                 fn = {"gaussian": mi.gaussian_mi, "ksg": mi.ksg_mi, "infonce": mi.infonce_mi}[est]
                 row.setdefault(est, []).append(fn(h_t, h_s))
+            timing["estimators_s"] += time.perf_counter() - t0_e
             log.info("seed %d  %-6s I(T;S) gaussian %.3f  I(S;Y) %.3f", s, c, row["gaussian"][-1], i_sy)
     ranking = []
     for c, row in per.items():
@@ -96,7 +103,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     ranking.sort(key=lambda r: -r["delta"])
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
             "primary_estimator": "gaussian", "margin_nats": MARGIN, "ranking": ranking,
-            "wall_s": round(time.perf_counter() - t0, 1)}
+            "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
 
 
 def _safe(fn):
