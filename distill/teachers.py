@@ -51,9 +51,14 @@ class TeacherOutputs:
             return None
         from safetensors.torch import load_file
 
-        tensors, info = load_file(st), json.loads(meta.read_text())
-        acc = info.pop("test_accuracy")
-        return cls(tensors["emb"], tensors.get("logits"), acc, info)
+        try:
+            tensors, info = load_file(st), json.loads(meta.read_text())
+            acc = info.pop("test_accuracy")
+            emb = tensors["emb"]
+        except Exception as exc:  # noqa: BLE001  (safetensors and json raise several types for corrupt files)
+            raise UserError(f"{st}: corrupt teacher cache ({type(exc).__name__}: {str(exc)[:100]}); delete "
+                            "teacher_outputs.* to recompute it, or rerun with --force") from exc
+        return cls(emb, tensors["logits"] if "logits" in tensors else None, acc, info)
 
 
 def view_tensor(ds: Dataset, view: str, rows: np.ndarray | None = None) -> torch.Tensor:
