@@ -45,7 +45,24 @@ class Group(click.Group):
         except Exception as exc:  # noqa: BLE001  (last resort: never a traceback unless --debug)
             if debug:
                 raise
+            disk = _disk_error(exc)
+            if disk is not None:  # raised inside a library (torch, onnx) that wrapped the OSError
+                raise click.ClickException(disk) from None
             raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)") from None
+
+
+def _disk_error(exc: BaseException) -> str | None:
+    """A full disk or file-size limit anywhere in the exception chain, as one line; else None."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return f"no space left{where} ({exc.strerror}): free disk space and rerun; nothing partial was kept"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
