@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -69,50 +68,6 @@ def test_nan_pass_through_when_allowed(toy_bundle):
     x = _x(p, 2)
     x[0, 0] = np.nan
     assert p.predict(x).shape == (2, len(p.classes))
-
-
-def test_threads_share_one_session_and_match_sequential(pred):
-    """8 threads x 2,000 predict calls on one Predictor: every result equals the sequential one."""
-    xs = [_x(pred, 1 + i % 4, seed=i) for i in range(50)]
-    expected = [pred.predict(x) for x in xs]
-    mismatches, calls = [], []
-
-    def worker():
-        n = 0
-        for _ in range(2000 // len(xs)):
-            for x, e in zip(xs, expected, strict=True):
-                n += 1
-                if not np.array_equal(pred.predict(x), e):
-                    mismatches.append(n)
-        calls.append(n)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert calls == [2000] * 8
-    assert not mismatches
-
-
-def _rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RSS is read from /proc (Linux)")
-def test_rss_growth_over_10000_calls_is_under_10mb(toy_bundle):
-    p = Predictor.load(toy_bundle, threads=1)
-    xs = [_x(p, 1 + i % 8, seed=i) for i in range(16)]
-    for i in range(1000):  # warm-up: allocator arenas and onnxruntime's buffers settle
-        p.predict(xs[i % 16])
-    before = _rss_mb()
-    for i in range(10_000):
-        p.predict(xs[i % 16])
-    growth = _rss_mb() - before
-    assert growth < 10, f"RSS grew {growth:.1f} MB over 10,000 calls"
 
 
 def _copy(bundle, tmp_path):
