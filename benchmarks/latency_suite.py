@@ -82,7 +82,7 @@ def main() -> None:
         out["models"][key] = m
         print(f"{m['name']:<15} params {m['params']:>7,}  MACs {m['macs']:>11,}  p50 ms int8 {p['int8']:.4f}  "
               f"fp32 {p['fp32']:.4f}  torch {p['torch']:.4f}  INT8 vs FP32 {m['int8_vs_fp32']:.2f}x  "
-              f"vs torch {m['int8_vs_torch']:.2f}x  agree {100 * agree:.1f}%  cos {m['int8_cosine']:.5f}  "
+              f"vs torch {m['int8_vs_torch']:.2f}x  agree {100 * m['int8_agreement']:.1f}%  cos {m['int8_cosine']:.5f}  "
               f"size {m['fp32_kb']:.0f}->{m['int8_kb']:.0f} KB")
     out["results"] = res
     if args.out:

@@ -6,12 +6,23 @@ B=.venv/bin
 R=benchmarks/results
 mkdir -p $R
 t() { local name=$1; shift; /usr/bin/time -f "$name wall %e s" -a -o $R/times.txt "$@"; }
-t compare-zer $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target zer --seeds 3 --out $R/compare-zer --force
-t compare-fou $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target fou --seeds 3 --out $R/compare-fou --force
-t compare-mor $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target mor --methods cmcd,kd,supervised --seeds 3 --out $R/compare-mor --force
-t latency-suite $B/python benchmarks/latency_suite.py --out $R/latency_suite.json > $R/latency_suite.txt
+# issue 3: compare on three targets, then the recipe check on val (reuses the compare teachers)
+for tgt in zer fou mor; do
+  t compare-$tgt $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt --seeds 3 --out $R/compare-$tgt --force
+done
+t recipe-sweep $B/python benchmarks/recipe_sweep.py --out $R/recipe_sweep.json > $R/recipe_sweep.txt
+# issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do
   t gain-$v $B/cmcd-edge -q compare --data builtin:mfeat --source $v --target zer --methods cmcd,supervised --seeds 3 --out $R/gain-zer-$v --force --no-upper-bound
 done
+$B/python benchmarks/select_vs_gain.py $R/select-zer.json fac=$R/compare-zer pix=$R/gain-zer-pix kar=$R/gain-zer-kar \
+  fou=$R/gain-zer-fou mor=$R/gain-zer-mor > $R/select_vs_gain.md
 t mi-synthetic $B/python benchmarks/mi_synthetic.py --out $R/mi_synthetic.json > $R/mi_synthetic.txt
+# issue 5: export of the fac->zer CMCD student (seed 0), per-channel (default) and per-tensor weights
+for g in per-channel per-tensor; do
+  t export-$g $B/cmcd-edge -q export $R/compare-zer/runs/cmcd-s0 --out $R/bundle-zer-$g --int8 --fp16 --$g --force > $R/export-$g.md
+done
+# issue 6: latency suite (INT8 vs FP32 vs torch) and the Predictor's overhead
+t latency-suite $B/python benchmarks/latency_suite.py --out $R/latency_suite.json > $R/latency_suite.txt
+$B/cmcd-edge -q bench $R/bundle-zer-per-channel --batch 1,8 --out $R/bench-zer.json > $R/bench-zer.txt
