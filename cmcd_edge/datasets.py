@@ -128,6 +128,8 @@ class Dataset:
 
 
 def _load_aux(path: Path, n_rows: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (every dataset has labels.npy: int64 [N], -1 marks an unlabeled row)")
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
