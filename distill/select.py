@@ -15,12 +15,13 @@ import logging
 import time
 
 import numpy as np
+import torch
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import engine, mi
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
-from cmcd_edge.distill.teachers import train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher, view_tensor
 from cmcd_edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -116,18 +117,12 @@ def _safe(fn):
 
 def _student_embedding(cfg: DistillConfig, ds, rows: np.ndarray) -> np.ndarray:
     """The supervised baseline's encoder, trained on the labeled target rows; its embedding of ``rows``."""
-    import torch
-
-    from cmcd_edge.distill.teachers import TeacherOutputs
-
     # the supervised recipe never reads the teacher: a zero placeholder keeps the pipeline's shapes
     dummy = TeacherOutputs(torch.zeros(ds.n_rows, 1), None, None, {"kind": "none"})
     captured = {}
     res = run_distill(dataclasses.replace(cfg), None, teacher=dummy, capture=captured)
     del res
     net = captured["student"].cpu().eval()
-    from cmcd_edge.distill.teachers import view_tensor
-
     with torch.no_grad():
         return net.embed(view_tensor(ds, cfg.target, rows)).numpy()
 

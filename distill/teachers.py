@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save
 from torch import nn
 
 from cmcd_edge.datasets import Dataset, Splits, norm_stats
 from cmcd_edge.distill import engine, students
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import write_text
+from cmcd_edge.fsutil import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,9 @@ class TeacherOutputs:
     info: dict
 
     def save(self, folder: Path) -> None:
-        from safetensors.torch import save
-
         tensors = {"emb": self.emb.contiguous()}
         if self.logits is not None:
             tensors["logits"] = self.logits.contiguous()
-        from cmcd_edge.fsutil import write_bytes
-
         write_bytes(folder / "teacher_outputs.safetensors", save(tensors))
         write_text(folder / "teacher_outputs.json", json.dumps({"test_accuracy": self.test_accuracy, **self.info}, indent=2))
 
@@ -49,8 +46,6 @@ class TeacherOutputs:
         st, meta = folder / "teacher_outputs.safetensors", folder / "teacher_outputs.json"
         if not (st.exists() and meta.exists()):
             return None
-        from safetensors.torch import load_file
-
         try:
             tensors, info = load_file(st), json.loads(meta.read_text())
             acc = info.pop("test_accuracy")
@@ -98,10 +93,6 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     net.load_state_dict(res.best_state)
     net.eval()
     if out is not None and dist.main:
-        from safetensors.torch import save
-
-        from cmcd_edge.fsutil import write_bytes
-
         write_bytes(out / "teacher.safetensors", save({k: v.cpu().contiguous() for k, v in net.state_dict().items()}))
         write_text(out / "teacher.json", json.dumps({"kind": "trained", "view": source, **spec.to_json()}, indent=2))
     return _outputs(net, xd, yd, splits, {"kind": "trained", "view": source, "spec": spec.to_json(),
