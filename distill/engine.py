@@ -137,10 +137,14 @@ class PhaseSpec:
 def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator], tuple[torch.Tensor, dict]],
               evaluate: Callable[[], tuple[float, float]], ckpt: Checkpoint, dist: Dist,
               params: list[nn.Parameter] | None = None, resume: dict | None = None,
-              start_state: dict | None = None) -> PhaseResult:
+              start_state: dict | None = None, prior: list[dict] | None = None,
+              on_epoch: Callable[[list[dict]], None] | None = None) -> PhaseResult:
     """Train ``model`` for up to ``spec.epochs`` epochs of ``steps_per_epoch`` calls to ``step``; keep the state with
     the best (val accuracy, -val loss); stop after ``patience`` epochs without improvement. ``start_state`` (a state
-    dict) competes as epoch 0, so a phase never ends worse on val than it began."""
+    dict) competes as epoch 0, so a phase never ends worse on val than it began. ``prior`` (earlier phases' history
+    rows) is kept in the checkpoint, so a run resumed in this phase still has them; ``on_epoch`` receives the whole
+    history (prior + this phase) after every epoch, on the main rank."""
+    prior = list(prior or [])
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, spec.epochs * spec.steps_per_epoch))
@@ -154,7 +158,8 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         opt.load_state_dict(resume["opt"])
         sched.load_state_dict(resume["sched"])
         best_state, best_key = resume["best_model"], (resume["best_acc"], resume["best_negloss"])
-        bad, start, history = resume["bad"], resume["epoch"], list(resume["history"])
+        bad, start = resume["bad"], resume["epoch"]
+        history = [r for r in resume["history"] if r["phase"] == spec.name]
         log.info("resuming %s at epoch %d", spec.name, start + 1)
     bar = _progress(spec, start, dist)
     for epoch in range(start, spec.epochs):
@@ -184,7 +189,9 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         if dist.main:
             ckpt.save({"phase": spec.name, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                        "sched": sched.state_dict(), "best_model": best_state, "best_acc": best_key[0],
-                       "best_negloss": best_key[1], "bad": bad, "history": history})
+                       "best_negloss": best_key[1], "bad": bad, "history": [*prior, *history]})
+            if on_epoch is not None:
+                on_epoch([*prior, *history])
         if bar is not None:
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{acc:.3f}")
             bar.update(1)

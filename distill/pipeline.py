@@ -153,13 +153,15 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     steps = max(1, len(train) // cfg.batch_size)
     if not (resume_state and resume_state.get("phase") == "finetune"):
         phase = engine.PhaseSpec("distill", cfg.epochs, cfg.lr, cfg.weight_decay, cfg.patience, steps, cfg.seed)
-        res = engine.run_phase(phase, model, distill_step, evaluate, ckpt, dist, resume=resume_state)
+        res = engine.run_phase(phase, model, distill_step, evaluate, ckpt, dist, resume=resume_state,
+                               on_epoch=_history_writer(out))
         model.load_state_dict(res.best_state)
         history += res.history
     else:
         history += [r for r in resume_state["history"] if r["phase"] == "distill"]
     if cfg.finetune != "none" and cfg.finetune_epochs > 0:
-        history += _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device)
+        history += _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device, history,
+                             _history_writer(out))
 
     if capture is not None:
         capture["student"] = student
@@ -170,7 +172,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     return RunResult(metrics, out)
 
 
-def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device) -> list[dict]:
+def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device, prior, on_epoch) -> list[dict]:
     """Fine-tune the head (or the whole student) on the labeled rows; the distilled state competes as epoch 0."""
     head_only = cfg.finetune == "head"
     params = list(student.head.parameters()) if head_only else list(student.parameters())
@@ -196,7 +198,7 @@ def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, devic
     wrap = _Wrap()
     start_state = {f"student.{k}": v for k, v in start.items()}
     res = engine.run_phase(phase, wrap, step, evaluate, ckpt, dist, params=params, resume=resume_state,
-                           start_state=start_state)
+                           start_state=start_state, prior=prior, on_epoch=on_epoch)
     wrap.load_state_dict(res.best_state)
     return res.history
 
@@ -227,6 +229,19 @@ def _run_json(cfg, ds, splits, teacher, status: str) -> dict:
             "teacher": None if teacher is None else teacher.info}
 
 
+def _write_history(out: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
+    w.writeheader()
+    w.writerows(history)
+    write_text(out / "history.csv", buf.getvalue())
+
+
+def _history_writer(out: Path | None):
+    """history.csv rewritten after every epoch (atomically), so a long run can be watched with tail -f."""
+    return None if out is None else (lambda rows: _write_history(out, rows))
+
+
 def _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, ranking) -> None:
     from safetensors.torch import save
 
@@ -235,12 +250,7 @@ def _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, r
     write_json(out / "student.json", {**spec.to_json(), "view": cfg.target, "view_kind": ds.views[cfg.target].kind,
                                       "classes": list(ds.classes)})
     if history:
-        buf = io.StringIO()
-        keys = list(dict.fromkeys(k for row in history for k in row))
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-        write_text(out / "history.csv", buf.getvalue())
+        _write_history(out, history)
     if ranking is None and (out / "run.json").exists():  # a resumed run keeps the ranking it started with
         ranking = json.loads((out / "run.json").read_text()).get("source_ranking")
     write_json(out / "run.json", {**_run_json(cfg, ds, splits, teacher, "done"), "source_ranking": ranking})

@@ -161,6 +161,7 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(toy, tmp_path, kill_cfg,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    assert (out / "history.csv").read_text().count("\n") >= 2  # written every epoch, not only at the end
     (out / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")  # as if killed mid-write
     res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -170,6 +171,7 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(toy, tmp_path, kill_cfg,
     # stronger than seed noise: the checkpoint holds model, optimiser, schedule and loss state (CMD queue), and
     # each epoch's sampling is seeded by (seed, epoch), so a resumed CPU run ends bit-identical
     assert (out / "student.safetensors").read_bytes() == (uninterrupted / "student.safetensors").read_bytes()
+    assert (out / "history.csv").read_text() == (uninterrupted / "history.csv").read_text()  # both phases' rows
     assert not list(out.glob(".*.tmp"))
 
 
