@@ -107,7 +107,9 @@ def main(debug: bool, quiet: bool) -> None:
     Try:       cmcd-edge demo
     """
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # our INFO lines only; libraries (onnxscript, onnxruntime's quantizer, torch) stay at WARNING unless --debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(level)
 
 
 def _echo_json_or_table(obj: dict, as_json: bool, table: str) -> None:

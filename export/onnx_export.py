@@ -3,8 +3,10 @@ one file), dynamic batch, the view's normalisation inside the graph; two outputs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +72,25 @@ class _Both(nn.Module):
         return self.net.forward_both(x)
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch's exporter warns about torchvision ops it cannot register and a pytree deprecation: noise, not ours."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_fp32(net: students.Net, in_shape: tuple[int, ...], path: Path, example: np.ndarray | None = None) -> None:
     import onnx
 
     x = torch.from_numpy(np.ascontiguousarray(example[:4], np.float32)) if example is not None else torch.randn(4, *in_shape)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(_Both(net).eval(), (x,), dynamo=True, external_data=False, input_names=[INPUT],
                                     output_names=list(OUTPUTS), dynamic_shapes=({0: torch.export.Dim("batch")},),
                                     verbose=False)
