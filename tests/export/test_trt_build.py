@@ -77,3 +77,11 @@ def test_export_engine_needs_the_tensorrt_target(cli, toy_run, tmp_path):
     res = cli("export", toy_run, "--out", tmp_path / "b", "--engine")
     assert_one_line_error(res, 2, "--engine builds from the TensorRT INT8 variant")
     assert not (tmp_path / "b").exists()
+
+
+def test_export_engine_without_tensorrt_fails_before_writing(cli, toy_run, tmp_path):
+    if HAVE_TRT:
+        pytest.skip("TensorRT is installed here")
+    res = cli("export", toy_run, "--out", tmp_path / "b", "--target", "tensorrt", "--engine")
+    assert_one_line_error(res, 1, "TensorRT is not importable here")
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".*.tmp"))
