@@ -16,7 +16,7 @@ import torch
 
 from cmcd_edge.calib.ranges import compute_ranges
 from cmcd_edge.distill import students
-from cmcd_edge.export import onnx_export, quantize
+from cmcd_edge.export import onnx_export, quantize, speed
 from cmcd_edge.runtime import bench as rb
 from cmcd_edge.runtime.session import make_session
 
@@ -39,8 +39,13 @@ def build(kind, shape, tmp: Path, name: str):
     quantize.preprocess(fp32, pre)
     preset = quantize.preset_for("cpu")
     ranges = compute_ranges(pre, onnx_export.INPUT, calib, "minmax", symmetric=preset.symmetric)
-    quantize.quantize(pre, int8, preset, ranges, "minmax")
-    return net, fp32, int8, held, preset
+
+    def q(exclude, path):
+        quantize.quantize(pre, path, preset, ranges, "minmax", exclude)
+
+    keep_float, probe = speed.float_stem_if_faster(pre, q, calib, tmp)  # what `export --stem auto` does
+    q(keep_float, int8)
+    return net, fp32, int8, held, preset, probe
 
 
 def main() -> None:
@@ -55,7 +60,7 @@ def main() -> None:
         cases, meta = [], {}
         for name, (kind, shape) in SUITE.items():
             key = name.split()[0]
-            net, fp32, int8, held, preset = build(kind, shape, tmp, key)
+            net, fp32, int8, held, preset, probe = build(kind, shape, tmp, key)
             s32, s8 = make_session(fp32, threads=1), make_session(int8, threads=1)
             l32 = s32.run(["logits"], {"input": held})[0]
             l8 = s8.run(["logits"], {"input": held})[0]
@@ -64,7 +69,7 @@ def main() -> None:
             size = students.measure(net, shape)
             meta[key] = {"name": name, "params": size.params, "macs": size.macs, "preset": preset.to_json(),
                          "int8_agreement": agree, "int8_cosine": cos, "fp32_kb": fp32.stat().st_size / 1024,
-                         "int8_kb": int8.stat().st_size / 1024}
+                         "int8_kb": int8.stat().st_size / 1024, "stem_probe": probe}
             x = held[:1]
 
             def eager(x, net=net):
@@ -83,7 +88,7 @@ def main() -> None:
         print(f"{m['name']:<15} params {m['params']:>7,}  MACs {m['macs']:>11,}  p50 ms int8 {p['int8']:.4f}  "
               f"fp32 {p['fp32']:.4f}  torch {p['torch']:.4f}  INT8 vs FP32 {m['int8_vs_fp32']:.2f}x  "
               f"vs torch {m['int8_vs_torch']:.2f}x  agree {100 * m['int8_agreement']:.1f}%  cos {m['int8_cosine']:.5f}  "
-              f"size {m['fp32_kb']:.0f}->{m['int8_kb']:.0f} KB")
+              f"size {m['fp32_kb']:.0f}->{m['int8_kb']:.0f} KB  stem {'float' if m['stem_probe'].get('kept_float') else 'int8'}")
     out["results"] = res
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

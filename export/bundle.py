@@ -21,7 +21,7 @@ from cmcd_edge.calib import ranges as calib_ranges
 from cmcd_edge.calib.select import METHODS as SELECT_METHODS
 from cmcd_edge.calib.select import check_size, select_rows
 from cmcd_edge.errors import AccuracyGateError, UserError
-from cmcd_edge.export import gate, onnx_export, quantize
+from cmcd_edge.export import gate, onnx_export, quantize, speed
 from cmcd_edge.fsutil import atomic_dir, write_json, write_text
 from cmcd_edge.registry import check_choice
 from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
@@ -43,6 +43,7 @@ class ExportConfig:
     allow_accuracy_drop: bool = False
     target: str = "auto"
     per_channel: bool = True
+    stem: str = "auto"  # auto: keep the first conv float when that measures faster here; int8 | float: fixed
     force: bool = False
     seed: int = 0
 
@@ -50,6 +51,7 @@ class ExportConfig:
         check_choice("--calib-method", self.calib_method, calib_ranges.METHODS)
         check_choice("--calib-select", self.calib_select, SELECT_METHODS)
         check_choice("--target", self.target, quantize.TARGETS)
+        check_choice("--stem", self.stem, ("auto", "int8", "float"))
         if self.calib_size is not None and self.calib_size < 1:
             raise UserError(f"--calib-size {self.calib_size}: must be >= 1")
         if self.max_accuracy_drop < 0:
@@ -100,6 +102,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                                      "passed" if g.passed else "failed", preset.name,
                                      {"agreement_with_fp32": g.agreement, "cosine_with_fp32": g.cosine,
                                       "drop_points": round(g.drop_points, 3), "float_nodes": g.excluded,
+                                      "speed_float_nodes": g.speed_float, "stem_probe": g.stem_probe,
                                       "sensitivity": g.sensitivity[:20], "preset": preset.to_json(), "macs": macs}))
         if cfg.fp16:
             quantize.to_fp16(fp32, tmp / "model.fp16.onnx")
@@ -147,11 +150,21 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
              time.perf_counter() - t)
     calib_ranges.save_cache(tmp / "calibration.json", key, rng, rows)
 
-    def q(exclude, path):
+    def q_raw(exclude, path):
         quantize.quantize(pre, path, preset, rng, cfg.calib_method, exclude)
 
-    g = gate.run_gate(q, quantize.quantizable_nodes(pre), tmp / "model.int8.onnx", fp32, test, val,
-                      cfg.max_accuracy_drop)
+    keep_float, probe = [], {}
+    if cfg.stem == "float":
+        keep_float = [n for n in [speed.first_conv(pre)] if n]
+    elif cfg.stem == "auto" and preset.name == "cpu":  # TensorRT picks its own kernels on the device
+        keep_float, probe = speed.float_stem_if_faster(pre, q_raw, test[0], tmp)
+
+    def q(exclude, path):
+        q_raw([*keep_float, *exclude], path)
+
+    g = gate.run_gate(q, [n for n in quantize.quantizable_nodes(pre) if n not in keep_float], tmp / "model.int8.onnx",
+                      fp32, test, val, cfg.max_accuracy_drop)
+    g.speed_float, g.stem_probe = keep_float, probe
     pre.unlink()
     calibration = {"method": cfg.calib_method, "select": cfg.calib_select, "size": len(rows),
                    "data_fingerprint": ds.fingerprint(), "file": "calibration.json", "preset": preset.to_json()}

@@ -96,7 +96,40 @@ def export_fp32(net: students.Net, in_shape: tuple[int, ...], path: Path, exampl
                                     verbose=False)
     program.save(str(path), external_data=False)
     strip_debug_info(path)
+    global_average_pools(path)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def global_average_pools(path: Path) -> int:
+    """ReduceMean over every spatial axis with keepdims -> GlobalAveragePool (the same result): the quantizer then
+    keeps the pool in int8 (QLinearGlobalAveragePool, channels-last) instead of dequantizing the whole last feature
+    map for a float ReduceMean. Returns how many nodes were rewritten."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
+            if v.type.tensor_type.HasField("shape")}
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    done = 0
+    for n in model.graph.node:
+        if n.op_type != "ReduceMean" or len(n.input) < 2 or n.input[1] not in consts or n.input[0] not in rank:
+            continue
+        r = rank[n.input[0]]
+        axes = sorted(int(a) % r for a in np.atleast_1d(consts[n.input[1]]))
+        keep = [a.i for a in n.attribute if a.name == "keepdims"]
+        if r >= 3 and axes == list(range(2, r)) and keep in ([], [1]):
+            n.op_type = "GlobalAveragePool"
+            del n.input[1]
+            n.ClearField("attribute")
+            done += 1
+    if done:
+        onnx.save(model, str(path))
+    return done
 
 
 def strip_debug_info(path: Path) -> None:

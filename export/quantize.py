@@ -90,7 +90,10 @@ def quantize(pre: Path, out: Path, preset: Preset, ranges: dict, method: str,
                         weight_type=qt[preset.weight], nodes_to_exclude=list(exclude or []),
                         calibrate_method=ort_method(method), extra_options=extra, calibration_cache_path=cache)
     from cmcd_edge.export.compact import compact
+    from cmcd_edge.export.speed import fold_input_normalization
 
+    if preset.name == "cpu":  # onnxruntime CPU only: TensorRT wants its per-tensor input Q/DQ untouched
+        fold_input_normalization(out)
     compact(out)
 
 
