@@ -152,7 +152,7 @@ class _Context:
             arr = np.ascontiguousarray(arr, dtype=dtype)
             self.context.set_input_shape(name, arr.shape)
             _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream))
-        if not self.context.execute_async_v3(self.stream):
+        if not self.context.execute_async_v3(int(self.stream)):  # TensorRT takes the raw handle
             raise EnvironmentFailure("TensorRT execute_async_v3 failed (see the TensorRT log)")
         results = []
         for name in outputs:
