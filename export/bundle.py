@@ -96,13 +96,14 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         calibration = None
         gate_failed = False
         if cfg.int8:
-            calibration, g = _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val)
+            calibration, g, speed_float, probe = _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32,
+                                                       preset, test, val)
             gate_failed = not g.passed
             variants.append(_variant(tmp, "int8", "int8", tmp / "model.int8.onnx", g.accuracy,
                                      "passed" if g.passed else "failed", preset.name,
                                      {"agreement_with_fp32": g.agreement, "cosine_with_fp32": g.cosine,
                                       "drop_points": round(g.drop_points, 3), "float_nodes": g.excluded,
-                                      "speed_float_nodes": g.speed_float, "stem_probe": g.stem_probe,
+                                      "speed_float_nodes": speed_float, "stem_probe": probe,
                                       "sensitivity": g.sensitivity[:20], "preset": preset.to_json(), "macs": macs}))
         if cfg.fp16:
             quantize.to_fp16(fp32, tmp / "model.fp16.onnx")
@@ -164,11 +165,10 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
 
     g = gate.run_gate(q, [n for n in quantize.quantizable_nodes(pre) if n not in keep_float], tmp / "model.int8.onnx",
                       fp32, test, val, cfg.max_accuracy_drop)
-    g.speed_float, g.stem_probe = keep_float, probe
     pre.unlink()
     calibration = {"method": cfg.calib_method, "select": cfg.calib_select, "size": len(rows),
                    "data_fingerprint": ds.fingerprint(), "file": "calibration.json", "preset": preset.to_json()}
-    return calibration, g
+    return calibration, g, keep_float, probe
 
 
 def _variant(root: Path, name: str, precision: str, path: Path, acc: float, gate_state: str, target: str,

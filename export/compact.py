@@ -12,6 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def constants(model) -> dict:
+    """Every constant tensor of an ONNX graph by name: initializers and Constant nodes' values, as numpy arrays."""
+    from onnx import numpy_helper
+
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
 def compact(path: Path) -> dict:
     """Rewrite ``path`` in place; returns {"bytes_before", "bytes_after"}."""
     import numpy as np

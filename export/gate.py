@@ -26,8 +26,6 @@ class GateResult:
     sensitivity: list[dict] = field(default_factory=list)
     agreement: float = 1.0
     cosine: float = 1.0
-    speed_float: list[str] = field(default_factory=list)  # kept float for speed (export/speed.py), not accuracy
-    stem_probe: dict = field(default_factory=dict)
 
 
 def score(path: Path, x: np.ndarray, y: np.ndarray, ref_logits: np.ndarray | None = None) -> tuple[float, float, float]:

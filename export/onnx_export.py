@@ -105,16 +105,14 @@ def global_average_pools(path: Path) -> int:
     keeps the pool in int8 (QLinearGlobalAveragePool, channels-last) instead of dequantizing the whole last feature
     map for a float ReduceMean. Returns how many nodes were rewritten."""
     import onnx
-    from onnx import numpy_helper
+
+    from cmcd_edge.export.compact import constants
 
     model = onnx.load(str(path))
     inferred = onnx.shape_inference.infer_shapes(model)
     rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
             if v.type.tensor_type.HasField("shape")}
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    consts = constants(model)
     done = 0
     for n in model.graph.node:
         if n.op_type != "ReduceMean" or len(n.input) < 2 or n.input[1] not in consts or n.input[0] not in rank:

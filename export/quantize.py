@@ -139,16 +139,11 @@ def check_tensorrt_qdq(path: Path) -> list[str]:
     """What TensorRT's explicit quantization needs: every QuantizeLinear/DequantizeLinear zero point is 0 and int8.
     Returns the problems found (empty when the model is fine)."""
     import onnx
-    from onnx import numpy_helper
+
+    from cmcd_edge.export.compact import constants
 
     model = onnx.load(str(path))
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    consts = {}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    consts = constants(model)
     problems = []
     n_qdq = 0
     for n in model.graph.node:
@@ -157,10 +152,11 @@ def check_tensorrt_qdq(path: Path) -> list[str]:
         n_qdq += 1
         if len(n.input) < 3 or not n.input[2]:
             continue  # no zero point given: 0 by the ONNX spec (int8 when the output type says so)
-        zp = inits.get(n.input[2], consts.get(n.input[2]))
-        if zp is None:
+        if n.input[2] not in consts:
             problems.append(f"{n.name}: zero point {n.input[2]} is not a constant")
-        elif zp.dtype.name != "int8":
+            continue
+        zp = consts[n.input[2]]
+        if zp.dtype.name != "int8":
             problems.append(f"{n.name}: zero point dtype {zp.dtype.name} (TensorRT takes int8)")
         elif (zp != 0).any():
             problems.append(f"{n.name}: non-zero zero point (asymmetric)")

@@ -59,7 +59,8 @@ def fold_input_normalization(path: Path) -> bool:
     per-channel (axis 1) scale and zero point z_c = round(z - mean_c / (s * std_c)). Two float passes over the input
     go away (6 and 16 us of a 40 and 300 us model, BENCHMARKS.md). Not bit-exact: z_c is rounded, so an element may
     land one quantization step away (at most 1 step instead of 0.5); the accuracy gate scores the folded file.
-    Skipped (False) when the pattern is not there or a zero point would saturate."""
+    Skipped (False) when the pattern is not there or a zero point would saturate. The mean and std initializers are
+    left for ``compact``, which runs next and drops every unused initializer."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -99,10 +100,6 @@ def fold_input_normalization(path: Path) -> bool:
     for n in (sub, div, q):
         g.node.remove(n)
     g.node.insert(at, fused)
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    g.ClearField("initializer")
-    g.initializer.extend(keep)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return True

@@ -138,6 +138,19 @@ def _req(d: dict, key: str, typ, where: str) -> Any:
     return val
 
 
+def _choice(d: dict, key: str, choices: tuple[str, ...], where: str) -> str:
+    val = _req(d, key, str, where)
+    if val not in choices:
+        raise BundleError(f"{where}: {key} {val!r}; valid: {', '.join(choices)}")
+    return val
+
+
+def _obj(v: Any, where: str) -> dict:
+    if not isinstance(v, dict):
+        raise BundleError(f"{where}: expected an object")
+    return v
+
+
 def load_manifest(bundle: str | os.PathLike) -> Manifest:
     root = Path(bundle)
     path = root / "manifest.json"
@@ -169,14 +182,8 @@ def load_manifest(bundle: str | os.PathLike) -> Manifest:
     variants = []
     for i, v in enumerate(_req(raw, "variants", list, where)):
         w = f"{where} variants[{i}]"
-        if not isinstance(v, dict):
-            raise BundleError(f"{w}: expected an object")
-        precision = _req(v, "precision", str, w)
-        if precision not in PRECISIONS:
-            raise BundleError(f"{w}: precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        gate = _req(v, "gate", str, w)
-        if gate not in GATES:
-            raise BundleError(f"{w}: gate {gate!r}; valid: {', '.join(GATES)}")
+        v = _obj(v, w)
+        precision, gate = _choice(v, "precision", PRECISIONS, w), _choice(v, "gate", GATES, w)
         acc = v.get("test_accuracy")
         if acc is not None and not isinstance(acc, (int, float)):
             raise BundleError(f"{w}: field 'test_accuracy' must be a number or null")
@@ -191,11 +198,8 @@ def load_manifest(bundle: str | os.PathLike) -> Manifest:
     engines = []
     for i, e in enumerate(_req(raw, "engines", list, where) if "engines" in raw else []):
         w = f"{where} engines[{i}]"
-        if not isinstance(e, dict):
-            raise BundleError(f"{w}: expected an object")
-        precision = _req(e, "precision", str, w)
-        if precision not in PRECISIONS:
-            raise BundleError(f"{w}: precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        e = _obj(e, w)
+        precision = _choice(e, "precision", PRECISIONS, w)
         key = DeviceKey(_req(e, "tensorrt_version", str, w), _req(e, "gpu_name", str, w),
                         _req(e, "compute_capability", str, w))
         entry = EngineEntry(_req(e, "file", str, w), precision, _req(e, "sha256", str, w), _req(e, "size_bytes", int, w),

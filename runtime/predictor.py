@@ -167,7 +167,7 @@ def _choose_variant(manifest: Manifest, variant: str, backend: str) -> Variant:
                         v.name, v.test_accuracy)
         return v
     ok = [v for v in manifest.variants if v.gate != "failed"]
-    for precision in VARIANT_PREFERENCE.get(backend, VARIANT_PREFERENCE["cpu"]):
+    for precision in VARIANT_PREFERENCE[backend]:  # onnxruntime backends only: the native one picks an engine
         for v in ok:
             if v.precision == precision and v.target in RUNS_TARGET[backend]:
                 return v

@@ -144,8 +144,8 @@ class _Context:
             self.context.set_tensor_address(name, int(ptr))
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        cudart, h2d, d2h = self.cudart, self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, \
-            self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cudart = self.cudart
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         batch = next(iter(inputs.values())).shape[0]
         for name, arr in inputs.items():
             ptr, dtype, _ = self.buffers[name]
