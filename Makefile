@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	bash benchmarks/run_all.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

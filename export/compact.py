@@ -3,7 +3,8 @@
 A 30k-parameter student's INT8 weights take ~30 KB, so per-tensor bookkeeping is a large share of the file:
 onnxruntime's quantizer writes an all-zero zero point per output channel for every int8 weight and int32 bias
 (DequantizeLinear's zero point is optional and 0 by default), long tensor and node names, and metadata. ``compact``
-drops those zero points, renames internal tensors and nodes to short names (graph inputs and outputs keep theirs),
+drops those zero points, replaces each stored bias scale that is exactly input scale x weight scale (how the
+quantizer defines it) by a Mul of those two (onnxruntime folds it back when the session loads), renames internal tensors and nodes to short names (graph inputs and outputs keep theirs),
 drops value_info, node metadata and unused opset imports. Outputs are bit-identical; the export checks that on the test split.
 """
 
@@ -25,8 +26,9 @@ def constants(model) -> dict:
     return out
 
 
-def compact(path: Path) -> dict:
-    """Rewrite ``path`` in place; returns {"bytes_before", "bytes_after"}."""
+def compact(path: Path, derive_bias_scales: bool = True) -> dict:
+    """Rewrite ``path`` in place; returns {"bytes_before", "bytes_after"}. ``derive_bias_scales`` is for runtimes that
+    fold constants before fusing QDQ groups (onnxruntime); TensorRT wants every Q/DQ scale an initializer."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -43,6 +45,8 @@ def compact(path: Path) -> dict:
         # int32 bias zero points only: dropping the int8 weight ones changes which kernels onnxruntime fuses
         if x is not None and zp.dtype == np.int32 and not zp.any():
             del n.input[2]
+    if derive_bias_scales:
+        _derive_bias_scales(g)
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     keep = [i for i in g.initializer if i.name in used]
     g.ClearField("initializer")
@@ -73,3 +77,35 @@ def compact(path: Path) -> dict:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return {"bytes_before": before, "bytes_after": path.stat().st_size}
+
+
+def _derive_bias_scales(g) -> int:
+    """Gemm/Conv(DQ(x), DQ(w), DQ(b)): the int32 bias's scale is by definition scale(x) * scale(w). Where the stored
+    bias scale equals that product bit for bit, compute it with a Mul node instead of storing it (one float per output
+    channel). Returns how many were replaced."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in g.initializer}
+    dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    added = []
+    for n in g.node:
+        if n.op_type not in ("Gemm", "Conv") or len(n.input) < 3 or not all(i in dq for i in n.input[:3]):
+            continue
+        x, w, b = (dq[i] for i in n.input[:3])
+        if b.input[0] not in inits or inits[b.input[0]].data_type != onnx.TensorProto.INT32:
+            continue
+        if not all(d.input[1] in inits for d in (x, w, b)):
+            continue
+        sx, sw, sb = (numpy_helper.to_array(inits[d.input[1]]) for d in (x, w, b))
+        product = np.multiply(sx, sw, dtype=np.float32)
+        if sb.dtype != np.float32 or product.shape != sb.shape or product.tobytes() != sb.tobytes():
+            continue
+        out = b.input[1] + "_derived"
+        added.append(onnx.helper.make_node("Mul", [x.input[1], w.input[1]], [out]))
+        b.input[1] = out
+    nodes = added + list(g.node)
+    g.ClearField("node")
+    g.node.extend(nodes)
+    return len(added)

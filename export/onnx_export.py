@@ -131,15 +131,19 @@ def global_average_pools(path: Path) -> int:
 
 
 def strip_debug_info(path: Path) -> None:
-    """Drop the exporter's per-node stack traces and FX metadata: debug text, often larger than a small model's
-    weights, and nothing a device needs."""
+    """Drop the exporter's per-node stack traces, FX metadata and torch.export graph signature (parameter names and
+    kinds, on the graph and its inputs/outputs): debug text, often larger than a small model's weights, and nothing a
+    device needs. Every variant is derived from this file, so none carries it."""
     import onnx
 
     model = onnx.load(str(path))
-    for node in model.graph.node:
-        node.ClearField("metadata_props")
+    g = model.graph
+    for item in [*g.node, *g.input, *g.output]:
+        item.ClearField("metadata_props")
+    for node in g.node:
         node.doc_string = ""
-    model.graph.ClearField("value_info")
+    g.ClearField("metadata_props")
+    g.ClearField("value_info")
     onnx.save(model, str(path))
 
 

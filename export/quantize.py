@@ -94,7 +94,7 @@ def quantize(pre: Path, out: Path, preset: Preset, ranges: dict, method: str,
 
     if preset.name == "cpu":  # onnxruntime CPU only: TensorRT wants its per-tensor input Q/DQ untouched
         fold_input_normalization(out)
-    compact(out)
+    compact(out, derive_bias_scales=preset.name != "tensorrt")
 
 
 def quantizable_nodes(model_path: Path) -> list[str]:
