@@ -4,12 +4,14 @@ Reuses the teachers cached by `compare` in benchmarks/results/compare-{zer,fou}/
 per recipe; the recipe with the best mean val top-1 over both targets wins.
 
     .venv/bin/python benchmarks/recipe_sweep.py --out benchmarks/results/recipe_sweep.json
+    .venv/bin/python benchmarks/recipe_sweep.py --set weights-temps --out benchmarks/results/recipe_sweep_weights_temps.json
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import tempfile
@@ -19,10 +21,23 @@ import numpy as np
 
 from cmcd_edge.distill.compare import teacher_for_seed
 from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.losses import LossParams
 from cmcd_edge.distill.pipeline import run_distill
 
-RECIPES = ["1.0*cmd+1.0*cmc+1.0*kd+1.0*ce", "1.0*cmd+1.0*cmc+1.0*kd+1.0*fitnet+1.0*ce",
-           "1.0*cmd+1.0*cmc+1.0*fitnet+1.0*ce", "0.5*cmd+0.5*cmc+1.0*kd+1.0*fitnet+1.0*ce"]
+DEFAULT = "1.0*cmd+1.0*cmc+1.0*kd+1.0*ce"
+# candidate = (recipe, LossParams overrides); the first of each set is the current default
+SETS = {
+    "recipes": [(DEFAULT, {}), ("1.0*cmd+1.0*cmc+1.0*kd+1.0*fitnet+1.0*ce", {}), ("1.0*cmd+1.0*cmc+1.0*fitnet+1.0*ce", {}),
+                ("0.5*cmd+0.5*cmc+1.0*kd+1.0*fitnet+1.0*ce", {})],
+    # KD's T^2 = 16 scaling makes it the largest term of the default sum; CMD/CMC temperatures per the issue
+    "weights-temps": [(DEFAULT, {}), ("1.0*cmd+1.0*cmc+0.25*kd+1.0*ce", {}), ("2.0*cmd+2.0*cmc+1.0*kd+1.0*ce", {}),
+                      (DEFAULT, {"tau_s": 0.2, "tau_t": 0.1}), (DEFAULT, {"tau_s": 0.05, "tau_t": 0.025}),
+                      (DEFAULT, {"cmc_tau": 0.05})],
+}
+
+
+def label(recipe: str, over: dict) -> str:
+    return recipe + ("" if not over else " " + ",".join(f"{k}={v}" for k, v in over.items()))
 
 
 def final_val(run: Path) -> float:
@@ -36,23 +51,25 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--targets", default="zer,fou")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--set", default="recipes", choices=sorted(SETS))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     res: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for recipe in RECIPES:
+        for recipe, over in SETS[args.set]:
+            name = label(recipe, over)
             for target in args.targets.split(","):
                 for seed in range(args.seeds):
                     cfg = DistillConfig(data="builtin:mfeat", source="fac", target=target, method="cmcd", recipe=recipe,
-                                        seed=seed)
+                                        seed=seed, loss=dataclasses.replace(LossParams(), **over))
                     teacher = teacher_for_seed(cfg, Path(f"benchmarks/results/compare-{target}/teachers/seed{seed}"))
-                    run = Path(tmp) / f"{abs(hash(recipe))}-{target}-{seed}"
+                    run = Path(tmp) / f"{abs(hash(name))}-{target}-{seed}"
                     m = run_distill(cfg, run, force=True, teacher=teacher).metrics
-                    res.setdefault(recipe, {}).setdefault(target, []).append(
+                    res.setdefault(name, {}).setdefault(target, []).append(
                         {"seed": seed, "val": final_val(run), "test": m["test_accuracy"]})
-            r = res[recipe]
+            r = res[name]
             val = np.mean([x["val"] for t in r.values() for x in t])
-            print(f"{recipe:<45} val {100 * val:.2f}  " + "  ".join(
+            print(f"{name:<55} val {100 * val:.2f}  " + "  ".join(
                 f"{t}: val {100 * np.mean([x['val'] for x in v]):.2f} test {100 * np.mean([x['test'] for x in v]):.2f}"
                 for t, v in r.items()), flush=True)
     best = max(res, key=lambda k: np.mean([x["val"] for t in res[k].values() for x in t]))

@@ -53,23 +53,56 @@ def _cheb(x: np.ndarray) -> np.ndarray:
     return d
 
 
-def ksg_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: int = 0) -> float:
-    """Kraskov-Stoegbauer-Grassberger estimator 1 (Phys. Rev. E 69, 2004) with k = 4, on PCA projections of at most
-    ``dims`` dims each (k-NN estimators degrade in high dimension, hence the projection, as latentmi does):
-    I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_y + 1) >, max-norm. Assumes continuous, tie-free samples
-    (a 1e-10 jitter breaks ties)."""
-    rng = np.random.default_rng(seed)
-    a, b = pca(x, dims), pca(y, dims)
-    a = a / (a.std(0) + 1e-12) + 1e-10 * rng.normal(size=a.shape)
+def cca(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical correlation analysis: (A, B, rho) with a @ A and b @ B the canonical variates (unit variance,
+    pairwise correlations rho, descending, uncorrelated across pairs)."""
+    a, b = a - a.mean(0), b - b.mean(0)
+
+    def inv_sqrt(c: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh(c)
+        return v @ np.diag(1 / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+
+    wa, wb = inv_sqrt(np.cov(a.T).reshape(a.shape[1], -1)), inv_sqrt(np.cov(b.T).reshape(b.shape[1], -1))
+    u, rho, vt = np.linalg.svd(wa @ (a.T @ b / (len(a) - 1)) @ wb)
+    k = len(rho)
+    return wa @ u[:, :k], wb @ vt[:k].T, rho
+
+
+def _ksg(a: np.ndarray, b: np.ndarray, k: int, rng: np.random.Generator) -> float:
+    """KSG estimator 1 on one pair of sample sets (N, da), (N, db), max-norm, unclipped."""
+    a = a / (a.std(0) + 1e-12) + 1e-10 * rng.normal(size=a.shape)  # the jitter breaks ties
     b = b / (b.std(0) + 1e-12) + 1e-10 * rng.normal(size=b.shape)
-    n = len(a)
     dx, dy = _cheb(a), _cheb(b)
     dj = np.maximum(dx, dy)
     np.fill_diagonal(dj, np.inf)
     eps = np.partition(dj, k - 1, axis=1)[:, k - 1]
     nx = (dx < eps[:, None]).sum(1) - 1
     ny = (dy < eps[:, None]).sum(1) - 1
-    return float(max(0.0, _digamma(k) + _digamma(n) - np.mean(_digamma(nx + 1) + _digamma(ny + 1))))
+    return float(_digamma(k) + _digamma(len(a)) - np.mean(_digamma(nx + 1) + _digamma(ny + 1)))
+
+
+def ksg_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: int = 0) -> float:
+    """Kraskov-Stoegbauer-Grassberger estimator 1 (Phys. Rev. E 69, 2004), k = 4, on canonical pairs: x and y are
+    PCA-reduced to at most ``dims`` dims each, CCA turns them into pairs (u_i, v_i), and
+    I = sum_i KSG(u_i; v_i), each KSG in two dimensions.
+
+    Why pairs: KSG on the joint 2 x ``dims``-dimensional space underestimates badly (20-50% low at 4-8 dims and
+    n = 2000, ``ksg_joint_mi``: the k-NN balls stop being local), while in two dimensions it is nearly unbiased.
+    Assumes the canonical pairs are independent of each other: exact for jointly Gaussian variables (CCA makes them
+    so), and otherwise it misses dependence *between* pairs; within each pair the dependence may be any shape (the
+    non-parametric part the Gaussian closed form lacks). Continuous, tie-free samples (a 1e-10 jitter breaks ties)."""
+    rng = np.random.default_rng(seed)
+    a, b = pca(x, dims), pca(y, dims)
+    ca, cb, _ = cca(a, b)
+    u, v = a @ ca, b @ cb
+    return float(max(0.0, sum(_ksg(u[:, i:i + 1], v[:, i:i + 1], k, rng) for i in range(u.shape[1]))))
+
+
+def ksg_joint_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: int = 0) -> float:
+    """KSG estimator 1 on the joint space of the PCA projections (at most ``dims`` dims each), max-norm: the textbook
+    form, kept for comparison (see ``ksg_mi`` for its bias above two dimensions)."""
+    rng = np.random.default_rng(seed)
+    return float(max(0.0, _ksg(pca(x, dims), pca(y, dims), k, rng)))
 
 
 def ksg_mixed_label_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8) -> float:

@@ -3,9 +3,10 @@
 A 30k-parameter student's INT8 weights take ~30 KB, so per-tensor bookkeeping is a large share of the file:
 onnxruntime's quantizer writes an all-zero zero point per output channel for every int8 weight and int32 bias
 (DequantizeLinear's zero point is optional and 0 by default), long tensor and node names, and metadata. ``compact``
-drops those zero points, replaces each stored bias scale that is exactly input scale x weight scale (how the
-quantizer defines it) by a Mul of those two (onnxruntime folds it back when the session loads), renames internal tensors and nodes to short names (graph inputs and outputs keep theirs),
-drops value_info, node metadata and unused opset imports. Outputs are bit-identical; the export checks that on the test split.
+drops those zero points, replaces each stored bias scale that is exactly input scale x weight scale (how the quantizer
+defines it) by a Mul of those two (onnxruntime folds it back when the session loads), renames internal tensors and
+nodes to short names (graph inputs and outputs keep theirs), drops value_info, node metadata and unused opset imports.
+Outputs are bit-identical; the export checks that on the test split.
 """
 
 from __future__ import annotations
