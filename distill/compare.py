@@ -76,7 +76,7 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
                 dataclasses.replace(cfg_s, method=m)
             run_dir = out / "runs" / f"{m.replace('@100%', '-all-labels')}-s{seed}"
-            res = _finished(run_dir) or run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
+            res = _finished(run_dir, cfg) or run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
             acc[m].append(res["test_accuracy"])
             f1[m].append(res["test_macro_f1"])
             wall[m] += res["wall_s"]
@@ -95,11 +95,18 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
     return results
 
 
-def _finished(run_dir: Path) -> dict | None:
+def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
+    """The metrics of a run a killed compare already finished, if it was made with this very config (a run left from
+    another config, e.g. before the default recipe changed, is trained again)."""
     import json
 
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    path, run_json = run_dir / "metrics.json", run_dir / "run.json"
+    if not (path.exists() and run_json.exists()):
+        return None
+    if json.loads(run_json.read_text())["config"] != json.loads(json.dumps(cfg.to_json())):
+        log.info("  %s: made with another config, trained again", run_dir.name)
+        return None
+    return json.loads(path.read_text())
 
 
 def results_markdown(r: dict) -> str:

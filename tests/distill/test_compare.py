@@ -1,0 +1,49 @@
+"""compare: one teacher per seed shared by every method, results.json/results.md, a killed compare resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from cmcd_edge.distill.compare import run_compare
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.errors import UserError
+from tests.helpers import synthetic_paired
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = synthetic_paired(tmp_path_factory.mktemp("data") / "toy", n=300).root
+    return DistillConfig(data=str(root), source="src", target="tgt", epochs=2, teacher_epochs=2, finetune_epochs=1,
+                         device="cpu")
+
+
+def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path):
+    r = run_compare(base, ["cmcd", "supervised"], 2, tmp_path / "cmp")
+    assert set(r["methods"]) == {"cmcd", "supervised"} and r["seeds"] == [0, 1]
+    for m in r["methods"].values():
+        assert 0.0 <= m["test_accuracy"]["mean"] <= 1.0 and m["wall_s"] > 0
+    assert r["upper_bound"]["method"] == "supervised@100%"
+    assert sorted(p.name for p in (tmp_path / "cmp" / "teachers").iterdir()) == ["seed0", "seed1"]
+    md = (tmp_path / "cmp" / "results.md").read_text()
+    assert "cmcd" in md and "supervised" in md
+    with pytest.raises(UserError, match="--force"):
+        run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
+
+
+def test_compare_resume_reuses_only_runs_made_with_the_same_config(base, tmp_path):
+    out = tmp_path / "cmp"
+    run_compare(base, ["kd", "supervised"], 1, out, upper_bound=False)
+    (out / "results.json").unlink()  # as if killed before the end
+    kd, sup = out / "runs" / "kd-s0", out / "runs" / "supervised-s0"
+    stale = json.loads((kd / "run.json").read_text())
+    stale["config"]["loss"]["kd_t"] = 2.0  # a run left over from another config
+    (kd / "run.json").write_text(json.dumps(stale))
+    mtime_sup, mtime_kd = (sup / "metrics.json").stat().st_mtime_ns, (kd / "metrics.json").stat().st_mtime_ns
+    r = run_compare(dataclasses.replace(base), ["kd", "supervised"], 1, out, upper_bound=False)
+    assert (sup / "metrics.json").stat().st_mtime_ns == mtime_sup  # finished with this config: kept
+    assert (kd / "metrics.json").stat().st_mtime_ns != mtime_kd  # another config: trained again
+    assert json.loads((kd / "run.json").read_text())["config"]["loss"]["kd_t"] == base.loss.kd_t
+    assert set(r["methods"]) == {"kd", "supervised"}
