@@ -11,6 +11,8 @@ for tgt in zer fou mor; do
   t compare-$tgt $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt --seeds 3 --out $R/compare-$tgt --force
 done
 t recipe-sweep $B/python benchmarks/recipe_sweep.py --out $R/recipe_sweep.json > $R/recipe_sweep.txt
+t recipe-sweep-2 $B/python benchmarks/recipe_sweep.py --set weights-temps --reuse $R/recipe_sweep.json \
+  --out $R/recipe_sweep_weights_temps.json > $R/recipe_sweep_weights_temps.txt
 # issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do
@@ -18,7 +20,7 @@ for v in pix kar fou mor; do
 done
 $B/python benchmarks/select_vs_gain.py $R/select-zer.json fac=$R/compare-zer pix=$R/gain-zer-pix kar=$R/gain-zer-kar \
   fou=$R/gain-zer-fou mor=$R/gain-zer-mor > $R/select_vs_gain.md
-t mi-synthetic $B/python benchmarks/mi_synthetic.py --out $R/mi_synthetic.json > $R/mi_synthetic.txt
+t mi-synthetic $B/python benchmarks/mi_synthetic.py --reps 10 --out $R/mi_synthetic.json > $R/mi_synthetic.txt
 # issue 5: export of the fac->zer CMCD student (seed 0), per-channel (default) and per-tensor weights
 for g in per-channel per-tensor; do
   t export-$g $B/cmcd-edge -q export $R/compare-zer/runs/cmcd-s0 --out $R/bundle-zer-$g --int8 --fp16 --$g --force > $R/export-$g.md

@@ -125,48 +125,75 @@ def ksg_mixed_label_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8) 
     return float(max(0.0, _digamma(n) - psi_ny.mean() + _digamma(k) - psi_m.mean()))
 
 
-def infonce_mi(x: np.ndarray, y: np.ndarray, dims: int = 16, steps: int = 600, seed: int = 0,
-               patience: int = 5) -> float:
-    """InfoNCE lower bound (van den Oord et al. 2018; Poole et al. 2019) with a separable critic f(x).g(y) (small
-    MLPs): trained on half the rows, early-stopped on a quarter (``patience`` checks of 20 steps without a rise),
-    and the bound I >= log N + mean_i log softmax_j(f(x_i).g(y_j))_ii evaluated on the last quarter. A lower bound: it cannot
-    exceed log N and is loose for large MI; a critic that overfits only lowers it."""
+def _gaussian_critic(a: np.ndarray, b: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(M, Q) of the log density ratio log p(y | x) / p(y) of a Gaussian fitted to (a, b), up to terms in x alone
+    (they cancel in InfoNCE's softmax over y): s(x, y) = x^T M y - 1/2 y^T Q y."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    eye_a, eye_b = ridge * np.eye(a.shape[1]), ridge * np.eye(b.shape[1])
+    ca, cb, cab = a.T @ a / (len(a) - 1) + eye_a, b.T @ b / (len(a) - 1) + eye_b, a.T @ b / (len(a) - 1)
+    reg = cab.T @ np.linalg.inv(ca)  # E[y | x] = reg x
+    resid_inv = np.linalg.inv(cb - reg @ cab + eye_b)
+    return (resid_inv @ reg).T, resid_inv - np.linalg.inv(cb)
+
+
+def infonce_mi(x: np.ndarray, y: np.ndarray, dims: int = 16, folds: int = 5, steps: int = 300, seed: int = 0,
+               patience: int = 4) -> float:
+    """InfoNCE lower bound (van den Oord et al. 2018; Poole et al. 2019), I >= log N + mean_i log softmax_j s(x_i, y_j)_ii,
+    cross-fitted: the rows are split in ``folds`` parts; for each, the critic is trained on the others and the bound is
+    evaluated on it; the mean over parts is returned (every row held out once).
+
+    The critic is the Gaussian log density ratio fitted in closed form on the training rows (x^T M y - 1/2 y^T Q y:
+    the optimal critic when the pair is jointly Gaussian) plus a separable MLP residual f(x).g(y), zero at the start,
+    trained on 4/5 of them and early-stopped on the last 1/5 (``patience`` checks of 20 steps without a rise), for the
+    dependence a Gaussian misses. Why this critic: an MLP critic learned from scratch on ~1000 rows pays roughly
+    (parameters) / (2 n) nats on held-out rows, which at 0.1 nats in 8 dims is most of the signal (-60%).
+    Assumes the rows are i.i.d.; a lower bound in expectation (any critic gives one), capped at log N of the held-out
+    part and loose for large MI; an overfit critic only lowers it."""
+    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    a = torch.tensor(pca(x, dims), dtype=torch.float32)
-    b = torch.tensor(pca(y, dims), dtype=torch.float32)
-    a, b = (a - a.mean(0)) / (a.std(0) + 1e-6), (b - b.mean(0)) / (b.std(0) + 1e-6)
-    perm = torch.randperm(len(a), generator=torch.Generator().manual_seed(seed))
-    n2, n4 = len(a) // 2, len(a) * 3 // 4
-    tr, va, te = perm[:n2], perm[n2:n4], perm[n4:]
-    f = nn.Sequential(nn.Linear(a.shape[1], 64), nn.ReLU(), nn.Linear(64, 32))
-    g = nn.Sequential(nn.Linear(b.shape[1], 64), nn.ReLU(), nn.Linear(64, 32))
-    opt = torch.optim.AdamW([*f.parameters(), *g.parameters()], lr=1e-3, weight_decay=1e-2)
+    a, b = pca(x, dims), pca(y, dims)
+    a, b = (a - a.mean(0)) / (a.std(0) + 1e-12), (b - b.mean(0)) / (b.std(0) + 1e-12)
+    at, bt = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    parts = np.array_split(rng.permutation(len(a)), folds)
+    values = []
+    for k in range(folds):
+        held = torch.from_numpy(parts[k])
+        rest = np.concatenate([parts[j] for j in range(folds) if j != k])
+        m, q = (torch.tensor(t, dtype=torch.float32) for t in _gaussian_critic(a[rest], b[rest]))
+        n_val = len(rest) // 5
+        tr, va = torch.from_numpy(rest[n_val:]), torch.from_numpy(rest[:n_val])
+        f = nn.Sequential(nn.Linear(a.shape[1], 64), nn.ReLU(), nn.Linear(64, 32))
+        g = nn.Sequential(nn.Linear(b.shape[1], 64), nn.ReLU(), nn.Linear(64, 32))
+        nn.init.zeros_(f[2].weight), nn.init.zeros_(f[2].bias)  # the residual starts at 0: the Gaussian critic
+        params = [*f.parameters(), *g.parameters()]
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
 
-    def bound(idx: torch.Tensor) -> torch.Tensor:
-        scores = f(a[idx]) @ g(b[idx]).T  # (n, n)
-        return torch.log(torch.tensor(float(len(idx)))) + torch.log_softmax(scores, dim=1).diag().mean()
+        def bound(idx: torch.Tensor) -> torch.Tensor:
+            xa, yb = at[idx], bt[idx]
+            scores = xa @ m @ yb.T - 0.5 * ((yb @ q) * yb).sum(1)[None, :] + f(xa) @ g(yb).T  # (n, n)
+            return torch.log(torch.tensor(float(len(idx)))) + torch.log_softmax(scores, dim=1).diag().mean()
 
-    best, best_state, since = -float("inf"), None, 0
-    for step in range(steps):
-        batch = tr[torch.randint(0, len(tr), (128,))]
-        loss = -bound(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 20 == 19:
-            with torch.no_grad():
-                v = float(bound(va))
-            if v > best:
-                best, best_state, since = v, ([p.clone() for p in f.parameters()], [p.clone() for p in g.parameters()]), 0
-            else:
-                since += 1
-                if since >= patience:  # the held-out bound stopped rising: more steps only overfit the critic
-                    break
-    with torch.no_grad():
-        if best_state is not None:
-            for p, q in zip([*f.parameters(), *g.parameters()], [*best_state[0], *best_state[1]], strict=True):
-                p.copy_(q)
-        return float(max(0.0, bound(te)))
+        with torch.no_grad():
+            best, best_state, since = float(bound(va)), [p.clone() for p in params], 0
+        for step in range(steps):
+            loss = -bound(tr[torch.randint(0, len(tr), (min(128, len(tr)),))])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 20 == 19:
+                with torch.no_grad():
+                    v = float(bound(va))
+                if v > best:
+                    best, best_state, since = v, [p.clone() for p in params], 0
+                else:
+                    since += 1
+                    if since >= patience:  # the held-out bound stopped rising: more steps only overfit the residual
+                        break
+        with torch.no_grad():
+            for p, saved in zip(params, best_state, strict=True):
+                p.copy_(saved)
+            values.append(float(bound(held)))
+    return float(max(0.0, np.mean(values)))
 
 
 def label_mi_probe(h: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) -> float:
