@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cmcd_edge.distill.mi import gaussian_mi, infonce_mi, ksg_joint_mi, ksg_mi
+from cmcd_edge.distill.mi import gaussian_mi, infonce_mi, ksg_mi, ksg_pairs_mi
 
-ESTIMATORS = {"gaussian": gaussian_mi, "ksg": ksg_mi, "ksg_joint": ksg_joint_mi, "infonce": infonce_mi}
-BAR = {"gaussian": 5, "ksg": 15, "ksg_joint": 15, "infonce": 30}
+ESTIMATORS = {"gaussian": gaussian_mi, "ksg": ksg_mi, "ksg_pairs": ksg_pairs_mi, "infonce": infonce_mi}
+BAR = {"gaussian": 5, "ksg": 15, "ksg_pairs": 15, "infonce": 30}
 
 
 def pairs(d: int, mi: float, n: int, rng):

@@ -4,7 +4,8 @@ Reuses the teachers cached by `compare` in benchmarks/results/compare-{zer,fou}/
 per recipe; the recipe with the best mean val top-1 over both targets wins.
 
     .venv/bin/python benchmarks/recipe_sweep.py --out benchmarks/results/recipe_sweep.json
-    .venv/bin/python benchmarks/recipe_sweep.py --set weights-temps --reuse benchmarks/results/recipe_sweep.json --out benchmarks/results/recipe_sweep_weights_temps.json
+    .venv/bin/python benchmarks/recipe_sweep.py --set weights-temps --reuse benchmarks/results/recipe_sweep.json \
+        --out benchmarks/results/recipe_sweep_weights_temps.json
 """
 
 from __future__ import annotations
