@@ -92,7 +92,7 @@ def ksg_pairs_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: 
     (20-50% low at 4-8 dims and n = 2000: the k-NN balls stop being local), while in two dimensions it is nearly
     unbiased. Assumes the canonical pairs are independent of each other: exact for jointly Gaussian variables (CCA
     makes them so). **Not** for class-clustered embeddings: every pair then carries the same class information and the
-    sum counts it once per pair (10 Gaussian clusters, true MI <= log 10 = 2.30 nats: 8.4 nats here, joint KSG 2.30),
+    sum counts it once per pair (10 Gaussian clusters, true MI <= log 10 = 2.30 nats: ~9 nats here, joint KSG 2.30),
     which is why select-teacher reports ``ksg_mi``. Continuous, tie-free samples (a 1e-10 jitter breaks ties)."""
     rng = np.random.default_rng(seed)
     a, b = pca(x, dims), pca(y, dims)
