@@ -47,7 +47,7 @@ def compact(path: Path, derive_bias_scales: bool = True) -> dict:
         if x is not None and zp.dtype == np.int32 and not zp.any():
             del n.input[2]
     if derive_bias_scales:
-        _derive_bias_scales(g)
+        _derive_bias_scales(model)
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     keep = [i for i in g.initializer if i.name in used]
     g.ClearField("initializer")
@@ -80,26 +80,26 @@ def compact(path: Path, derive_bias_scales: bool = True) -> dict:
     return {"bytes_before": before, "bytes_after": path.stat().st_size}
 
 
-def _derive_bias_scales(g) -> int:
+def _derive_bias_scales(model) -> int:
     """Gemm/Conv(DQ(x), DQ(w), DQ(b)): the int32 bias's scale is by definition scale(x) * scale(w). Where the stored
     bias scale equals that product bit for bit, compute it with a Mul node instead of storing it (one float per output
     channel). Returns how many were replaced."""
     import numpy as np
     import onnx
-    from onnx import numpy_helper
 
-    inits = {i.name: i for i in g.initializer}
+    g = model.graph
+    consts = constants(model)
     dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
     added = []
     for n in g.node:
         if n.op_type not in ("Gemm", "Conv") or len(n.input) < 3 or not all(i in dq for i in n.input[:3]):
             continue
         x, w, b = (dq[i] for i in n.input[:3])
-        if b.input[0] not in inits or inits[b.input[0]].data_type != onnx.TensorProto.INT32:
+        if b.input[0] not in consts or consts[b.input[0]].dtype != np.int32:
             continue
-        if not all(d.input[1] in inits for d in (x, w, b)):
+        if not all(d.input[1] in consts for d in (x, w, b)):
             continue
-        sx, sw, sb = (numpy_helper.to_array(inits[d.input[1]]) for d in (x, w, b))
+        sx, sw, sb = (consts[d.input[1]] for d in (x, w, b))
         product = np.multiply(sx, sw, dtype=np.float32)
         if sb.dtype != np.float32 or product.shape != sb.shape or product.tobytes() != sb.tobytes():
             continue
