@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,18 @@ def clusters(n: int, rng, k: int = 10, dims: int = 32):
     return x, (rng.normal(size=(k, dims)) * 3)[c] + rng.normal(size=(n, dims))
 
 
-def cluster_table(reps: int) -> dict:
-    est = {k: [] for k in ESTIMATORS}
+def estimates(sample: Callable[[int], tuple[np.ndarray, np.ndarray]], reps: int) -> dict[str, list[float]]:
+    """Every estimator on ``reps`` independent samples; sample(r) draws the r-th."""
+    est: dict[str, list[float]] = {k: [] for k in ESTIMATORS}
     for r in range(reps):
-        x, y = clusters(800, np.random.default_rng(7000 + r))
+        x, y = sample(r)
         for k, fn in ESTIMATORS.items():
             est[k].append(fn(x, y) if k == "gaussian" else fn(x, y, seed=r))
+    return est
+
+
+def cluster_table(reps: int) -> dict:
+    est = estimates(lambda r: clusters(800, np.random.default_rng(7000 + r)), reps)
     out = {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in est.items()}
     print(f"10 class clusters, 32 dims, n = 800, I(X;Y) <= log 10 = {np.log(10):.3f}: "
           + ", ".join(f"{k} {v['mean']:.3f} +-{v['std']:.3f}" for k, v in out.items()))
@@ -60,11 +67,7 @@ def main() -> None:
     print(f"{'dims':>4}{'true':>5}" + "".join(f"{k:>24}" for k in ESTIMATORS))
     for d in (2, 4, 8):
         for mi in (0.1, 0.5, 1.0, 2.0):
-            est = {k: [] for k in ESTIMATORS}
-            for r in range(args.reps):
-                x, y = pairs(d, mi, 2000, np.random.default_rng(1000 * d + r))
-                for k, fn in ESTIMATORS.items():
-                    est[k].append(fn(x, y) if k == "gaussian" else fn(x, y, seed=r))
+            est = estimates(lambda r, d=d, mi=mi: pairs(d, mi, 2000, np.random.default_rng(1000 * d + r)), args.reps)
             row = {"dims": d, "true_mi": mi, "reps": args.reps, "estimators": {}}
             cells = []
             for k, v in est.items():

@@ -183,7 +183,8 @@ class _Critic(nn.Module):
         self.register_buffer("q", torch.tensor(q, dtype=torch.float32))
         self.f = nn.Sequential(nn.Linear(dx, 64), nn.ReLU(), nn.Linear(64, 32))
         self.g = nn.Sequential(nn.Linear(dy, 64), nn.ReLU(), nn.Linear(64, 32))
-        nn.init.zeros_(self.f[2].weight), nn.init.zeros_(self.f[2].bias)
+        nn.init.zeros_(self.f[2].weight)
+        nn.init.zeros_(self.f[2].bias)
 
     def bound(self, a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """log N + mean_i log softmax_j s(x_i, y_j)_ii over the rows ``idx``."""
