@@ -13,6 +13,10 @@ done
 t recipe-sweep $B/python benchmarks/recipe_sweep.py --out $R/recipe_sweep.json > $R/recipe_sweep.txt
 t recipe-sweep-2 $B/python benchmarks/recipe_sweep.py --set weights-temps --reuse $R/recipe_sweep.json \
   --out $R/recipe_sweep_weights_temps.json > $R/recipe_sweep_weights_temps.txt
+for set in projector issue-knobs; do
+  t recipe-sweep-$set $B/python benchmarks/recipe_sweep.py --set $set --reuse $R/recipe_sweep.json \
+    --out $R/recipe_sweep_${set/-/_}.json > $R/recipe_sweep_${set/-/_}.txt
+done
 # issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do

@@ -41,6 +41,7 @@ class LossParams:
     tau_s: float = 0.1  # CMD student temperature
     tau_t: float = 0.05  # CMD teacher temperature (sharper than the student's, as in SEED)
     queue_size: int = 1024  # CMD queue of past teacher embeddings (0: in-batch only)
+    proj: str = "mlp"  # CMD/CMC student projector: "mlp" (SEED/MoCo v2 head) or "linear" (CLIP's projection)
     cmc_tau: float = 0.1  # CMC (CLIP) temperature
     cmc_learnable_tau: bool = False
     kd_t: float = 4.0
@@ -56,7 +57,12 @@ class LossParams:
 LOSSES: Registry = Registry("loss")
 
 
-def projector(d_in: int, d_out: int) -> nn.Module:
+PROJECTORS = ("mlp", "linear")
+
+
+def projector(d_in: int, d_out: int, kind: str = "mlp") -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(d_in, d_out)
     return nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), nn.Linear(d_in, d_out))
 
 
@@ -83,7 +89,7 @@ class CMD(nn.Module):
 
     def __init__(self, dims: LossDims, p: LossParams) -> None:
         super().__init__()
-        self.proj = projector(dims.s_dim, dims.t_dim)
+        self.proj = projector(dims.s_dim, dims.t_dim, p.proj)
         self.tau_s, self.tau_t = p.tau_s, p.tau_t
         self.register_buffer("queue", torch.zeros(p.queue_size, dims.t_dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
@@ -113,7 +119,7 @@ class CMC(nn.Module):
 
     def __init__(self, dims: LossDims, p: LossParams) -> None:
         super().__init__()
-        self.proj = projector(dims.s_dim, dims.t_dim)
+        self.proj = projector(dims.s_dim, dims.t_dim, p.proj)
         log_inv_tau = torch.log(torch.tensor(1.0 / p.cmc_tau))
         if p.cmc_learnable_tau:
             self.log_inv_tau = nn.Parameter(log_inv_tau)

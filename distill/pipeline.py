@@ -119,7 +119,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     engine.check_batch_memory(cfg.batch_size + cfg.labeled_batch_size, int(np.prod(info.sample_shape)), spec.width,
                               cfg.max_batch_bytes)
     engine.seed_everything(cfg.seed)
-    student = students.build(spec)
+    student = students.train_layout(students.build(spec))
     student.set_normalization(*datasets.norm_stats(ds.view(cfg.target), splits.train, info.kind))
     recipe = Recipe(recipe_terms, LossDims(spec.embed_dim, teacher.emb.shape[1], ds.n_classes, ds.n_rows),
                     cfg.loss)

