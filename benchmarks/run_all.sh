@@ -17,6 +17,8 @@ for set in projector issue-knobs; do
   t recipe-sweep-$set $B/python benchmarks/recipe_sweep.py --set $set --reuse $R/recipe_sweep.json \
     --out $R/recipe_sweep_${set/-/_}.json > $R/recipe_sweep_${set/-/_}.txt
 done
+t compare-fou-seeds3-7 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target fou --methods cmcd,fitnet \
+  --seed 3 --seeds 5 --out $R/compare-fou-seeds3-7 --force --no-upper-bound
 # issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do
