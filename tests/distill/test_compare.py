@@ -33,6 +33,17 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
         run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
 
 
+def test_compare_reports_the_first_method_minus_each_other_seed_by_seed(base, tmp_path):
+    r = run_compare(base, ["cmcd", "kd", "supervised"], 2, tmp_path / "cmp", upper_bound=False)
+    assert r["paired"]["reference"] == "cmcd" and set(r["paired"]["minus"]) == {"kd", "supervised"}
+    for m in ("kd", "supervised"):
+        want = [a - b for a, b in zip(r["methods"]["cmcd"]["test_accuracy"]["runs"],
+                                      r["methods"][m]["test_accuracy"]["runs"], strict=True)]
+        assert r["paired"]["minus"][m]["runs"] == pytest.approx(want)
+    d = r["paired"]["minus"]["kd"]
+    assert f"| {100 * d['mean']:+.2f} +- {100 * d['std']:.2f} |" in (tmp_path / "cmp" / "results.md").read_text()
+
+
 def test_compare_resume_reuses_only_runs_made_with_the_same_config(base, tmp_path):
     out = tmp_path / "cmp"
     run_compare(base, ["kd", "supervised"], 1, out, upper_bound=False)
