@@ -1,7 +1,8 @@
 """MI estimators on jointly Gaussian pairs with known MI (dims 2..8, n = 2000, MI 0.1..2 nats): each estimator's
 mean over ``--reps`` independent samples (its bias) with the std across samples (its noise at n = 2000), and whether
 the mean meets issue 4's bar (gaussian within 5%, ksg within 15%, infonce below the truth and within 30%); then
-class-clustered pairs whose MI is bounded by log 10, where the Gaussian closed form and per-pair KSG overcount.
+class-clustered pairs whose MI is bounded by log 10, where the Gaussian closed form overcounts and KSG's canonical
+construction reads low (ksg takes the larger of its joint and canonical constructions).
 
     python benchmarks/mi_synthetic.py --reps 10 --out benchmarks/results/mi_synthetic.json
 """
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cmcd_edge.distill.mi import gaussian_mi, infonce_mi, ksg_mi, ksg_pairs_mi
+from cmcd_edge.distill.mi import gaussian_mi, infonce_mi, ksg_canonical_mi, ksg_joint_mi, ksg_mi
 
-ESTIMATORS = {"gaussian": gaussian_mi, "ksg": ksg_mi, "ksg_pairs": ksg_pairs_mi, "infonce": infonce_mi}
-BAR = {"gaussian": 5, "ksg": 15, "ksg_pairs": 15, "infonce": 30}
+# ksg (what select-teacher reports) is the larger of its two constructions, computed once each below
+ESTIMATORS = {"gaussian": gaussian_mi, "ksg": ksg_mi, "ksg_joint": ksg_joint_mi, "ksg_canonical": ksg_canonical_mi,
+              "infonce": infonce_mi}
+BAR = {"gaussian": 5, "ksg": 15, "ksg_joint": 15, "ksg_canonical": 15, "infonce": 30}
 
 
 def pairs(d: int, mi: float, n: int, rng):
@@ -41,7 +44,11 @@ def estimates(sample: Callable[[int], tuple[np.ndarray, np.ndarray]], reps: int)
     for r in range(reps):
         x, y = sample(r)
         for k, fn in ESTIMATORS.items():
-            est[k].append(fn(x, y) if k == "gaussian" else fn(x, y, seed=r))
+            if k != "ksg":
+                est[k].append(fn(x, y) if k == "gaussian" else fn(x, y, seed=r))
+        est["ksg"].append(max(est["ksg_joint"][-1], est["ksg_canonical"][-1]))
+        if r == 0 and est["ksg"][-1] != ksg_mi(x, y, seed=r):  # the shortcut must be what ksg_mi computes
+            raise AssertionError("ksg_mi is no longer max(ksg_joint_mi, ksg_canonical_mi)")
     return est
 
 

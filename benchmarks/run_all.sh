@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of BENCHMARKS.md, in order (about 45 minutes on a 2-core machine). Outputs in benchmarks/results/.
+# Every figure of BENCHMARKS.md, in order (about 75 minutes on a 2-core machine). Outputs in benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin
@@ -26,7 +26,7 @@ for v in pix kar fou mor; do
 done
 $B/python benchmarks/select_vs_gain.py $R/select-zer.json fac=$R/compare-zer pix=$R/gain-zer-pix kar=$R/gain-zer-kar \
   fou=$R/gain-zer-fou mor=$R/gain-zer-mor > $R/select_vs_gain.md
-t mi-synthetic $B/python benchmarks/mi_synthetic.py --reps 10 --out $R/mi_synthetic.json > $R/mi_synthetic.txt
+t mi-synthetic $B/python benchmarks/mi_synthetic.py --reps 40 --out $R/mi_synthetic.json > $R/mi_synthetic.txt
 # issue 5: export of the fac->zer CMCD student (seed 0), per-channel (default) and per-tensor weights
 for g in per-channel per-tensor; do
   t export-$g $B/cmcd-edge -q export $R/compare-zer/runs/cmcd-s0 --out $R/bundle-zer-$g --int8 --fp16 --$g --force > $R/export-$g.md
