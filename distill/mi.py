@@ -105,7 +105,8 @@ def ksg_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: int = 
     several nats (class-clustered embeddings: its total-correlation terms exceed log N, and it reads far low, even
     below zero), where joint KSG is close (10 clusters: 2.30 of log 10 = 2.30). latentmi's advice is the same in kind:
     its KSG estimates sit below the truth, so of several projections take the one with the highest estimate. The cost
-    of the max is a small upward bias where both are pure noise (independent variables: ~+0.02 nats at n = 2000)."""
+    of the max is a small upward bias where both are noise (independent variables, n = 2000, 10 samples each: +0.01
+    nats at 2 and 4 dims, +0.04 at 8)."""
     return max(ksg_joint_mi(x, y, k, dims, seed), ksg_canonical_mi(x, y, k, dims, seed))
 
 
