@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmcd_edge.registry import Registry
+from cmcd_edge.registry import Registry, check_choice
 
 
 @dataclass
@@ -61,7 +61,7 @@ PROJECTORS = ("mlp", "linear")
 
 
 def projector(d_in: int, d_out: int, kind: str = "mlp") -> nn.Module:
-    if kind == "linear":
+    if check_choice("loss.proj", kind, PROJECTORS) == "linear":
         return nn.Linear(d_in, d_out)
     return nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), nn.Linear(d_in, d_out))
 
