@@ -19,6 +19,8 @@ for set in projector issue-knobs; do
 done
 t compare-fou-seeds3-7 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target fou --methods cmcd,fitnet \
   --seed 3 --seeds 5 --out $R/compare-fou-seeds3-7 --force --no-upper-bound
+t compare-fou-seeds8-12 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target fou --methods cmcd,fitnet \
+  --seed 8 --seeds 5 --out $R/compare-fou-seeds8-12 --force --no-upper-bound
 # issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do
