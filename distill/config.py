@@ -37,6 +37,7 @@ class DistillConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 25
+    select_window: int = 5  # model selection: val accuracy averaged over this many epochs (odd; 1 = the epoch alone)
     max_batch_bytes: int = 2 << 30  # refuse batches whose activations would not fit (clear advice instead of OOM)
     loss: LossParams = LossParams()
 
@@ -56,6 +57,9 @@ class DistillConfig:
         for name in ("epochs", "teacher_epochs", "batch_size", "labeled_batch_size", "embed_dim", "patience"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.select_window < 1 or self.select_window % 2 == 0:
+            raise UserError(f"select_window must be an odd number >= 1 (a centred window of epochs), "
+                            f"got {self.select_window}")
         if self.finetune_epochs < 0:
             raise UserError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if self.lr <= 0:

@@ -121,6 +121,7 @@ class PhaseResult:
     best_state: dict
     best_val_acc: float
     history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,57 @@ class PhaseSpec:
     patience: int
     steps_per_epoch: int
     seed: int
+    select_window: int = 1  # epochs of val accuracy averaged for model selection (odd; 1: the epoch alone)
+
+
+class BestOnVal:
+    """Model selection on val: keeps the state whose val accuracy, averaged over a centred window of ``window`` epochs
+    (ends padded with the first/last epoch's value), is best; ties go to the lower val loss of the epoch itself, then
+    to the earlier epoch. ``window`` 1 is plain best val accuracy. A wider window stops one lucky epoch on a small val
+    split from winning alone (benchmarks/selection_study.py: window 5 picks epochs that score 0.25 point higher on val
+    rows it did not see). An epoch's score is known ``window // 2`` epochs after it, so the unscored states are held
+    until then; ``bad`` counts scored epochs since the last new best (patience)."""
+
+    def __init__(self, window: int) -> None:
+        self.half = window // 2
+        self.accs: list[float] = []
+        self.losses: list[float] = []
+        self.pending: list[dict] = []  # states of the epochs not scored yet (at most half + 1)
+        self.scored, self.bad, self.best_epoch = 0, 0, 0
+        self.best_key: tuple[float, float] = (-1.0, -float("inf"))
+        self.best_state: dict | None = None
+
+    def add(self, acc: float, loss: float, state: dict) -> None:
+        self.accs.append(acc)
+        self.losses.append(loss)
+        self.pending.append(state)
+        while self.scored + self.half < len(self.accs):
+            self._score()
+
+    def finish(self) -> None:
+        while self.pending:
+            self._score()
+
+    def _score(self) -> None:
+        i, last = self.scored, len(self.accs) - 1
+        window = [self.accs[min(max(j, 0), last)] for j in range(i - self.half, i + self.half + 1)]
+        key = (sum(window) / len(window), -self.losses[i])
+        state = self.pending.pop(0)
+        if key > self.best_key:
+            self.best_key, self.best_state, self.best_epoch, self.bad = key, state, i, 0
+        else:
+            self.bad += 1
+        self.scored += 1
+
+    def state_dict(self) -> dict:
+        return {"accs": self.accs, "losses": self.losses, "pending": self.pending, "scored": self.scored,
+                "bad": self.bad, "best_epoch": self.best_epoch, "best_key": list(self.best_key),
+                "best_state": self.best_state}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.accs, self.losses, self.pending = list(d["accs"]), list(d["losses"]), list(d["pending"])
+        self.scored, self.bad, self.best_epoch = d["scored"], d["bad"], d["best_epoch"]
+        self.best_key, self.best_state = tuple(d["best_key"]), d["best_state"]
 
 
 def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator], tuple[torch.Tensor, dict]],
@@ -139,31 +191,34 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
               params: list[nn.Parameter] | None = None, resume: dict | None = None,
               start_state: dict | None = None, prior: list[dict] | None = None,
               on_epoch: Callable[[list[dict]], None] | None = None) -> PhaseResult:
-    """Train ``model`` for up to ``spec.epochs`` epochs of ``steps_per_epoch`` calls to ``step``; keep the state with
-    the best (val accuracy, -val loss); stop after ``patience`` epochs without improvement. ``start_state`` (a state
-    dict) competes as epoch 0, so a phase never ends worse on val than it began. ``prior`` (earlier phases' history
-    rows) is kept in the checkpoint, so a run resumed in this phase still has them; ``on_epoch`` receives the whole
-    history (prior + this phase) after every epoch, on the main rank."""
+    """Train ``model`` for up to ``spec.epochs`` epochs of ``steps_per_epoch`` calls to ``step``; keep the state that
+    ``BestOnVal`` selects; stop after ``patience`` scored epochs without a new best. ``start_state`` (a state dict)
+    competes as epoch 0, so a phase never ends worse on val than it began. ``prior`` (earlier phases' history rows) is
+    kept in the checkpoint, so a run resumed in this phase still has them; ``on_epoch`` receives the whole history
+    (prior + this phase) after every epoch, on the main rank."""
     prior = list(prior or [])
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, spec.epochs * spec.steps_per_epoch))
     history: list[dict] = []
-    best_state, best_key, bad, start = None, (-1.0, -float("inf")), 0, 0
+    select, start, offset = BestOnVal(spec.select_window), 0, 0
     if start_state is not None:
-        acc, loss = evaluate()
-        best_state, best_key = start_state, (acc, -loss)
+        select.add(*evaluate(), start_state)
+        offset = 1
     if resume is not None and resume.get("phase") == spec.name:
+        if "select" not in resume:
+            raise UserError("--resume: the checkpoint was written by an older cmcd-edge (no model-selection state); "
+                            "rerun with --force")
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["opt"])
         sched.load_state_dict(resume["sched"])
-        best_state, best_key = resume["best_model"], (resume["best_acc"], resume["best_negloss"])
-        bad, start = resume["bad"], resume["epoch"]
+        select.load_state_dict(resume["select"])
+        start = resume["epoch"]
         history = [r for r in resume["history"] if r["phase"] == spec.name]
         log.info("resuming %s at epoch %d", spec.name, start + 1)
     bar = _progress(spec, start, dist)
     for epoch in range(start, spec.epochs):
-        if bad >= spec.patience:
+        if select.bad >= spec.patience:
             break
         torch.manual_seed(spec.seed * 100003 + epoch)  # dropout etc.: same stream on resume
         gen = torch.Generator().manual_seed(spec.seed * 7919 + epoch)
@@ -181,15 +236,10 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         row = {"phase": spec.name, "epoch": epoch + 1, **{k: round(v / spec.steps_per_epoch, 5) for k, v in sums.items()},
                "val_acc": round(acc, 5), "val_loss": round(vloss, 5), "lr": opt.param_groups[0]["lr"]}
         history.append(row)
-        if (acc, -vloss) > best_key:
-            best_key, bad = (acc, -vloss), 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
+        select.add(acc, vloss, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if dist.main:
             ckpt.save({"phase": spec.name, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                       "sched": sched.state_dict(), "best_model": best_state, "best_acc": best_key[0],
-                       "best_negloss": best_key[1], "bad": bad, "history": [*prior, *history]})
+                       "sched": sched.state_dict(), "select": select.state_dict(), "history": [*prior, *history]})
             if on_epoch is not None:
                 on_epoch([*prior, *history])
         if bar is not None:
@@ -197,9 +247,12 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
             bar.update(1)
     if bar is not None:
         bar.close()
-    if best_state is None:
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return PhaseResult(best_state, best_key[0], history)
+    select.finish()
+    if select.best_state is None:  # no epoch ran (epochs 0)
+        return PhaseResult({k: v.detach().clone() for k, v in model.state_dict().items()}, -1.0, history)
+    log.info("%s: epoch %d selected (val accuracy %.4f over a %d-epoch window)", spec.name,
+             select.best_epoch + 1 - offset, select.best_key[0], spec.select_window)
+    return PhaseResult(select.best_state, select.best_key[0], history, select.best_epoch + 1 - offset)
 
 
 def _progress(spec: PhaseSpec, start: int, dist: Dist):

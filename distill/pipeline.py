@@ -152,7 +152,8 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     history: list[dict] = []
     steps = max(1, len(train) // cfg.batch_size)
     if not (resume_state and resume_state.get("phase") == "finetune"):
-        phase = engine.PhaseSpec("distill", cfg.epochs, cfg.lr, cfg.weight_decay, cfg.patience, steps, cfg.seed)
+        phase = engine.PhaseSpec("distill", cfg.epochs, cfg.lr, cfg.weight_decay, cfg.patience, steps, cfg.seed,
+                                 cfg.select_window)
         res = engine.run_phase(phase, model, distill_step, evaluate, ckpt, dist, resume=resume_state,
                                on_epoch=_history_writer(out))
         model.load_state_dict(res.best_state)
@@ -188,7 +189,7 @@ def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, devic
     lr = 1e-3 if head_only else cfg.lr / 3
     start = {k: v.detach().clone() for k, v in student.state_dict().items()}
     phase = engine.PhaseSpec("finetune", cfg.finetune_epochs, lr, cfg.weight_decay, cfg.patience,
-                             max(1, len(lab) // cfg.labeled_batch_size), cfg.seed + 1)
+                             max(1, len(lab) // cfg.labeled_batch_size), cfg.seed + 1, cfg.select_window)
 
     class _Wrap(nn.Module):  # checkpoint the distill model's student under the same key layout
         def __init__(self):

@@ -1,0 +1,69 @@
+"""engine.BestOnVal: model selection on val (window-averaged accuracy, loss tie-break, patience, resumable)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.engine import BestOnVal
+from cmcd_edge.errors import UserError
+
+# one lucky epoch (index 1) against a later plateau (indices 5-9)
+SPIKE_THEN_PLATEAU = [0.5, 0.9, 0.5, 0.5, 0.5, 0.8, 0.8, 0.8, 0.8, 0.8]
+
+
+def _select(accs, window, losses=None, stop_after=None) -> BestOnVal:
+    sel = BestOnVal(window)
+    for i, acc in enumerate(accs[:stop_after]):
+        sel.add(acc, 1.0 if losses is None else losses[i], {"epoch": torch.tensor(i)})
+    sel.finish()
+    return sel
+
+
+def test_bestonval_window_one_is_plain_best_accuracy():
+    sel = _select(SPIKE_THEN_PLATEAU, 1)
+    assert sel.best_epoch == 1 and int(sel.best_state["epoch"]) == 1 and sel.best_key[0] == pytest.approx(0.9)
+
+
+def test_bestonval_window_five_prefers_the_plateau_to_a_lone_spike():
+    sel = _select(SPIKE_THEN_PLATEAU, 5)
+    # spike: mean(.5, .5, .9, .5, .5) = .58; epoch 7: mean(.8 x 5) = .8, the first epoch whose whole window is plateau
+    assert sel.best_epoch == 7 and int(sel.best_state["epoch"]) == 7 and sel.best_key[0] == pytest.approx(0.8)
+
+
+def test_bestonval_pads_the_last_epochs_with_the_last_value():
+    sel = _select([0.1, 0.2, 0.3, 0.4, 0.9], 3)  # epoch 4's window is (.4, .9, .9): padded at the end
+    assert sel.best_epoch == 4 and sel.best_key[0] == pytest.approx((0.4 + 0.9 + 0.9) / 3)
+
+
+def test_bestonval_ties_go_to_the_lower_loss_then_the_earlier_epoch():
+    assert _select([0.7, 0.7, 0.7], 1, losses=[0.9, 0.5, 0.5]).best_epoch == 1
+
+
+def test_bestonval_counts_epochs_without_a_new_best_once_scored():
+    sel = BestOnVal(5)
+    for i, acc in enumerate([0.9, 0.1, 0.1, 0.1, 0.1, 0.1]):
+        sel.add(acc, 1.0, {"epoch": torch.tensor(i)})
+    # scored so far: epochs 0-3 (epoch 3's window ends at epoch 5); epoch 0 was the best, 1-3 were not
+    assert sel.scored == 4 and sel.bad == 3 and len(sel.pending) == 2
+
+
+def test_bestonval_resumed_from_its_state_dict_selects_as_if_never_stopped():
+    whole = _select(SPIKE_THEN_PLATEAU, 5)
+    first = BestOnVal(5)
+    for i, acc in enumerate(SPIKE_THEN_PLATEAU[:6]):
+        first.add(acc, 1.0, {"epoch": torch.tensor(i)})
+    again = BestOnVal(5)
+    again.load_state_dict(first.state_dict())
+    for i, acc in enumerate(SPIKE_THEN_PLATEAU[6:], start=6):
+        again.add(acc, 1.0, {"epoch": torch.tensor(i)})
+    again.finish()
+    assert (again.best_epoch, again.best_key, int(again.best_state["epoch"])) == \
+        (whole.best_epoch, whole.best_key, int(whole.best_state["epoch"]))
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_distill_config_rejects_a_select_window_that_is_not_odd_and_positive(window):
+    with pytest.raises(UserError, match=f"select_window.*got {window}"):
+        DistillConfig(data="builtin:mfeat", source="fac", target="zer", select_window=window)
