@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of BENCHMARKS.md, in order (about 75 minutes on a 2-core machine). Outputs in benchmarks/results/.
+# Every figure of BENCHMARKS.md, in order (about 80 minutes on a 2-core machine). Outputs in benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin
@@ -10,6 +10,7 @@ t() { local name=$1; shift; /usr/bin/time -f "$name wall %e s" -a -o $R/times.tx
 for tgt in zer fou mor; do
   t compare-$tgt $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt --seeds 3 --out $R/compare-$tgt --force
 done
+t selection-study $B/python benchmarks/selection_study.py --out $R/selection_study.json > $R/selection_study.txt
 t recipe-sweep $B/python benchmarks/recipe_sweep.py --out $R/recipe_sweep.json > $R/recipe_sweep.txt
 t recipe-sweep-2 $B/python benchmarks/recipe_sweep.py --set weights-temps --reuse $R/recipe_sweep.json \
   --out $R/recipe_sweep_weights_temps.json > $R/recipe_sweep_weights_temps.txt
