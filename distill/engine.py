@@ -250,8 +250,9 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     select.finish()
     if select.best_state is None:  # no epoch ran (epochs 0)
         return PhaseResult({k: v.detach().clone() for k, v in model.state_dict().items()}, -1.0, history)
-    log.info("%s: epoch %d selected (val accuracy %.4f over a %d-epoch window)", spec.name,
-             select.best_epoch + 1 - offset, select.best_key[0], spec.select_window)
+    window = f" averaged over a {spec.select_window}-epoch window" if spec.select_window > 1 else ""
+    log.info("%s: epoch %d selected (val accuracy %.4f%s)", spec.name, select.best_epoch + 1 - offset,
+             select.best_key[0], window)
     return PhaseResult(select.best_state, select.best_key[0], history, select.best_epoch + 1 - offset)
 
 
