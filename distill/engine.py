@@ -193,9 +193,9 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
               on_epoch: Callable[[list[dict]], None] | None = None) -> PhaseResult:
     """Train ``model`` for up to ``spec.epochs`` epochs of ``steps_per_epoch`` calls to ``step``; keep the state that
     ``BestOnVal`` selects; stop after ``patience`` scored epochs without a new best. ``start_state`` (a state dict)
-    competes as epoch 0, so a phase never ends worse on val than it began. ``prior`` (earlier phases' history rows) is
-    kept in the checkpoint, so a run resumed in this phase still has them; ``on_epoch`` receives the whole history
-    (prior + this phase) after every epoch, on the main rank."""
+    competes as epoch 0, so a phase never ends with a worse (windowed) val score than it began. ``prior`` (earlier
+    phases' history rows) is kept in the checkpoint, so a run resumed in this phase still has them; ``on_epoch``
+    receives the whole history (prior + this phase) after every epoch, on the main rank."""
     prior = list(prior or [])
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
