@@ -28,33 +28,29 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 
 PATIENCE = DistillConfig.patience
+EVERY_EPOCH = 10**9  # patience that never stops a run
 
 
-def _patience_cut(score: np.ndarray, patience: int = PATIENCE) -> int:
-    """Epochs the pipeline would have run before early stopping on ``score`` (higher is better)."""
-    best, bad = -np.inf, 0
-    for i, s in enumerate(score):
-        if bad >= patience:
-            return i
-        best, bad = (s, 0) if s > best else (best, bad + 1)
-    return len(score)
-
-
-def _first_max(score: np.ndarray) -> int:
-    return int(np.flatnonzero(score == score.max())[0])
+def pipeline_pick(score: np.ndarray, loss: np.ndarray, window: int, patience: int) -> int:
+    """The epoch (0-based) that the pipeline's own selector, engine.BestOnVal, keeps for this val trace: epochs fed in
+    order until ``patience`` scored epochs pass without a new best (as engine.run_phase stops), ties to lower ``loss``."""
+    sel = engine.BestOnVal(window)
+    for s, loss_e in zip(score, loss, strict=True):
+        if sel.bad >= patience:
+            break
+        sel.add(float(s), float(loss_e), {})
+    sel.finish()
+    return sel.best_epoch
 
 
 def rule_acc(acc: np.ndarray, loss: np.ndarray) -> int:
     """The rule before session 5: best (val accuracy, -val loss), early stop after PATIENCE epochs without a new best."""
-    n = _patience_cut(acc - 1e-6 * loss)
-    key = acc[:n] - 1e-6 * loss[:n]
-    return _first_max(key)
+    return pipeline_pick(acc, loss, 1, PATIENCE)
 
 
 def rule_loss(acc: np.ndarray, loss: np.ndarray) -> int:
     """Lowest val cross-entropy (a proper score, smooth in the weights), same patience."""
-    n = _patience_cut(-loss)
-    return _first_max(-loss[:n])
+    return pipeline_pick(-loss, np.zeros_like(loss), 1, PATIENCE)
 
 
 def rule_last(acc: np.ndarray, loss: np.ndarray) -> int:
@@ -62,22 +58,19 @@ def rule_last(acc: np.ndarray, loss: np.ndarray) -> int:
     return len(acc) - 1
 
 
-def rule_acc_smooth(acc: np.ndarray, loss: np.ndarray, w: int = 5, patience: int = PATIENCE) -> int:
-    """Best val accuracy averaged over a centred window of ``w`` epochs: one lucky epoch cannot win alone."""
-    pad = np.pad(acc, (w // 2, w // 2), mode="edge")
-    smooth = np.convolve(pad, np.ones(w) / w, mode="valid")
-    n = _patience_cut(smooth - 1e-6 * loss, patience)
-    return _first_max(smooth[:n] - 1e-6 * loss[:n])
+def rule_acc_smooth(acc: np.ndarray, loss: np.ndarray) -> int:
+    """Best val accuracy averaged over a centred window of 5 epochs (one lucky epoch cannot win alone), same patience."""
+    return pipeline_pick(acc, loss, 5, PATIENCE)
 
 
 def rule_acc_smooth_full(acc: np.ndarray, loss: np.ndarray) -> int:
     """The smoothed rule over every epoch (no early stop: the cosine schedule's low-rate end always runs)."""
-    return rule_acc_smooth(acc, loss, patience=len(acc) + 1)
+    return pipeline_pick(acc, loss, 5, EVERY_EPOCH)
 
 
 def rule_acc_full(acc: np.ndarray, loss: np.ndarray) -> int:
     """The window-1 rule over every epoch (no early stop)."""
-    return _first_max(acc - 1e-6 * loss)
+    return pipeline_pick(acc, loss, 1, EVERY_EPOCH)
 
 
 # the first four were the study's first round; the "no early stop" pair was added in a second round (session 5) after

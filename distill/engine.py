@@ -121,7 +121,6 @@ class PhaseResult:
     best_state: dict
     best_val_acc: float
     history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class BestOnVal:
     """Model selection on val: keeps the state whose val accuracy, averaged over a centred window of ``window`` epochs
     (ends padded with the first/last epoch's value), is best; ties go to the lower val loss of the epoch itself, then
     to the earlier epoch. ``window`` 1 is plain best val accuracy. A wider window stops one lucky epoch on a small val
-    split from winning alone (benchmarks/selection_study.py: window 5 picks epochs that score 0.25 point higher on val
+    split from winning alone (benchmarks/selection_study.py: window 5 picks epochs that score 0.26 point higher on val
     rows it did not see). An epoch's score is known ``window // 2`` epochs after it, so the unscored states are held
     until then; ``bad`` counts scored epochs since the last new best (patience)."""
 
@@ -149,15 +148,20 @@ class BestOnVal:
         self.accs: list[float] = []
         self.losses: list[float] = []
         self.pending: list[dict] = []  # states of the epochs not scored yet (at most half + 1)
-        self.scored, self.bad, self.best_epoch = 0, 0, 0
-        self.best_key: tuple[float, float] = (-1.0, -float("inf"))
+        self.bad, self.best_epoch = 0, 0
+        self.best_key: tuple[float, float] = (-float("inf"), -float("inf"))
         self.best_state: dict | None = None
+
+    @property
+    def scored(self) -> int:
+        """Epochs scored so far: every epoch added, less those still pending."""
+        return len(self.accs) - len(self.pending)
 
     def add(self, acc: float, loss: float, state: dict) -> None:
         self.accs.append(acc)
         self.losses.append(loss)
         self.pending.append(state)
-        while self.scored + self.half < len(self.accs):
+        while len(self.pending) > self.half:  # the oldest pending epoch's window is complete
             self._score()
 
     def finish(self) -> None:
@@ -173,16 +177,14 @@ class BestOnVal:
             self.best_key, self.best_state, self.best_epoch, self.bad = key, state, i, 0
         else:
             self.bad += 1
-        self.scored += 1
 
     def state_dict(self) -> dict:
-        return {"accs": self.accs, "losses": self.losses, "pending": self.pending, "scored": self.scored,
-                "bad": self.bad, "best_epoch": self.best_epoch, "best_key": list(self.best_key),
-                "best_state": self.best_state}
+        return {"accs": self.accs, "losses": self.losses, "pending": self.pending, "bad": self.bad,
+                "best_epoch": self.best_epoch, "best_key": list(self.best_key), "best_state": self.best_state}
 
     def load_state_dict(self, d: dict) -> None:
         self.accs, self.losses, self.pending = list(d["accs"]), list(d["losses"]), list(d["pending"])
-        self.scored, self.bad, self.best_epoch = d["scored"], d["bad"], d["best_epoch"]
+        self.bad, self.best_epoch = d["bad"], d["best_epoch"]
         self.best_key, self.best_state = tuple(d["best_key"]), d["best_state"]
 
 
@@ -253,7 +255,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     window = f" averaged over a {spec.select_window}-epoch window" if spec.select_window > 1 else ""
     log.info("%s: epoch %d selected (val accuracy %.4f%s)", spec.name, select.best_epoch + 1 - offset,
              select.best_key[0], window)
-    return PhaseResult(select.best_state, select.best_key[0], history, select.best_epoch + 1 - offset)
+    return PhaseResult(select.best_state, select.best_key[0], history)
 
 
 def _progress(spec: PhaseSpec, start: int, dist: Dist):
