@@ -62,9 +62,10 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
     seed_list = [base.seed + i for i in range(seeds)]
     acc: dict[str, list[float]] = {m: [] for m in methods}
     f1: dict[str, list[float]] = {m: [] for m in methods}
+    val: dict[str, list[float]] = {m: [] for m in methods}
     wall: dict[str, float] = {m: 0.0 for m in methods}
     teacher_acc, extra_runs = [], list(methods) + ([UPPER] if upper_bound else [])
-    acc[UPPER], f1[UPPER], wall[UPPER] = [], [], 0.0
+    acc[UPPER], f1[UPPER], val[UPPER], wall[UPPER] = [], [], [], 0.0
     for seed in seed_list:
         cfg_s = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
@@ -79,15 +80,17 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
             res = _finished(run_dir, cfg) or run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
             acc[m].append(res["test_accuracy"])
             f1[m].append(res["test_macro_f1"])
+            val[m].append(res["val_accuracy"])
             wall[m] += res["wall_s"]
             log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)", m, seed, res["test_accuracy"], res["wall_s"])
     results = {
         "data": base.data, "source": base.source, "target": base.target, "labeled_fraction": base.labeled_fraction,
         "seeds": seed_list, "teacher_test_accuracy": _stats([a for a in teacher_acc if a is not None] or [float("nan")]),
-        "methods": {m: {"test_accuracy": _stats(acc[m]), "test_macro_f1": _stats(f1[m]), "wall_s": round(wall[m], 2)}
-                    for m in methods},
+        "methods": {m: {"test_accuracy": _stats(acc[m]), "test_macro_f1": _stats(f1[m]),
+                        "val_accuracy": _stats(val[m]), "wall_s": round(wall[m], 2)} for m in methods},
         "paired": _paired(methods, acc),
-        "upper_bound": {"method": UPPER, "test_accuracy": _stats(acc[UPPER]), "wall_s": round(wall[UPPER], 2)}
+        "upper_bound": {"method": UPPER, "test_accuracy": _stats(acc[UPPER]), "val_accuracy": _stats(val[UPPER]),
+                        "wall_s": round(wall[UPPER], 2)}
         if upper_bound else None,
         "config": base.to_json(),
     }
@@ -107,7 +110,8 @@ def _paired(methods: list[str], acc: dict[str, list[float]]) -> dict:
 
 def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     """The metrics of a run a killed compare already finished, if it was made with this very config (a run left from
-    another config, e.g. before the default recipe changed, is trained again)."""
+    another config, e.g. before the default recipe changed, or by a version whose metrics lack a figure compare
+    reports, is trained again)."""
     import json
 
     path, run_json = run_dir / "metrics.json", run_dir / "run.json"
@@ -116,7 +120,11 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     if json.loads(run_json.read_text())["config"] != json.loads(json.dumps(cfg.to_json())):
         log.info("  %s: made with another config, trained again", run_dir.name)
         return None
-    return json.loads(path.read_text())
+    metrics = json.loads(path.read_text())
+    if "val_accuracy" not in metrics:
+        log.info("  %s: made by an older version (no val_accuracy), trained again", run_dir.name)
+        return None
+    return metrics
 
 
 def results_markdown(r: dict) -> str:
@@ -124,8 +132,8 @@ def results_markdown(r: dict) -> str:
     lines = [f"{r['source']} -> {r['target']} on {r['data']}, {r['labeled_fraction']:.0%} target labels, "
              f"seeds {r['seeds']}; teacher ({r['source']}) test top-1 "
              f"{100 * r['teacher_test_accuracy']['mean']:.1f} +- {100 * r['teacher_test_accuracy']['std']:.1f}", "",
-             f"| method | test top-1 (%) | macro-F1 (%) | vs supervised | {_paired_head(r)} | wall s |",
-             "|---|---|---|---|---|---|"]
+             f"| method | test top-1 (%) | macro-F1 (%) | val top-1 (%) | vs supervised | {_paired_head(r)} | wall s |",
+             "|---|---|---|---|---|---|---|"]
     rows = list(r["methods"].items())
     if r.get("upper_bound"):
         rows.append((r["upper_bound"]["method"], r["upper_bound"]))
@@ -134,8 +142,9 @@ def results_markdown(r: dict) -> str:
         f = v.get("test_macro_f1")
         delta = f"{100 * (a['mean'] - sup):+.1f}" if sup is not None and m != "supervised" else ""
         f1s = f"{100 * f['mean']:.1f} +- {100 * f['std']:.1f}" if f else ""
-        lines.append(f"| {m} | {100 * a['mean']:.1f} +- {100 * a['std']:.1f} | {f1s} | {delta} | {_paired_cell(r, m)} "
-                     f"| {v['wall_s']:.0f} |")
+        va = v["val_accuracy"]
+        lines.append(f"| {m} | {100 * a['mean']:.1f} +- {100 * a['std']:.1f} | {f1s} | {100 * va['mean']:.1f} +- "
+                     f"{100 * va['std']:.1f} | {delta} | {_paired_cell(r, m)} | {v['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -206,10 +206,11 @@ def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, devic
 
 @torch.no_grad()
 def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall) -> dict:
-    test = torch.as_tensor(splits.test, device=x.device)
+    test, val = (torch.as_tensor(rows, device=x.device) for rows in (splits.test, splits.val))
     logits = engine.predict_logits(student, x[test]).cpu()
     yt = y[test].cpu()
     pred = logits.argmax(1).numpy()
+    val_acc, _ = engine.accuracy_and_loss(engine.predict_logits(student, x[val]), y[val])
     student.eval()
     s_emb = torch.cat([student.embed(x[i:i + 1024]).float().cpu() for i in range(0, x.shape[0], 1024)]).numpy()
     gap = modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test, seed=cfg.seed)
@@ -217,7 +218,8 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall) -> dict:
     student.to(x.device)
     return {"method": cfg.method, "recipe": recipe_str(cfg.terms), "source": cfg.source,
             "target": cfg.target, "seed": cfg.seed, "labeled_fraction": cfg.labeled_fraction,
-            "labeled_rows": int(len(splits.labeled)), "test_accuracy": float((pred == yt.numpy()).mean()),
+            "labeled_rows": int(len(splits.labeled)), "val_accuracy": float(val_acc),
+            "test_accuracy": float((pred == yt.numpy()).mean()),
             "test_macro_f1": macro_f1(pred, yt.numpy(), ds.n_classes),
             "teacher_test_accuracy": teacher.test_accuracy, "params": size.params, "macs": size.macs,
             "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}

@@ -25,10 +25,13 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
     assert set(r["methods"]) == {"cmcd", "supervised"} and r["seeds"] == [0, 1]
     for m in r["methods"].values():
         assert 0.0 <= m["test_accuracy"]["mean"] <= 1.0 and m["wall_s"] > 0
+        assert len(m["val_accuracy"]["runs"]) == 2 and 0.0 <= m["val_accuracy"]["mean"] <= 1.0
     assert r["upper_bound"]["method"] == "supervised@100%"
     assert sorted(p.name for p in (tmp_path / "cmp" / "teachers").iterdir()) == ["seed0", "seed1"]
     md = (tmp_path / "cmp" / "results.md").read_text()
     assert "cmcd" in md and "supervised" in md
+    val = r["methods"]["cmcd"]["val_accuracy"]
+    assert "| val top-1 (%) |" in md and f"| {100 * val['mean']:.1f} +- {100 * val['std']:.1f} |" in md
     with pytest.raises(UserError, match="--force"):
         run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -46,9 +47,11 @@ def test_distill_writes_a_complete_run(cli, toy, tmp_path, fast_cfg):
             "teacher.json", "checkpoint.pt"} <= files
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("method", "source", "target", "seed", "labeled_fraction", "test_accuracy", "test_macro_f1",
-                "teacher_test_accuracy", "params", "macs", "wall_s", "modality_gap"):
+                "teacher_test_accuracy", "params", "macs", "wall_s", "modality_gap", "val_accuracy"):
         assert key in m
     assert 0.0 <= m["test_accuracy"] <= 1.0 and m["params"] > 0
+    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert any(abs(float(r["val_acc"]) - m["val_accuracy"]) < 1e-4 for r in history)  # the kept epoch's val figure
 
 
 @pytest.mark.parametrize("args,needles", [
