@@ -61,3 +61,15 @@ def test_compare_resume_reuses_only_runs_made_with_the_same_config(base, tmp_pat
     assert (kd / "metrics.json").stat().st_mtime_ns != mtime_kd  # another config: trained again
     assert json.loads((kd / "run.json").read_text())["config"]["loss"]["kd_t"] == base.loss.kd_t
     assert set(r["methods"]) == {"kd", "supervised"}
+
+
+def test_compare_resume_retrains_a_run_whose_method_recipe_changed(base, tmp_path):
+    out = tmp_path / "cmp"
+    run_compare(base, ["kd"], 1, out, upper_bound=False)
+    (out / "results.json").unlink()
+    kd = out / "runs" / "kd-s0"
+    metrics = json.loads((kd / "metrics.json").read_text())
+    metrics["recipe"] = "Loss = 2.0 * kd + 1.0 * ce"  # same config, but `--method kd` meant another recipe then
+    (kd / "metrics.json").write_text(json.dumps(metrics))
+    run_compare(base, ["kd"], 1, out, upper_bound=False)
+    assert json.loads((kd / "metrics.json").read_text())["recipe"] == "Loss = 1.0 * kd + 1.0 * ce"

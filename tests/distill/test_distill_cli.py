@@ -119,6 +119,15 @@ def test_existing_run_refused_and_untouched(cli, toy, tmp_path, fast_cfg):
     assert_one_line_error(_distill(cli, toy, out, cfg=fast_cfg), 2, "--force")
     assert_one_line_error(_distill(cli, toy, out, "--seed", "5", "--resume", cfg=fast_cfg), 2, "different config", "seed")
     assert (out / "student.safetensors").read_bytes() == before
+    run = json.loads((out / "run.json").read_text())
+    run["recipe"] = "Loss = 1.0 * cmd + 1.0 * ce"  # as if the method's default recipe changed since
+    (out / "run.json").write_text(json.dumps(run))
+    assert_one_line_error(_distill(cli, toy, out, "--resume", cfg=fast_cfg), 2, "'Loss = 1.0 * cmd + 1.0 * ce'",
+                          "default recipe changed", "--force")
+    del run["recipe"]  # a run.json from before the recipe was recorded
+    (out / "run.json").write_text(json.dumps(run))
+    assert_one_line_error(_distill(cli, toy, out, "--resume", cfg=fast_cfg), 2, "older version", "--force")
+    assert (out / "student.safetensors").read_bytes() == before
 
 
 @pytest.fixture(scope="module")
