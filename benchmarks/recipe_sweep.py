@@ -34,8 +34,8 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.losses import LossParams
 from cmcd_edge.distill.pipeline import run_distill
 
-DEFAULT = "1.0*cmd+1.0*cmc+1.0*kd+1.0*ce"
-# candidate = (recipe, LossParams overrides); the first of each set is the current default
+DEFAULT = "1.0*cmd+1.0*cmc+1.0*kd+1.0*ce"  # the default of sessions 2-5; the "confirm" set replaced it (session 6)
+# candidate = (recipe, LossParams overrides); the first of each set is the default it was tested against
 SETS = {
     "recipes": [(DEFAULT, {}), ("1.0*cmd+1.0*cmc+1.0*kd+1.0*fitnet+1.0*ce", {}), ("1.0*cmd+1.0*cmc+1.0*fitnet+1.0*ce", {}),
                 ("0.5*cmd+0.5*cmc+1.0*kd+1.0*fitnet+1.0*ce", {})],

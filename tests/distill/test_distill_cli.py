@@ -41,7 +41,7 @@ def _distill(cli, toy, out, *extra, cfg=None):
 def test_distill_writes_a_complete_run(cli, toy, tmp_path, fast_cfg):
     res = _distill(cli, toy, tmp_path / "run", cfg=fast_cfg)
     assert res.returncode == 0, res.stderr
-    assert "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * ce" in res.stdout
+    assert "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * fitnet + 1.0 * ce" in res.stdout
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"run.json", "metrics.json", "history.csv", "student.safetensors", "student.json", "teacher.safetensors",
             "teacher.json", "checkpoint.pt"} <= files

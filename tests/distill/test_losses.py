@@ -107,7 +107,7 @@ def test_crd_updates_memory_bank_with_momentum():
 
 def test_recipe_str_reads_like_torchdistill():
     r = Recipe(METHODS["cmcd"], DIMS, LossParams())
-    assert str(r) == "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * ce"
+    assert str(r) == "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * fitnet + 1.0 * ce"
     assert str(Recipe(parse_recipe("1*cmd+0.5*ce"), DIMS, LossParams())) == "Loss = 1.0 * cmd + 0.5 * ce"
 
 
