@@ -6,7 +6,7 @@ B=.venv/bin
 R=benchmarks/results
 mkdir -p $R
 t() { local name=$1; shift; /usr/bin/time -f "$name wall %e s" -a -o $R/times.txt "$@"; }
-# issue 3: compare on three targets, then the recipe check on val (reuses the compare teachers)
+# issue 3: compare on three targets, then the selection and recipe checks on val (reuse the compare teachers)
 for tgt in zer fou mor; do
   t compare-$tgt $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt --seeds 3 --out $R/compare-$tgt --force
 done
@@ -18,10 +18,15 @@ for set in projector issue-knobs; do
   t recipe-sweep-$set $B/python benchmarks/recipe_sweep.py --set $set --reuse $R/recipe_sweep.json \
     --out $R/recipe_sweep_${set/-/_}.json > $R/recipe_sweep_${set/-/_}.txt
 done
-t compare-fou-seeds3-7 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target fou --methods cmcd,fitnet \
-  --seed 3 --seeds 5 --out $R/compare-fou-seeds3-7 --force --no-upper-bound
-t compare-fou-seeds8-12 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target fou --methods cmcd,fitnet \
-  --seed 8 --seeds 5 --out $R/compare-fou-seeds8-12 --force --no-upper-bound
+# ten more seeds (3-12) of the acceptance's methods, the confirmation of the FitNet term (session 6, on val of these
+# seeds; its candidates are explicit recipes, so it reproduces whatever the default), and every seed triple scored
+for tgt in fou zer; do
+  t compare-$tgt-seeds3-12 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt \
+    --methods cmcd,kd,fitnet,rkd,crd,supervised --seed 3 --seeds 10 --out $R/compare-$tgt-seeds3-12 --force --no-upper-bound
+done
+t recipe-confirm $B/python benchmarks/recipe_sweep.py --set confirm --first-seed 3 --seeds 10 \
+  --teachers 'compare-{t}-seeds3-12' --out $R/recipe_confirm.json > $R/recipe_confirm.txt
+$B/python benchmarks/seed_study.py --out $R/seed_study.json > $R/seed_study.txt
 # issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do

@@ -89,8 +89,8 @@ def main() -> None:
     ap.add_argument("--targets", default="zer,fou")
     ap.add_argument("--dirs", default="compare-{t},compare-{t}-seeds3-12", help="compare outputs under "
                                                                                  "benchmarks/results, {t}: target")
-    ap.add_argument("--verify", default="compare-fou-seeds3-7,compare-fou-seeds8-12",
-                    help="earlier compares of some of the same seeds: loaded beside their target's, and must agree")
+    ap.add_argument("--verify", default="", help="earlier compares of some of the same seeds (comma-separated): "
+                                                  "loaded beside their target's, and must agree run for run")
     ap.add_argument("--boot", type=int, default=10000)
     args = ap.parse_args()
     rng = np.random.default_rng(0)

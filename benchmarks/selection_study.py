@@ -28,6 +28,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 
 PATIENCE = DistillConfig.patience
+ERA_RECIPES = {"cmcd": "1.0*cmd+1.0*cmc+1.0*kd+1.0*ce"}  # the study (session 5) predates the FitNet term (session 6)
 EVERY_EPOCH = 10**9  # patience that never stops a run
 
 
@@ -132,7 +133,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 for method in args.methods.split(","):
                     cfg = DistillConfig(data="builtin:mfeat", source="fac", target=target, method=method, seed=seed,
-                                        finetune="none", patience=10**6)
+                                        finetune="none", patience=10**6, recipe=ERA_RECIPES.get(method))
                     teacher = teacher_for_seed(cfg, Path(f"benchmarks/results/compare-{target}/teachers/seed{seed}"))
                     logits, y = val_trace(cfg, teacher, Path(tmp))
                     scores = score_rules(logits, y, args.cuts, rng)
