@@ -116,7 +116,7 @@ def main() -> None:
               f"baseline {ok_b.mean():.0%}, both {(ok_a & ok_b).mean():.0%}; cmcd - best baseline over triples: "
               f"median {np.median(tri[:, 1]):+.2f}, 10-90% [{np.percentile(tri[:, 1], 10):+.2f}, "
               f"{np.percentile(tri[:, 1], 90):+.2f}]; seeds 0-2: {r['seeds_0_2'][1]:+.2f} "
-              f"(rank {int((tri[:, 1] < r['seeds_0_2'][1]).sum()) + 1} of {len(tri)})")
+              f"(rank {int((tri[:, 1] < r['seeds_0_2'][1]).sum()) + 1} of {len(tri)}, 1 = worst)")
     targets = list(res)
     if len({tuple(res[t]["seeds"]) for t in targets}) > 1:
         raise SystemExit("the targets have different seeds; the joint figure needs the same seeds on each")
