@@ -99,13 +99,35 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
     return results
 
 
+# Student's t 0.975 quantiles for 1-30 degrees of freedom; beyond, the Cornish-Fisher series (within 1e-3)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% critical value of Student's t with ``df`` degrees of freedom."""
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 def _paired(methods: list[str], acc: dict[str, list[float]]) -> dict:
     """The first method (the default: cmcd) minus each other method, seed by seed. Every method of a seed shares its
     teacher and labeled rows, so the per-seed difference is the fair statistic; its sd says how much a gap between
-    means is seed noise."""
+    means is seed noise, and the t interval of its mean (95%, from two seeds on) how large a gap the seeds can rule
+    out: with three seeds it is about five times the sd's standard error wide."""
     ref = methods[0]
-    return {"reference": ref,
-            "minus": {m: _stats([a - b for a, b in zip(acc[ref], acc[m], strict=True)]) for m in methods[1:]}}
+    minus = {}
+    for m in methods[1:]:
+        d = _stats([a - b for a, b in zip(acc[ref], acc[m], strict=True)])
+        n = len(d["runs"])
+        if n > 1:
+            d["se"] = d["std"] / float(np.sqrt(n))
+            half = t975(n - 1) * d["se"]
+            d["ci95"] = [d["mean"] - half, d["mean"] + half]
+        minus[m] = d
+    return {"reference": ref, "minus": minus}
 
 
 def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
@@ -153,11 +175,13 @@ def results_markdown(r: dict) -> str:
 
 
 def _paired_head(r: dict) -> str:
-    return f"{r['paired']['reference']} - method, per seed (mean +- sd)"
+    return f"{r['paired']['reference']} - method, per seed (mean +- sd [95% CI of the mean])"
 
 
 def _paired_cell(r: dict, method: str) -> str:
     minus = r["paired"]["minus"]
     if method not in minus:  # the reference itself, the ceiling
         return ""
-    return f"{100 * minus[method]['mean']:+.2f} +- {100 * minus[method]['std']:.2f}"
+    d = minus[method]
+    ci = f" [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]" if "ci95" in d else ""
+    return f"{100 * d['mean']:+.2f} +- {100 * d['std']:.2f}{ci}"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cmcd_edge.distill.compare import run_compare
+from cmcd_edge.distill.compare import run_compare, t975
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.errors import UserError
 from tests.helpers import synthetic_paired
@@ -44,7 +44,15 @@ def test_compare_reports_the_first_method_minus_each_other_seed_by_seed(base, tm
                                       r["methods"][m]["test_accuracy"]["runs"], strict=True)]
         assert r["paired"]["minus"][m]["runs"] == pytest.approx(want)
     d = r["paired"]["minus"]["kd"]
-    assert f"| {100 * d['mean']:+.2f} +- {100 * d['std']:.2f} |" in (tmp_path / "cmp" / "results.md").read_text()
+    half = 12.706 * d["std"] / 2 ** 0.5  # two seeds: t with 1 degree of freedom
+    assert d["ci95"] == pytest.approx([d["mean"] - half, d["mean"] + half])
+    cell = f"| {100 * d['mean']:+.2f} +- {100 * d['std']:.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}] |"
+    assert cell in (tmp_path / "cmp" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("df,want", [(1, 12.706), (2, 4.303), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980)])
+def test_t975_matches_the_t_table(df, want):
+    assert t975(df) == pytest.approx(want, abs=1.5e-3)
 
 
 def test_compare_resume_reuses_only_runs_made_with_the_same_config(base, tmp_path):
