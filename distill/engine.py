@@ -119,7 +119,6 @@ class Checkpoint:
 @dataclass
 class PhaseResult:
     best_state: dict
-    best_val_acc: float
     history: list[dict] = field(default_factory=list)
 
 
@@ -251,11 +250,11 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         bar.close()
     select.finish()
     if select.best_state is None:  # no epoch ran (epochs 0)
-        return PhaseResult({k: v.detach().clone() for k, v in model.state_dict().items()}, -1.0, history)
+        return PhaseResult({k: v.detach().clone() for k, v in model.state_dict().items()}, history)
     window = f" averaged over a {spec.select_window}-epoch window" if spec.select_window > 1 else ""
     log.info("%s: epoch %d selected (val accuracy %.4f%s)", spec.name, select.best_epoch + 1 - offset,
              select.best_key[0], window)
-    return PhaseResult(select.best_state, select.best_key[0], history)
+    return PhaseResult(select.best_state, history)
 
 
 def _progress(spec: PhaseSpec, start: int, dist: Dist):
