@@ -8,7 +8,7 @@ per recipe; the recipe with the best mean val top-1 over both targets wins.
         --out benchmarks/results/recipe_sweep_weights_temps.json
 
 Set "confirm" (session 6) is a confirmation, not a sweep: the winner of the sessions 2-4 sweeps on val (the FitNet
-term added) against the default, on ten fresh seeds (3-12, teachers of the seeds 3-12 compares) under the current
+term added) against the default of then, on ten fresh seeds (3-12, teachers of the seeds 3-12 compares) under the current
 selection rule (window 5). Fixed before it ran: the candidate replaces the default only if its val top-1 (of the
 model the pipeline keeps) beats the default's by more than two standard errors of the paired (target, seed)
 differences.
