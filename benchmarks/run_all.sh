@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of BENCHMARKS.md, in order (about 80 minutes on a 2-core machine). Outputs in benchmarks/results/.
+# Every figure of BENCHMARKS.md, in order (about 100 minutes on a 2-core machine). Outputs in benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin
@@ -27,6 +27,11 @@ done
 t recipe-confirm $B/python benchmarks/recipe_sweep.py --set confirm --first-seed 3 --seeds 10 \
   --teachers 'compare-{t}-seeds3-12' --out $R/recipe_confirm.json > $R/recipe_confirm.txt
 $B/python benchmarks/seed_study.py --out $R/seed_study.json > $R/seed_study.txt
+# a diagnostic: the same compare with a 12x wider student (benchmarks/width512.json), not an acceptance figure
+for tgt in zer fou; do
+  t compare-$tgt-width512 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt \
+    --methods cmcd,kd,fitnet,supervised --seeds 3 --config benchmarks/width512.json --out $R/compare-$tgt-width512 --force
+done
 # issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do
