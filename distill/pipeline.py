@@ -168,7 +168,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if capture is not None:
         capture["student"] = student
     wall = time.perf_counter() - t0
-    metrics = _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall)
+    metrics = _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate)
     if out is not None and dist.main:
         _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, ranking)
     return RunResult(metrics, out)
@@ -206,12 +206,12 @@ def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, devic
 
 
 @torch.no_grad()
-def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall) -> dict:
-    test, val = (torch.as_tensor(rows, device=x.device) for rows in (splits.test, splits.val))
+def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate) -> dict:
+    test = torch.as_tensor(splits.test, device=x.device)
     logits = engine.predict_logits(student, x[test]).cpu()
     yt = y[test].cpu()
     pred = logits.argmax(1).numpy()
-    val_acc, _ = engine.accuracy_and_loss(engine.predict_logits(student, x[val]), y[val])
+    val_acc, _ = evaluate()  # the kept model on val, as model selection scored it
     student.eval()
     s_emb = torch.cat([student.embed(x[i:i + 1024]).float().cpu() for i in range(0, x.shape[0], 1024)]).numpy()
     gap = modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test, seed=cfg.seed)
