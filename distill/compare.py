@@ -14,8 +14,8 @@ import numpy as np
 from cmcd_edge import datasets
 from cmcd_edge.distill import engine
 from cmcd_edge.distill.config import DistillConfig
-from cmcd_edge.distill.losses import METHODS, recipe_str
-from cmcd_edge.distill.pipeline import run_distill
+from cmcd_edge.distill.losses import METHODS
+from cmcd_edge.distill.pipeline import recipe_change, run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json, write_text
@@ -143,9 +143,9 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
         log.info("  %s: made with another config, trained again", run_dir.name)
         return None
     metrics = json.loads(path.read_text())
-    if metrics["recipe"] != recipe_str(cfg.terms):  # --method cmcd names today's default recipe
-        log.info("  %s: trained with %s, the method now means %s: trained again", run_dir.name, metrics["recipe"],
-                 recipe_str(cfg.terms))
+    why = recipe_change(metrics, cfg)  # --method cmcd names today's default recipe
+    if why:
+        log.info("  %s: %s: trained again", run_dir.name, why)
         return None
     if "val_accuracy" not in metrics:
         log.info("  %s: made by an older version (no val_accuracy), trained again", run_dir.name)

@@ -68,7 +68,10 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> dic
             diff = sorted(k for k, v in cfg.training_key().items() if old_cfg.training_key().get(k) != v)
             raise UserError(f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
                             "rerun with the same flags, or use a new --out")
-        check_same_recipe(json.loads(run_json.read_text()), cfg, f"--resume: {out}")
+        why = recipe_change(json.loads(run_json.read_text()), cfg)
+        if why:
+            raise UserError(f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, "
+                            "or use a new --out")
         for stale in remove_stale_temps(out):
             log.info("resume: removed %s, left by the killed run", stale.name)
         return engine.Checkpoint(out / "checkpoint.pt").load() or {}
@@ -226,14 +229,15 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate
             "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}
 
 
-def check_same_recipe(run: dict, cfg: DistillConfig, where: str) -> None:
-    """A method's recipe is resolved from code (``--method cmcd`` names today's default), so a config match alone
-    misses a default changed between versions: run.json records the resolved recipe and it must match too."""
+def recipe_change(record: dict, cfg: DistillConfig) -> str | None:
+    """How the recipe a run recorded (run.json or metrics.json) differs from the one ``cfg`` resolves to; None when
+    they match. A method's recipe is resolved from code (``--method cmcd`` names today's default), so a config match
+    alone misses a default changed between versions."""
     want = recipe_str(cfg.terms)
-    if "recipe" not in run or run["recipe"] != want:
-        made = f"trained with {run['recipe']!r}" if "recipe" in run else "made by an older version (no recipe recorded)"
-        raise UserError(f"{where} was {made}; these flags give {want!r} (the method's default recipe changed): "
-                        "rerun with --force, or use a new --out")
+    if "recipe" in record and record["recipe"] == want:
+        return None
+    made = f"trained with {record['recipe']!r}" if "recipe" in record else "made by an older version (no recipe recorded)"
+    return f"{made}; these flags give {want!r}"
 
 
 def _run_json(cfg, ds, splits, teacher, status: str) -> dict:
