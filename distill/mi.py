@@ -107,7 +107,8 @@ def ksg_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: int = 
     its KSG estimates sit below the truth, so of several projections take the one with the highest estimate. The cost
     of the max is a small upward bias where both are noise (independent variables, n = 2000, 10 samples each: +0.01
     nats at 2 and 4 dims, +0.04 at 8)."""
-    return max(ksg_joint_mi(x, y, k, dims, seed), ksg_canonical_mi(x, y, k, dims, seed))
+    a, b = pca(x, dims), pca(y, dims)  # projected once for both constructions
+    return max(_ksg_joint(a, b, k, seed), _ksg_canonical(a, b, k, seed))
 
 
 def ksg_canonical_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: int = 0) -> float:
@@ -123,8 +124,12 @@ def ksg_canonical_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, se
     falls far low; ``ksg_mi`` then takes the joint estimate. The pairs are found by sample CCA, which fits the sample's
     chance correlations: under independence the pair sum reads ~dx dy / 2n (8 + 8 dims, n = 2000: 0.015 measured,
     0.016 predicted), subtracted as in ``gaussian_mi``. Continuous, tie-free samples (a 1e-10 jitter breaks ties)."""
+    return _ksg_canonical(pca(x, dims), pca(y, dims), k, seed)
+
+
+def _ksg_canonical(a: np.ndarray, b: np.ndarray, k: int, seed: int) -> float:
+    """``ksg_canonical_mi`` on PCA projections already made."""
     rng = np.random.default_rng(seed)
-    a, b = pca(x, dims), pca(y, dims)
     ca, cb, rho = cca(a, b)
     u, v = a @ ca, b @ cb  # (N, da), (N, db): canonical variates
     da, db, m = u.shape[1], v.shape[1], len(rho)
@@ -142,8 +147,12 @@ def ksg_joint_mi(x: np.ndarray, y: np.ndarray, k: int = 4, dims: int = 8, seed: 
     """The textbook KSG estimator 1 on the joint space of PCA projections of at most ``dims`` dims each, as latentmi
     does: I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_y + 1) >, max-norm. Right on class-clustered embeddings; 20-50%
     low on jointly Gaussian pairs at 4-8 dims, n = 2000 (benchmarks/mi_synthetic.py)."""
+    return _ksg_joint(pca(x, dims), pca(y, dims), k, seed)
+
+
+def _ksg_joint(a: np.ndarray, b: np.ndarray, k: int, seed: int) -> float:
+    """``ksg_joint_mi`` on PCA projections already made."""
     rng = np.random.default_rng(seed)
-    a, b = pca(x, dims), pca(y, dims)
     da, db = a.shape[1], b.shape[1]
     groups = [tuple(range(da)), tuple(range(da, da + db))]
     return float(max(0.0, _multi_info(_MaxNorm(np.c_[a, b], rng), groups, k)))
