@@ -60,12 +60,9 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
     if force and out.exists():
         shutil.rmtree(out)
     seed_list = [base.seed + i for i in range(seeds)]
-    acc: dict[str, list[float]] = {m: [] for m in methods}
-    f1: dict[str, list[float]] = {m: [] for m in methods}
-    val: dict[str, list[float]] = {m: [] for m in methods}
-    wall: dict[str, float] = {m: 0.0 for m in methods}
-    teacher_acc, extra_runs = [], list(methods) + ([UPPER] if upper_bound else [])
-    acc[UPPER], f1[UPPER], val[UPPER], wall[UPPER] = [], [], [], 0.0
+    extra_runs = list(methods) + ([UPPER] if upper_bound else [])
+    runs: dict[str, list[dict]] = {m: [] for m in extra_runs}  # each method's metrics.json, seed by seed
+    teacher_acc = []
     for seed in seed_list:
         cfg_s = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
@@ -78,25 +75,44 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
                 dataclasses.replace(cfg_s, method=m)
             run_dir = out / "runs" / f"{m.replace('@100%', '-all-labels')}-s{seed}"
             res = _finished(run_dir, cfg) or run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
-            acc[m].append(res["test_accuracy"])
-            f1[m].append(res["test_macro_f1"])
-            val[m].append(res["val_accuracy"])
-            wall[m] += res["wall_s"]
+            runs[m].append(res)
             log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)", m, seed, res["test_accuracy"], res["wall_s"])
     results = {
         "data": base.data, "source": base.source, "target": base.target, "labeled_fraction": base.labeled_fraction,
         "seeds": seed_list, "teacher_test_accuracy": _stats([a for a in teacher_acc if a is not None] or [float("nan")]),
-        "methods": {m: {"test_accuracy": _stats(acc[m]), "test_macro_f1": _stats(f1[m]),
-                        "val_accuracy": _stats(val[m]), "wall_s": round(wall[m], 2)} for m in methods},
-        "paired": _paired(methods, acc),
-        "upper_bound": {"method": UPPER, "test_accuracy": _stats(acc[UPPER]), "val_accuracy": _stats(val[UPPER]),
-                        "wall_s": round(wall[UPPER], 2)}
-        if upper_bound else None,
+        "methods": {m: _summary(runs[m]) for m in methods},
+        "paired": _paired(methods, {m: [r["test_accuracy"] for r in runs[m]] for m in methods}),
+        "confused_pairs": _confused_pairs([r for m in methods for r in runs[m]]),
+        "upper_bound": {"method": UPPER, **_summary(runs[UPPER])} if upper_bound else None,
         "config": base.to_json(),
     }
     write_json(out / "results.json", results)
     write_text(out / "results.md", results_markdown(results))
     return results
+
+
+def _summary(runs: list[dict]) -> dict:
+    """One method over its seeds: mean +- std of each figure, per-class test top-1 averaged, wall time summed."""
+    classes: dict[str, list[float]] = {}
+    for r in runs:
+        for c, v in r["test_per_class"].items():
+            classes.setdefault(c, []).append(v["top1"])
+    return {**{k: _stats([r[k] for r in runs]) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")},
+            "test_per_class": {c: float(np.mean(v)) for c, v in classes.items()},
+            "wall_s": round(sum(r["wall_s"] for r in runs), 2)}
+
+
+def _confused_pairs(runs: list[dict], top: int = 5) -> list[dict]:
+    """The class pairs most often mistaken for each other (either way), summed over ``runs``, with their share of
+    all the runs' test errors: where the methods' errors (and so their differences) live."""
+    pairs: dict[tuple[str, str], int] = {}
+    for r in runs:
+        for c in r["test_confusions"]:
+            key = tuple(sorted((c["true"], c["pred"])))
+            pairs[key] = pairs.get(key, 0) + c["rows"]
+    errors = sum(pairs.values())
+    ranked = sorted(pairs.items(), key=lambda kv: -kv[1])[:top]
+    return [{"classes": list(k), "rows": n, "share": n / errors} for k, n in ranked]
 
 
 # Student's t 0.975 quantiles for 1-30 degrees of freedom; beyond, the Cornish-Fisher series (within 1e-3)
@@ -147,8 +163,9 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     if why:
         log.info("  %s: %s: trained again", run_dir.name, why)
         return None
-    if "val_accuracy" not in metrics:
-        log.info("  %s: made by an older version (no val_accuracy), trained again", run_dir.name)
+    missing = [k for k in ("val_accuracy", "test_per_class", "test_confusions") if k not in metrics]
+    if missing:
+        log.info("  %s: made by an older version (no %s), trained again", run_dir.name, ", ".join(missing))
         return None
     return metrics
 
@@ -171,7 +188,25 @@ def results_markdown(r: dict) -> str:
         va = v["val_accuracy"]
         lines.append(f"| {m} | {100 * a['mean']:.1f} +- {100 * a['std']:.1f} | {f1s} | {100 * va['mean']:.1f} +- "
                      f"{100 * va['std']:.1f} | {delta} | {_paired_cell(r, m)} | {v['wall_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _per_class_lines(r)) + "\n"
+
+
+def _per_class_lines(r: dict, top: int = 10) -> list[str]:
+    """The most confused pairs, and per-class top-1 of the ``top`` classes whose accuracy differs most between
+    methods (all classes when there are at most ``top``)."""
+    pairs = ", ".join(f"{a} <-> {b} {p['rows']} ({p['share']:.0%})" for p in r["confused_pairs"]
+                      for a, b in [p["classes"]])
+    methods = list(r["methods"])
+    per = {m: r["methods"][m]["test_per_class"] for m in methods}
+    classes = list(per[methods[0]])
+    spread = {c: max(per[m][c] for m in methods) - min(per[m][c] for m in methods) for c in classes}
+    shown = classes if len(classes) <= top else sorted(classes, key=lambda c: -spread[c])[:top]
+    head = "per class" if len(shown) == len(classes) else f"the {top} classes where the methods differ most"
+    lines = ["", f"Most confused class pairs (test rows over every method and seed; share of their errors): {pairs or 'none'}",
+             "", f"Test top-1 (%) {head}, mean over seeds:", "",
+             "| class | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [f"| {c} | " + " | ".join(f"{100 * per[m][c]:.1f}" for m in methods) + " |" for c in shown]
+    return lines
 
 
 def _paired_head(r: dict) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 from cmcd_edge import __version__, datasets
 from cmcd_edge.distill import engine, students
 from cmcd_edge.distill.config import DistillConfig
-from cmcd_edge.distill.evaluate import macro_f1, modality_gap
+from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher, view_tensor
 from cmcd_edge.errors import UserError
@@ -225,6 +225,8 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate
             "labeled_rows": int(len(splits.labeled)), "val_accuracy": float(val_acc),
             "test_accuracy": float((pred == yt.numpy()).mean()),
             "test_macro_f1": macro_f1(pred, yt.numpy(), ds.n_classes),
+            "test_per_class": per_class(pred, yt.numpy(), ds.classes),
+            "test_confusions": confusions(pred, yt.numpy(), ds.classes),
             "teacher_test_accuracy": teacher.test_accuracy, "params": size.params, "macs": size.macs,
             "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}
 

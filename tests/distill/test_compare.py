@@ -36,6 +36,28 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
         run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
 
 
+def test_compare_reports_per_class_accuracy_and_the_most_confused_pairs(base, tmp_path):
+    r = run_compare(base, ["kd", "supervised"], 2, tmp_path / "cmp", upper_bound=False)
+    runs = {m: [json.loads((tmp_path / "cmp" / "runs" / f"{m}-s{s}" / "metrics.json").read_text()) for s in (0, 1)]
+            for m in ("kd", "supervised")}
+    for m, ms in runs.items():
+        want = {c: sum(x["test_per_class"][c]["top1"] for x in ms) / 2 for c in ("c0", "c1", "c2", "c3")}
+        assert r["methods"][m]["test_per_class"] == pytest.approx(want)
+    pairs: dict = {}
+    for x in runs["kd"] + runs["supervised"]:
+        for c in x["test_confusions"]:
+            key = tuple(sorted((c["true"], c["pred"])))
+            pairs[key] = pairs.get(key, 0) + c["rows"]
+    errors = sum(round((1 - x["test_accuracy"]) * 60) for x in runs["kd"] + runs["supervised"])  # 60 test rows
+    top = max(pairs.items(), key=lambda kv: kv[1])
+    assert r["confused_pairs"][0]["rows"] == top[1] and r["confused_pairs"][0]["share"] == pytest.approx(top[1] / errors)
+    assert [p["rows"] for p in r["confused_pairs"]] == sorted((p["rows"] for p in r["confused_pairs"]), reverse=True)
+    md = (tmp_path / "cmp" / "results.md").read_text()
+    a, b = r["confused_pairs"][0]["classes"]
+    assert f"{a} <-> {b} {top[1]} (" in md and "| class | kd | supervised |" in md
+    assert f"| c0 | {100 * r['methods']['kd']['test_per_class']['c0']:.1f} |" in md
+
+
 def test_compare_reports_the_first_method_minus_each_other_seed_by_seed(base, tmp_path):
     r = run_compare(base, ["cmcd", "kd", "supervised"], 2, tmp_path / "cmp", upper_bound=False)
     assert r["paired"]["reference"] == "cmcd" and set(r["paired"]["minus"]) == {"kd", "supervised"}
@@ -81,3 +103,15 @@ def test_compare_resume_retrains_a_run_whose_method_recipe_changed(base, tmp_pat
     (kd / "metrics.json").write_text(json.dumps(metrics))
     run_compare(base, ["kd"], 1, out, upper_bound=False)
     assert json.loads((kd / "metrics.json").read_text())["recipe"] == "Loss = 1.0 * kd + 1.0 * ce"
+
+
+def test_compare_resume_retrains_a_run_from_a_version_without_per_class_figures(base, tmp_path):
+    out = tmp_path / "cmp"
+    run_compare(base, ["kd"], 1, out, upper_bound=False)
+    (out / "results.json").unlink()
+    path = out / "runs" / "kd-s0" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics["test_per_class"], metrics["test_confusions"]
+    path.write_text(json.dumps(metrics))
+    r = run_compare(base, ["kd"], 1, out, upper_bound=False)
+    assert "test_per_class" in json.loads(path.read_text()) and r["methods"]["kd"]["test_per_class"]
