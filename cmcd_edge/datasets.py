@@ -268,7 +268,11 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
 def make_splits(ds: Dataset, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
                 labeled_fraction: float = 1.0) -> Splits:
     """Train/val/test row indices: ``splits.npy`` when the dataset has one, else seeded and stratified by label,
-    group-aware when ``groups.npy`` exists (whole groups go to one split). Then ``sample_labeled`` on train."""
+    group-aware when ``groups.npy`` exists (whole groups go to one split). Then ``sample_labeled`` on train.
+
+    Unlabeled rows (label -1) teach a student only through the teacher, so they belong to train: the stratified split
+    puts all of them there, and val and test keep only labeled rows whatever the split (a row without a label cannot
+    be scored)."""
     labels = np.asarray(ds.labels)
     if ds.fixed_splits is not None:
         fixed = ds.fixed_splits
@@ -277,9 +281,12 @@ def make_splits(ds: Dataset, seed: int = 0, fractions: tuple[float, float, float
         train, val, test = _group_split(np.asarray(ds.groups), fractions, seed)
     else:
         train, val, test = _stratified_split(labels, fractions, seed)
+    val, test = val[labels[val] >= 0], test[labels[test] >= 0]
     for name, idx in (("train", train), ("val", val), ("test", test)):
         if idx.size == 0:
-            raise DataError(f"{ds.spec}: the {name} split is empty ({ds.n_rows} rows); add rows or fix splits.npy")
+            what = "empty" if name == "train" else "without labeled rows"
+            raise DataError(f"{ds.spec}: the {name} split is {what} ({ds.n_rows} rows, "
+                            f"{int((labels >= 0).sum())} labeled); add labeled rows or fix splits.npy")
     labeled = sample_labeled(train, labels, labeled_fraction, seed)
     return Splits(train, val, test, labeled)
 
@@ -288,6 +295,9 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, float, float],
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[], [], []]
     for cls in np.unique(labels):
+        if cls < 0:  # unlabeled: train only
+            parts[0].append(np.flatnonzero(labels == cls))
+            continue
         idx = rng.permutation(np.flatnonzero(labels == cls))
         n_train = int(round(fractions[0] * len(idx)))
         n_val = int(round(fractions[1] * len(idx)))

@@ -18,8 +18,9 @@ def assert_one_line_error(res, code: int = 2, *needles: str) -> None:
 
 
 def synthetic_paired(out, target_kind: str = "vector", n: int = 600, classes: int = 4, seed: int = 0,
-                     target_shape=None, labels: bool = True):
-    """A rich source view (clean class signal) and a noisy target view of the given kind, rows aligned."""
+                     target_shape=None, labels: bool = True, unlabeled: float = 0.0):
+    """A rich source view (clean class signal) and a noisy target view of the given kind, rows aligned; a fraction
+    ``unlabeled`` of the rows (every one with ``labels=False``) carries label -1."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % classes
     protos = rng.normal(size=(classes, 16))
@@ -39,5 +40,5 @@ def synthetic_paired(out, target_kind: str = "vector", n: int = 600, classes: in
             r, q = divmod(k, 2)
             tgt[y == k, :, r * h // 2:(r + 1) * h // 2, q * w // 2:(q + 1) * w // 2] += 1.5
     views = {"src": ViewSpec(src.astype(np.float32), "vector"), "tgt": ViewSpec(tgt.astype(np.float32), target_kind)}
-    lab = y if labels else np.full(n, -1)
+    lab = np.where(rng.random(n) < (unlabeled if labels else 1.0), -1, y)
     return datasets.write_dataset(out, views, lab, [f"c{i}" for i in range(classes)])

@@ -76,6 +76,44 @@ def test_splits_fixed_file_is_used(tmp_path):
     assert np.array_equal(s.val, np.flatnonzero(fixed == 1))
 
 
+def test_splits_of_mfeat_are_pinned():
+    """Every benchmark figure rests on these rows: a change to the split code must not move them silently."""
+    import hashlib
+
+    s = datasets.make_splits(datasets.load("builtin:mfeat"), seed=0, labeled_fraction=0.1)
+    digest = hashlib.sha256(b"".join(a.astype(np.int64).tobytes() for a in (s.train, s.val, s.test, s.labeled)))
+    assert digest.hexdigest()[:16] == "aa12a55886b71257"
+
+
+def _partly_labeled(tmp_path, **kw):
+    labels = np.arange(60) % 3
+    labels[np.arange(60) % 4 != 0] = -1  # three rows in four unlabeled
+    views = {"a": ViewSpec(np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32), "vector")}
+    return datasets.write_dataset(tmp_path / "partly", views, labels, ["x", "y", "z"], **kw), labels
+
+
+def test_splits_put_unlabeled_rows_in_train_and_score_only_labeled_ones(tmp_path):
+    ds, labels = _partly_labeled(tmp_path)
+    s = datasets.make_splits(ds, seed=0, labeled_fraction=1.0)
+    assert set(np.flatnonzero(labels < 0)) <= set(s.train)
+    assert (labels[s.val] >= 0).all() and (labels[s.test] >= 0).all() and len(s.val) and len(s.test)
+    assert (labels[s.labeled] >= 0).all()
+
+
+def test_fixed_splits_drop_unlabeled_rows_from_val_and_test(tmp_path):
+    fixed = np.array([0, 1, 2, 2, 1] * 12)
+    ds, labels = _partly_labeled(tmp_path, splits=fixed)
+    s = datasets.make_splits(ds, seed=0)
+    assert np.array_equal(s.test, np.flatnonzero((fixed == 2) & (labels >= 0)))
+
+
+def test_a_val_split_without_labeled_rows_is_a_data_error(tmp_path):
+    fixed = np.array([0, 1, 2, 2] * 15)  # val gets rows 1, 5, 9...: all unlabeled
+    ds, _ = _partly_labeled(tmp_path, splits=fixed)
+    with pytest.raises(DataError, match="val split is without labeled rows"):
+        datasets.make_splits(ds, seed=0)
+
+
 def test_labeled_fraction_stratified_with_every_class():
     ds = datasets.load("builtin:mfeat")
     s = datasets.make_splits(ds, seed=0, labeled_fraction=0.01)

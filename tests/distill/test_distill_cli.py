@@ -47,11 +47,35 @@ def test_distill_writes_a_complete_run(cli, toy, tmp_path, fast_cfg):
             "teacher.json", "checkpoint.pt"} <= files
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("method", "source", "target", "seed", "labeled_fraction", "test_accuracy", "test_macro_f1",
-                "teacher_test_accuracy", "params", "macs", "wall_s", "modality_gap", "val_accuracy"):
+                "teacher_test_accuracy", "params", "macs", "wall_s", "modality_gap", "val_accuracy",
+                "test_per_class", "test_confusions"):
         assert key in m
+    per_class = m["test_per_class"]
+    correct = sum(round(c["top1"] * c["rows"]) for c in per_class.values())
+    assert sorted(per_class) == ["c0", "c1", "c2", "c3"]
+    assert correct / sum(c["rows"] for c in per_class.values()) == pytest.approx(m["test_accuracy"])
+    assert sum(c["rows"] for c in m["test_confusions"]) == sum(c["rows"] for c in per_class.values()) - correct
     assert 0.0 <= m["test_accuracy"] <= 1.0 and m["params"] > 0
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert any(abs(float(r["val_acc"]) - m["val_accuracy"]) < 1e-4 for r in history)  # the kept epoch's val figure
+
+
+def test_distill_on_mostly_unlabeled_rows_scores_labeled_rows_only(cli, tmp_path, fast_cfg):
+    """The user's usual data: many paired rows, few labels (-1 elsewhere). Unlabeled rows are distilled on (train),
+    val and test score labeled rows only; before, the -1 rows reached cross-entropy and the run crashed."""
+    data = synthetic_paired(tmp_path / "partly", n=400, unlabeled=0.7)
+    res = _distill(cli, str(data.root), tmp_path / "run", cfg=fast_cfg)
+    assert res.returncode == 0, res.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    per_class = np.bincount(data.labels[data.labels >= 0])  # stratified 60/20/20 of each class's labeled rows
+    train, val = (sum(int(round(f * n)) for n in per_class) for f in (0.6, 0.2))
+    unlabeled = int((data.labels < 0).sum())
+    assert 250 < unlabeled < 310
+    labeled = sum(max(1, int(round(0.1 * round(0.6 * n)))) for n in per_class)  # 10% of labeled train rows
+    assert run["splits"] == {"train": unlabeled + train, "val": val, "test": int(per_class.sum()) - train - val,
+                             "labeled": labeled}
+    assert sum(c["rows"] for c in m["test_per_class"].values()) == run["splits"]["test"]
 
 
 @pytest.mark.parametrize("args,needles", [
