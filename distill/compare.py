@@ -92,14 +92,17 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
 
 
 def _summary(runs: list[dict]) -> dict:
-    """One method over its seeds: mean +- std of each figure, per-class test top-1 averaged, wall time summed."""
-    classes: dict[str, list[float]] = {}
-    for r in runs:
-        for c, v in r["test_per_class"].items():
-            classes.setdefault(c, []).append(v["top1"])
+    """One method over its seeds: mean +- std of each figure, wall time summed, and per class its test top-1 (mean,
+    and seed by seed with the class's test rows: None and 0 where a seed's test split lacks the class)."""
+    classes = list(dict.fromkeys(c for r in runs for c in r["test_per_class"]))
+    per_class = {}
+    for c in classes:
+        seen = [r["test_per_class"].get(c) for r in runs]
+        top1 = [None if v is None else v["top1"] for v in seen]
+        per_class[c] = {"top1": float(np.mean([t for t in top1 if t is not None])), "runs": top1,
+                        "rows": [0 if v is None else v["rows"] for v in seen]}
     return {**{k: _stats([r[k] for r in runs]) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")},
-            "test_per_class": {c: float(np.mean(v)) for c, v in classes.items()},
-            "wall_s": round(sum(r["wall_s"] for r in runs), 2)}
+            "test_per_class": per_class, "wall_s": round(sum(r["wall_s"] for r in runs), 2)}
 
 
 def _confused_pairs(runs: list[dict], top: int = 5) -> list[dict]:
@@ -197,7 +200,7 @@ def _per_class_lines(r: dict, top: int = 10) -> list[str]:
     pairs = ", ".join(f"{a} <-> {b} {p['rows']} ({p['share']:.0%})" for p in r["confused_pairs"]
                       for a, b in [p["classes"]])
     methods = list(r["methods"])
-    per = {m: r["methods"][m]["test_per_class"] for m in methods}
+    per = {m: {c: v["top1"] for c, v in r["methods"][m]["test_per_class"].items()} for m in methods}
     classes = list(per[methods[0]])
     spread = {c: max(per[m][c] for m in methods) - min(per[m][c] for m in methods) for c in classes}
     shown = classes if len(classes) <= top else sorted(classes, key=lambda c: -spread[c])[:top]

@@ -41,8 +41,10 @@ def test_compare_reports_per_class_accuracy_and_the_most_confused_pairs(base, tm
     runs = {m: [json.loads((tmp_path / "cmp" / "runs" / f"{m}-s{s}" / "metrics.json").read_text()) for s in (0, 1)]
             for m in ("kd", "supervised")}
     for m, ms in runs.items():
-        want = {c: sum(x["test_per_class"][c]["top1"] for x in ms) / 2 for c in ("c0", "c1", "c2", "c3")}
-        assert r["methods"][m]["test_per_class"] == pytest.approx(want)
+        for c in ("c0", "c1", "c2", "c3"):
+            got, seeds = r["methods"][m]["test_per_class"][c], [x["test_per_class"][c] for x in ms]
+            assert got["runs"] == [v["top1"] for v in seeds] and got["rows"] == [v["rows"] for v in seeds] == [15, 15]
+            assert got["top1"] == pytest.approx(sum(got["runs"]) / 2)
     pairs: dict = {}
     for x in runs["kd"] + runs["supervised"]:
         for c in x["test_confusions"]:
@@ -55,7 +57,7 @@ def test_compare_reports_per_class_accuracy_and_the_most_confused_pairs(base, tm
     md = (tmp_path / "cmp" / "results.md").read_text()
     a, b = r["confused_pairs"][0]["classes"]
     assert f"{a} <-> {b} {top[1]} (" in md and "| class | kd | supervised |" in md
-    assert f"| c0 | {100 * r['methods']['kd']['test_per_class']['c0']:.1f} |" in md
+    assert f"| c0 | {100 * r['methods']['kd']['test_per_class']['c0']['top1']:.1f} |" in md
 
 
 def test_compare_reports_the_first_method_minus_each_other_seed_by_seed(base, tmp_path):
@@ -115,3 +117,16 @@ def test_compare_resume_retrains_a_run_from_a_version_without_per_class_figures(
     path.write_text(json.dumps(metrics))
     r = run_compare(base, ["kd"], 1, out, upper_bound=False)
     assert "test_per_class" in json.loads(path.read_text()) and r["methods"]["kd"]["test_per_class"]
+
+
+def test_summary_aligns_per_class_figures_with_seeds_when_a_class_misses_a_seed():
+    from cmcd_edge.distill.compare import _summary
+
+    def run(acc, per_class):
+        return {"test_accuracy": acc, "test_macro_f1": acc, "val_accuracy": acc, "wall_s": 1.0,
+                "test_per_class": {c: {"rows": n, "top1": t} for c, (n, t) in per_class.items()}}
+
+    s = _summary([run(0.5, {"a": (2, 0.5), "b": (2, 0.5)}), run(1.0, {"b": (3, 1.0)})])
+    assert s["test_per_class"] == {"a": {"top1": 0.5, "runs": [0.5, None], "rows": [2, 0]},
+                                   "b": {"top1": 0.75, "runs": [0.5, 1.0], "rows": [2, 3]}}
+    assert s["test_accuracy"]["mean"] == 0.75 and s["wall_s"] == 2.0
