@@ -91,12 +91,12 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     t0 = time.perf_counter()
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
+    splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
     device = engine.pick_device(cfg.device)
     dist = engine.setup_distributed(device)
     ckpt_state = prepare_out(out, cfg, resume, force) if (out is not None and dist.main) else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
     if out is not None and dist.main and not resume:
         write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
 

@@ -78,6 +78,19 @@ def test_distill_on_mostly_unlabeled_rows_scores_labeled_rows_only(cli, tmp_path
     assert sum(c["rows"] for c in m["test_per_class"].values()) == run["splits"]["test"]
 
 
+def test_distill_refuses_a_fixed_val_split_without_labeled_rows(cli, tmp_path):
+    from cmcd_edge import datasets
+
+    data = synthetic_paired(tmp_path / "toy", n=40)
+    labels = data.labels.copy()
+    labels[1::4] = -1  # the rows splits.npy puts in val
+    views = {v: datasets.ViewSpec(np.asarray(data.view(v)), data.views[v].kind) for v in ("src", "tgt")}
+    fixed = datasets.write_dataset(tmp_path / "fixed", views, labels, list(data.classes), splits=np.tile([0, 1, 2, 0], 10))
+    res = _distill(cli, str(fixed.root), tmp_path / "run")
+    assert_one_line_error(res, 2, "the val split is without labeled rows")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("args,needles", [
     (["--target", "nope"], ["--target 'nope'", "valid views: src, tgt"]),
     (["--target", "src"], ["same view"]),
