@@ -65,8 +65,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     heldout_rows = []
     for s in range(seed, seed + seeds):
         splits = datasets.make_splits(ds, s, labeled_fraction=labeled_fraction)
-        held = np.sort(np.concatenate([splits.val, splits.test]))
-        held = held[labels[held] >= 0]
+        held = np.sort(np.concatenate([splits.val, splits.test]))  # labeled rows only (make_splits)
         if len(held) > MAX_HELDOUT:  # a seeded subsample: the estimators' cost and memory grow as N^2
             held = np.sort(np.random.default_rng(s).choice(held, MAX_HELDOUT, replace=False))
         heldout_rows.append(len(held))
