@@ -13,6 +13,11 @@ is biased upward; a fixed "best" would hide that).
     cmcd-edge compare --data builtin:mfeat --source fac --target fou --methods cmcd,kd,fitnet,rkd,crd,supervised \
         --seed 3 --seeds 10 --no-upper-bound --out benchmarks/results/compare-fou-seeds3-12      # and --target zer
     .venv/bin/python benchmarks/seed_study.py --out benchmarks/results/seed_study.json
+
+Then where the gaps live: each gap cmcd - baseline split, seed by seed, into the test rows of the pair of classes the
+compare names most confused (`confused_pairs` in results.json: 6 <-> 9 on zer and fou) and the rest, from each run's
+per-class top-1 (`test_per_class` in results.json); and how well the target view can tell that pair apart at all with
+every one of its labeled rows (5-fold cross-validation, 5-NN and L2 logistic regression).
 """
 
 from __future__ import annotations
@@ -83,6 +88,90 @@ def study(target: str, dirs: list[str], boot: int, rng: np.random.Generator) -> 
     }
 
 
+def per_class(dirs: list[str]) -> dict[str, dict[int, dict]]:
+    """method -> seed -> {class: {"rows", "top1"}} of that run's test split, from the compares' results.json."""
+    out: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
+    for d in dirs:
+        res = json.loads((RESULTS / d / "results.json").read_text())
+        for m in METHODS:
+            if m in res["methods"]:
+                pc = res["methods"][m]["test_per_class"]
+                for i, seed in enumerate(res["seeds"]):
+                    out[m][seed] = {c: {"rows": v["rows"][i], "top1": v["runs"][i]} for c, v in pc.items()
+                                    if v["rows"][i]}
+    return out
+
+
+def where_gaps_live(dirs: list[str], seeds: list[int]) -> dict:
+    """Each gap cmcd - baseline (points of test top-1, mean over seeds) as the part from the test rows of the most
+    confused pair plus the part from every other row; and each method's top-1 on the pair's rows."""
+    pair = json.loads((RESULTS / dirs[0] / "results.json").read_text())["confused_pairs"][0]["classes"]
+    pc = per_class(dirs)
+
+    def parts(m: str, seed: int) -> tuple[float, float, float]:
+        """(pair part, rest part) of 100 * top-1 over all test rows, and top-1 on the pair's rows (%)."""
+        c = pc[m][seed]
+        rows = sum(v["rows"] for v in c.values())
+        hits = {k: v["top1"] * v["rows"] for k, v in c.items()}
+        on_pair = sum(hits[k] for k in pair)
+        return 100 * on_pair / rows, 100 * (sum(hits.values()) - on_pair) / rows, \
+            100 * on_pair / sum(c[k]["rows"] for k in pair)
+
+    share = float(np.mean([sum(pc["cmcd"][s][k]["rows"] for k in pair) / sum(v["rows"] for v in pc["cmcd"][s].values())
+                           for s in seeds]))
+    res = {"pair": pair, "pair_rows_share": share, "gaps": {},
+           "pair_top1": {m: float(np.mean([parts(m, s)[2] for s in seeds])) for m in METHODS}}
+    for b in BASELINES:
+        d = np.array([np.subtract(parts("cmcd", s)[:2], parts(b, s)[:2]) for s in seeds])  # (seeds, 2)
+        first = [seeds.index(s) for s in (0, 1, 2)]
+        res["gaps"][b] = {"all_seeds": {"pair": float(d[:, 0].mean()), "rest": float(d[:, 1].mean())},
+                          "seeds_0_2": {"pair": float(d[first, 0].mean()), "rest": float(d[first, 1].mean())}}
+    return res
+
+
+def _logistic(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray) -> np.ndarray:
+    """L2-regularised logistic regression (L-BFGS): the 0/1 predictions for ``xte``."""
+    import torch
+
+    w = torch.zeros(xtr.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    xt, yt = torch.tensor(np.c_[xtr, np.ones(len(xtr))]), torch.tensor(ytr)
+    opt = torch.optim.LBFGS([w], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w, yt) + 1e-3 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return (torch.tensor(np.c_[xte, np.ones(len(xte))]) @ w).detach().numpy() > 0
+
+
+def pair_separability(target: str, pair: list[str], folds: int = 5) -> dict:
+    """Can the target view tell the pair's classes apart at all? Every labeled row of the two classes, 5-fold
+    cross-validated: 5-NN and L2 logistic regression on standardised features (chance is 50%)."""
+    from cmcd_edge import datasets
+
+    ds = datasets.load("builtin:mfeat")
+    labels = np.asarray(ds.labels)
+    a, b = (ds.classes.index(c) for c in pair)
+    rows = np.flatnonzero((labels == a) | (labels == b))
+    x = np.asarray(ds.view(target), dtype=np.float64)[rows].reshape(len(rows), -1)
+    y = (labels[rows] == b).astype(np.float64)
+    perm = np.random.default_rng(0).permutation(len(rows))
+    knn, logistic = [], []
+    for k in range(folds):
+        te = perm[k::folds]
+        tr = np.setdiff1d(perm, te)
+        mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-9
+        xtr, xte = (x[tr] - mu) / sd, (x[te] - mu) / sd
+        near = np.argsort(((xte[:, None, :] - xtr[None, :, :]) ** 2).sum(-1), axis=1)[:, :5]
+        knn.append(float(((y[tr][near].mean(1) > 0.5) == y[te]).mean()))
+        pred = _logistic(xtr, y[tr], xte)
+        logistic.append(float((pred == y[te]).mean()))
+    return {"rows": int(len(rows)), "knn5": 100 * float(np.mean(knn)), "logistic": 100 * float(np.mean(logistic))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -98,7 +187,10 @@ def main() -> None:
     res = {}
     for t in args.targets.split(","):
         extra = [d for d in verify if json.loads((RESULTS / d / "results.json").read_text())["target"] == t]
-        res[t] = study(t, [d.format(t=t) for d in args.dirs.split(",")] + extra, args.boot, rng)
+        dirs = [d.format(t=t) for d in args.dirs.split(",")]
+        res[t] = study(t, dirs + extra, args.boot, rng)
+        res[t]["where_gaps_live"] = where_gaps_live(dirs, res[t]["seeds"])
+        res[t]["where_gaps_live"]["separability"] = pair_separability(t, res[t]["where_gaps_live"]["pair"])
         if extra:
             print(f"{t}: {', '.join(extra)} agree run for run with the compares above")
     for t, r in res.items():
@@ -117,6 +209,16 @@ def main() -> None:
               f"median {np.median(tri[:, 1]):+.2f}, 10-90% [{np.percentile(tri[:, 1], 10):+.2f}, "
               f"{np.percentile(tri[:, 1], 90):+.2f}]; seeds 0-2: {r['seeds_0_2'][1]:+.2f} "
               f"(rank {int((tri[:, 1] < r['seeds_0_2'][1]).sum()) + 1} of {len(tri)}, 1 = worst)")
+        w = r["where_gaps_live"]
+        a, b = w["pair"]
+        sep = w["separability"]
+        print(f"  where the gaps live: the {a} <-> {b} test rows ({w['pair_rows_share']:.0%} of them; top-1 on those: "
+              + ", ".join(f"{m} {v:.1f}" for m, v in w["pair_top1"].items()) + "; the view alone, every labeled "
+              f"{a}/{b} row, 5-fold: 5-NN {sep['knn5']:.1f}, logistic {sep['logistic']:.1f}; chance 50)")
+        for bl, g in w["gaps"].items():
+            al, f = g["all_seeds"], g["seeds_0_2"]
+            print(f"    cmcd - {bl:<7} {len(r['seeds'])} seeds: {a}/{b} rows {al['pair']:+.2f} + the rest "
+                  f"{al['rest']:+.2f}; seeds 0-2: {f['pair']:+.2f} + {f['rest']:+.2f}")
     targets = list(res)
     if len({tuple(res[t]["seeds"]) for t in targets}) > 1:
         raise SystemExit("the targets have different seeds; the joint figure needs the same seeds on each")
