@@ -64,12 +64,23 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (fp16 where bf16 is missing); nothing on CPU, so CPU runs stay deterministic."""
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA, fp16 where bf16 is missing (Volta, Turing, Jetson Xavier), None on CPU so CPU
+    runs stay deterministic."""
     if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    dtype = amp_dtype(device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling where autocast runs in fp16, whose small gradients underflow to zero without it (bf16 has fp32's
+    exponent range and needs none); a pass-through elsewhere."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -201,6 +212,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, spec.epochs * spec.steps_per_epoch))
+    scaler = grad_scaler(params[0].device)
     history: list[dict] = []
     select, start, offset = BestOnVal(spec.select_window), 0, 0
     if start_state is not None:
@@ -213,6 +225,8 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["opt"])
         sched.load_state_dict(resume["sched"])
+        if "scaler" in resume:  # absent from checkpoints written before loss scaling
+            scaler.load_state_dict(resume["scaler"])
         select.load_state_dict(resume["select"])
         start = resume["epoch"]
         history = [r for r in resume["history"] if r["phase"] == spec.name]
@@ -228,8 +242,9 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         for _ in range(spec.steps_per_epoch):
             loss, parts = step(gen)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -240,7 +255,8 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         select.add(acc, vloss, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if dist.main:
             ckpt.save({"phase": spec.name, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                       "sched": sched.state_dict(), "select": select.state_dict(), "history": [*prior, *history]})
+                       "sched": sched.state_dict(), "scaler": scaler.state_dict(), "select": select.state_dict(),
+                       "history": [*prior, *history]})
             if on_epoch is not None:
                 on_epoch([*prior, *history])
         if bar is not None:

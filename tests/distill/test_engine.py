@@ -1,4 +1,5 @@
-"""engine.BestOnVal: model selection on val (window-averaged accuracy, loss tie-break, patience, resumable)."""
+"""engine: model selection on val (BestOnVal: window-averaged accuracy, loss tie-break, patience, resumable), and
+run_phase's loss scaling under fp16 autocast."""
 
 from __future__ import annotations
 
@@ -67,3 +68,36 @@ def test_bestonval_resumed_from_its_state_dict_selects_as_if_never_stopped():
 def test_distill_config_rejects_a_select_window_that_is_not_odd_and_positive(window):
     with pytest.raises(UserError, match=f"select_window.*got {window}"):
         DistillConfig(data="builtin:mfeat", source="fac", target="zer", select_window=window)
+
+
+def _tiny_phase(tmp_path, monkeypatch, amp: torch.dtype | None, epochs: int = 2):
+    """A phase whose gradients (about 1e-9) underflow to zero in fp16, under autocast in ``amp`` (on the CPU: the
+    dtype CUDA picks where bf16 is missing, forced here since this machine has no GPU)."""
+    from cmcd_edge.distill import engine
+
+    monkeypatch.setattr(engine, "amp_dtype", lambda device: amp)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(8, 4)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+
+    def step(gen):
+        with engine.autocast(torch.device("cpu")):
+            return torch.nn.functional.cross_entropy(net(x), y) * 1e-9, {}
+
+    spec = engine.PhaseSpec("t", epochs, 1e-2, 0.0, 10, 3, 0)
+    ckpt = engine.Checkpoint(tmp_path / "checkpoint.pt")
+    before = net.weight.detach().clone()
+    engine.run_phase(spec, net, step, lambda: (0.5, 1.0), ckpt, engine.Dist())
+    return before, ckpt.load()
+
+
+def test_run_phase_scales_fp16_losses_so_small_gradients_still_train(tmp_path, monkeypatch):
+    before, state = _tiny_phase(tmp_path, monkeypatch, torch.float16)
+    last = state["model"]["weight"]
+    assert (last - before).abs().min() > 1e-6  # every weight moved: its gradient was not flushed to zero in fp16
+    assert state["scaler"]["scale"] > 1.0  # and resume restores the scale
+
+
+def test_run_phase_needs_no_loss_scaling_without_fp16(tmp_path, monkeypatch):
+    before, state = _tiny_phase(tmp_path, monkeypatch, None)
+    assert state["scaler"] == {} and (state["model"]["weight"] - before).abs().min() > 1e-6
