@@ -44,7 +44,11 @@ def setup_distributed(device: torch.device) -> Dist:
     import torch.distributed as tdist
 
     if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # each rank bound to its own GPU before NCCL starts (else barriers guess GPU 0)
+            torch.cuda.set_device(device)
+            tdist.init_process_group("nccl", device_id=device)
+        else:
+            tdist.init_process_group("gloo")
     return Dist(tdist.get_rank(), tdist.get_world_size())
 
 
