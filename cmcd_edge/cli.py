@@ -109,8 +109,18 @@ def main(debug: bool, quiet: bool) -> None:
     """
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     # our INFO lines only; libraries (onnxscript, onnxruntime's quantizer, torch) stay at WARNING unless --debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelPrefix())
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     log.setLevel(level)
+
+
+class _LevelPrefix(logging.Formatter):
+    """Progress lines as they are; warnings and errors led by their level, so they stand out among them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return f"{record.levelname.lower()}: {msg}" if record.levelno >= logging.WARNING else msg
 
 
 main.add_command(data)

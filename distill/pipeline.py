@@ -4,6 +4,7 @@ labeled rows -> test evaluation -> run directory (run.json, student/teacher safe
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -56,6 +57,13 @@ def versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
+@functools.cache  # once per dataset and fraction, not once per run of a compare
+def _warn_fraction_of_few_labels(spec: str, unlabeled: int, fraction: float) -> None:
+    log.warning("%s: %d rows are unlabeled, and --labeled-fraction %g keeps only that share of the labeled train rows "
+                "(the benchmark protocol's few labels); pass --labeled-fraction 1 to train on every label you have",
+                spec, unlabeled, fraction)
+
+
 def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> dict | None:
     """Check the run folder against the flags; return the checkpoint to resume from (or None)."""
     run_json = out / "run.json"
@@ -92,6 +100,9 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
     splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
+    unlabeled = int((np.asarray(ds.labels) < 0).sum())
+    if unlabeled and cfg.labeled_fraction < 1.0:
+        _warn_fraction_of_few_labels(ds.spec, unlabeled, cfg.labeled_fraction)
     device = engine.pick_device(cfg.device)
     dist = engine.setup_distributed(device)
     ckpt_state = prepare_out(out, cfg, resume, force) if (out is not None and dist.main) else None

@@ -76,6 +76,7 @@ def test_distill_on_mostly_unlabeled_rows_scores_labeled_rows_only(cli, tmp_path
     assert run["splits"] == {"train": unlabeled + train, "val": val, "test": int(per_class.sum()) - train - val,
                              "labeled": labeled}
     assert sum(c["rows"] for c in m["test_per_class"].values()) == run["splits"]["test"]
+    assert "--labeled-fraction 0.1 keeps only that share" in res.stderr and "--labeled-fraction 1" in res.stderr
 
 
 def test_distill_refuses_a_fixed_val_split_without_labeled_rows(cli, tmp_path):
