@@ -32,6 +32,8 @@ for tgt in zer fou; do
   t compare-$tgt-width512 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt \
     --methods cmcd,kd,fitnet,supervised --seeds 3 --config benchmarks/width512.json --out $R/compare-$tgt-width512 --force
 done
+# distill training speed per method on the CPU (the figure a CUDA run stands beside)
+t train-speed $B/python benchmarks/train_speed.py --device cpu --out $R/train_speed.json > $R/train_speed.txt
 # issue 4: ranking, per-candidate CMCD gains, Spearman, MI estimators on synthetic Gaussians
 t select-zer $B/cmcd-edge -q select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor --seeds 3 --out $R/select-zer.json > $R/select-zer.txt
 for v in pix kar fou mor; do

@@ -194,7 +194,14 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
     m = res.metrics
     click.echo(f"{m['recipe']}\n{cfg.method}: {cfg.source} -> {cfg.target}  test top-1 {100 * m['test_accuracy']:.1f}%  "
                f"macro-F1 {100 * m['test_macro_f1']:.1f}%  teacher {100 * (m['teacher_test_accuracy'] or 0):.1f}%  "
-               f"params {m['params']:,}  MACs {m['macs']:,}  ({m['wall_s']:.1f}s) -> {out}")
+               f"params {m['params']:,}  MACs {m['macs']:,}  ({m['wall_s']:.1f}s{_speed(m)}) -> {out}")
+
+
+def _speed(m: dict) -> str:
+    if m["distill_samples_per_s"] is None:  # resumed after the distill phase
+        return ""
+    amp = f", {m['train_autocast']} autocast" if m["train_autocast"] else ""
+    return f"; distill {m['distill_samples_per_s']:,.0f} samples/s on {m['train_device']}{amp}"
 
 
 @main.command()

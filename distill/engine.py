@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,8 @@ class Checkpoint:
 class PhaseResult:
     best_state: dict
     history: list[dict] = field(default_factory=list)
+    steps: int = 0  # optimizer steps this process ran (a resumed phase: since the resume)
+    train_s: float = 0.0  # their wall time: forward, backward and optimizer step, no evaluation or checkpoint
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         history = [r for r in resume["history"] if r["phase"] == spec.name]
         log.info("resuming %s at epoch %d", spec.name, start + 1)
     bar = _progress(spec, start, dist)
+    steps, train_s = 0, 0.0
     for epoch in range(start, spec.epochs):
         if select.bad >= spec.patience:
             break
@@ -243,6 +247,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         gen = torch.Generator().manual_seed(spec.seed * 7919 + epoch)
         model.train()
         sums: dict[str, float] = {}
+        t0 = time.perf_counter()
         for _ in range(spec.steps_per_epoch):
             loss, parts = step(gen)
             opt.zero_grad(set_to_none=True)
@@ -250,8 +255,10 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
             scaler.step(opt)
             scaler.update()
             sched.step()
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
+            for k, v in {"loss": float(loss.detach()), **parts}.items():  # float(): waits for the GPU
                 sums[k] = sums.get(k, 0.0) + v
+        train_s += time.perf_counter() - t0
+        steps += spec.steps_per_epoch
         acc, vloss = evaluate()
         row = {"phase": spec.name, "epoch": epoch + 1, **{k: round(v / spec.steps_per_epoch, 5) for k, v in sums.items()},
                "val_acc": round(acc, 5), "val_loss": round(vloss, 5), "lr": opt.param_groups[0]["lr"]}
@@ -270,11 +277,11 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         bar.close()
     select.finish()
     if select.best_state is None:  # no epoch ran (epochs 0)
-        return PhaseResult({k: v.detach().clone() for k, v in model.state_dict().items()}, history)
+        return PhaseResult({k: v.detach().clone() for k, v in model.state_dict().items()}, history, steps, train_s)
     window = f" averaged over a {spec.select_window}-epoch window" if spec.select_window > 1 else ""
     log.info("%s: epoch %d selected (val accuracy %.4f%s)", spec.name, select.best_epoch + 1 - offset,
              select.best_key[0], window)
-    return PhaseResult(select.best_state, history)
+    return PhaseResult(select.best_state, history, steps, train_s)
 
 
 def _progress(spec: PhaseSpec, start: int, dist: Dist):

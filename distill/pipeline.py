@@ -173,8 +173,10 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
                                on_epoch=_history_writer(out))
         model.load_state_dict(res.best_state)
         history += res.history
+        speed = res.steps * cfg.batch_size / res.train_s if res.steps else None
     else:
         history += [r for r in resume_state["history"] if r["phase"] == "distill"]
+        speed = None  # the distill phase ran in the killed process
     if cfg.finetune != "none" and cfg.finetune_epochs > 0:
         history += _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device, history,
                              _history_writer(out))
@@ -182,7 +184,10 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if capture is not None:
         capture["student"] = student
     wall = time.perf_counter() - t0
-    metrics = _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate)
+    amp = engine.amp_dtype(device)
+    metrics = {**_final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate),
+               "distill_samples_per_s": None if speed is None else round(speed, 1), "train_device": str(device),
+               "train_autocast": None if amp is None else str(amp).removeprefix("torch.")}
     if out is not None and dist.main:
         _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, ranking)
     return RunResult(metrics, out)

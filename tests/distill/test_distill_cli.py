@@ -56,6 +56,8 @@ def test_distill_writes_a_complete_run(cli, toy, tmp_path, fast_cfg):
     assert correct / sum(c["rows"] for c in per_class.values()) == pytest.approx(m["test_accuracy"])
     assert sum(c["rows"] for c in m["test_confusions"]) == sum(c["rows"] for c in per_class.values()) - correct
     assert 0.0 <= m["test_accuracy"] <= 1.0 and m["params"] > 0
+    assert m["distill_samples_per_s"] > 0 and m["train_device"] == "cpu" and m["train_autocast"] is None
+    assert f"distill {m['distill_samples_per_s']:,.0f} samples/s on cpu) ->" in res.stdout
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert any(abs(float(r["val_acc"]) - m["val_accuracy"]) < 1e-4 for r in history)  # the kept epoch's val figure
 

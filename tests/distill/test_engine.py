@@ -87,7 +87,8 @@ def _tiny_phase(tmp_path, monkeypatch, amp: torch.dtype | None, epochs: int = 2)
     spec = engine.PhaseSpec("t", epochs, 1e-2, 0.0, 10, 3, 0)
     ckpt = engine.Checkpoint(tmp_path / "checkpoint.pt")
     before = net.weight.detach().clone()
-    engine.run_phase(spec, net, step, lambda: (0.5, 1.0), ckpt, engine.Dist())
+    res = engine.run_phase(spec, net, step, lambda: (0.5, 1.0), ckpt, engine.Dist())
+    assert res.steps == epochs * 3 and res.train_s > 0  # what distill's samples/s divides
     return before, ckpt.load()
 
 
