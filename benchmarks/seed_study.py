@@ -122,9 +122,9 @@ def where_gaps_live(dirs: list[str], seeds: list[int]) -> dict:
     res = {"pair": pair, "pair_rows_share": share, "gaps": {},
            "pair_top1": {m: float(np.mean([parts(m, s)[2] for s in seeds])) for m in METHODS},
            "pair_top1_seeds_0_2": {m: float(np.mean([parts(m, s)[2] for s in (0, 1, 2)])) for m in METHODS}}
+    first = [seeds.index(s) for s in (0, 1, 2)]
     for b in BASELINES:
         d = np.array([np.subtract(parts("cmcd", s)[:2], parts(b, s)[:2]) for s in seeds])  # (seeds, 2)
-        first = [seeds.index(s) for s in (0, 1, 2)]
         res["gaps"][b] = {"all_seeds": {"pair": float(d[:, 0].mean()), "rest": float(d[:, 1].mean())},
                           "seeds_0_2": {"pair": float(d[first, 0].mean()), "rest": float(d[first, 1].mean())}}
     return res

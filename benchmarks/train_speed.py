@@ -10,6 +10,7 @@ On a CUDA machine `--device cuda` measures the same with autocast (bf16, or fp16
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import tempfile
@@ -39,8 +40,7 @@ def main() -> None:
         teacher = teacher_for_seed(base, Path(tmp) / "teacher")
         for _ in range(args.reps):
             for m in METHODS:
-                cfg = DistillConfig(**{**base.to_json(), "method": m})
-                metrics = run_distill(cfg, None, teacher=teacher).metrics
+                metrics = run_distill(dataclasses.replace(base, method=m), None, teacher=teacher).metrics
                 speeds[m].append(metrics["distill_samples_per_s"])
                 meta = {k: metrics[k] for k in ("train_device", "train_autocast", "params")}
     res = {"target": args.target, "batch_size": base.batch_size, "reps": args.reps, **meta,
