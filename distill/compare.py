@@ -145,8 +145,34 @@ def _paired(methods: list[str], acc: dict[str, list[float]]) -> dict:
             d["se"] = d["std"] / float(np.sqrt(n))
             half = t975(n - 1) * d["se"]
             d["ci95"] = [d["mean"] - half, d["mean"] + half]
+            d["verdict"] = _verdict(d["ci95"])
+            d["seeds_to_decide"] = seeds_to_decide(d["mean"], d["std"])
         minus[m] = d
     return {"reference": ref, "minus": minus}
+
+
+TIE = 0.01  # a paired 95% interval inside +-1 point of top-1 calls two methods a tie
+
+
+def _verdict(ci: list[float]) -> str:
+    """better / worse: the interval excludes 0; tie: it lies inside +-TIE (an equivalence test at that margin);
+    unresolved: neither, the seeds cannot tell."""
+    if ci[0] > 0:
+        return "better"
+    if ci[1] < 0:
+        return "worse"
+    return "tie" if -TIE < ci[0] and ci[1] < TIE else "unresolved"
+
+
+def seeds_to_decide(mean: float, sd: float, most: int = 1000) -> int | None:
+    """How many seeds a paired difference with this per-seed mean and sd needs before its 95% t interval is decided
+    (excludes 0, or lies inside +-TIE): the half-width must fall to max(|mean|, TIE - |mean|). None past ``most``.
+    Mean and sd come from the seeds run, so this plans a longer compare; it does not promise its outcome."""
+    target = max(abs(mean), TIE - abs(mean))
+    for n in range(2, most + 1):
+        if t975(n - 1) * sd / float(np.sqrt(n)) < target:
+            return n
+    return None
 
 
 def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
@@ -191,7 +217,31 @@ def results_markdown(r: dict) -> str:
         va = v["val_accuracy"]
         lines.append(f"| {m} | {100 * a['mean']:.1f} +- {100 * a['std']:.1f} | {f1s} | {100 * va['mean']:.1f} +- "
                      f"{100 * va['std']:.1f} | {delta} | {_paired_cell(r, m)} | {v['wall_s']:.0f} |")
-    return "\n".join(lines + _per_class_lines(r)) + "\n"
+    return "\n".join(lines + _verdict_lines(r) + _per_class_lines(r)) + "\n"
+
+
+def _verdict_lines(r: dict) -> list[str]:
+    """One sentence: the methods the reference beats, trails or ties (inside +-1 point) with 95% confidence over these
+    seeds, and for each gap the seeds cannot decide, about how many seeds would."""
+    ref, minus = r["paired"]["reference"], r["paired"]["minus"]
+    if not minus:
+        return []
+    if any("verdict" not in d for d in minus.values()):
+        return ["", f"{ref} against the other methods: one seed gives no interval; run --seeds 3 or more."]
+    by = {v: [m for m, d in minus.items() if d["verdict"] == v] for v in ("better", "worse", "tie", "unresolved")}
+
+    def need(m: str) -> str:
+        n = minus[m]["seeds_to_decide"]
+        return f"{m} (~{n} seeds)" if n is not None else f"{m} (over 1000 seeds)"
+
+    parts = [f"{word} {', '.join(by[v])}" for v, word in (("better", "better than"), ("worse", "worse than"),
+                                                          ("tie", f"tied within +-{100 * TIE:.0f} point with"))
+             if by[v]]
+    if by["unresolved"]:
+        parts.append(f"not decided against {', '.join(need(m) for m in by['unresolved'])}: the seeds each gap would "
+                     f"need, at this run's per-seed mean and spread")
+    text = f"{ref} at 95% over seeds {r['seeds']} (paired t interval): " + "; ".join(parts)
+    return ["", text + "."]
 
 
 def _per_class_lines(r: dict, top: int = 10) -> list[str]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cmcd_edge.distill.compare import run_compare, t975
+from cmcd_edge.distill.compare import _paired, _verdict_lines, run_compare, seeds_to_decide, t975
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.errors import UserError
 from tests.helpers import synthetic_paired
@@ -71,7 +71,43 @@ def test_compare_reports_the_first_method_minus_each_other_seed_by_seed(base, tm
     half = 12.706 * d["std"] / 2 ** 0.5  # two seeds: t with 1 degree of freedom
     assert d["ci95"] == pytest.approx([d["mean"] - half, d["mean"] + half])
     cell = f"| {100 * d['mean']:+.2f} +- {100 * d['std']:.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}] |"
-    assert cell in (tmp_path / "cmp" / "results.md").read_text()
+    md = (tmp_path / "cmp" / "results.md").read_text()
+    assert cell in md and _verdict_lines(r)[-1] in md
+    assert d["verdict"] in ("better", "worse", "tie", "unresolved") and "seeds_to_decide" in d
+
+
+@pytest.mark.parametrize("runs,verdict", [
+    ([0.02, 0.03, 0.025], "better"),  # mean +2.5, half-width 4.303 * 0.005 / sqrt(3) = 1.2: excludes 0
+    ([-0.02, -0.03, -0.025], "worse"),
+    ([0.001, -0.001, 0.0], "tie"),  # half-width 0.25 point: inside +-1
+    ([0.03, -0.03, 0.0], "unresolved"),  # half-width 7.5 points
+])
+def test_paired_verdict_from_the_t_interval(runs, verdict):
+    acc = {"a": [0.8 + d for d in runs], "b": [0.8, 0.8, 0.8]}
+    assert _paired(["a", "b"], acc)["minus"]["b"]["verdict"] == verdict
+
+
+def test_seeds_to_decide_golden_values():
+    # mean 0, sd 1 point: the half-width t(n-1) * 0.01 / sqrt(n) must fall below 1 point: t(6) / sqrt(7) = 0.925 at
+    # n = 7, t(5) / sqrt(6) = 1.05 at n = 6
+    assert seeds_to_decide(0.0, 0.01) == 7
+    # mean -1.92, sd 1.66 points (fou, cmcd - fitnet, seeds 0-2): below 1.92: t(5) 2.571 * 1.66 / sqrt(6) = 1.74
+    assert seeds_to_decide(-0.0192, 0.0166) == 6
+    assert seeds_to_decide(0.05, 0.0) == 2  # no spread: two seeds decide
+    assert seeds_to_decide(0.005, 0.1) is None  # half a point apart, 10-point spread: over 1000 seeds
+
+
+def test_verdict_sentence_names_each_group_and_the_seeds_undecided_gaps_need():
+    acc = {"cmcd": [0.85, 0.84, 0.86], "kd": [0.849, 0.841, 0.859], "sup": [0.75, 0.76, 0.74],
+           "fitnet": [0.88, 0.84, 0.83]}
+    r = {"seeds": [0, 1, 2], "paired": _paired(list(acc), acc)}
+    line = _verdict_lines(r)[-1]
+    n = r["paired"]["minus"]["fitnet"]["seeds_to_decide"]
+    assert line == (f"cmcd at 95% over seeds [0, 1, 2] (paired t interval): better than sup; tied within +-1 point "
+                    f"with kd; not decided against fitnet (~{n} seeds): the seeds each gap would need, at this run's "
+                    f"per-seed mean and spread.")
+    one = {"seeds": [0], "paired": _paired(["cmcd", "kd"], {"cmcd": [0.8], "kd": [0.7]})}
+    assert "one seed gives no interval" in _verdict_lines(one)[-1]
 
 
 @pytest.mark.parametrize("df,want", [(1, 12.706), (2, 4.303), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980)])
