@@ -137,6 +137,9 @@ def test_int8_agrees_with_fp32_on_conv_students(kind, shape, stem, tmp_path):
     quantize.quantize(pre, int8, preset, compute_ranges(pre, "input", calib, "minmax"), "minmax", exclude)
     from cmcd_edge.runtime.session import make_session, run_batched
 
+    g = onnx.load(str(fp32)).graph
+    used = {i for n in g.node for i in n.input}
+    assert [i.name for i in g.initializer if i.name not in used] == []  # the pools' axes went with them
     ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
     assert "ReduceMean" not in ops and "GlobalAveragePool" in ops  # the pool is rewritten and runs in int8
     if stem == "int8":  # the input normalisation is folded into one per-channel QuantizeLinear
