@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 from cmcd_edge.datasets import Dataset
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, parse_recipe
+from cmcd_edge.distill.students import STUDENTS
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice
 
@@ -46,6 +47,8 @@ class DistillConfig:
             object.__setattr__(self, "loss", _loss_params(self.loss))
         check_choice("method", self.method, METHODS)
         check_choice("loss.proj", self.loss.proj, PROJECTORS)
+        if self.student != "auto":
+            check_choice("--student", self.student, ["auto", *STUDENTS])
         if self.recipe:
             parse_recipe(self.recipe)
         if not 0.0 < self.labeled_fraction <= 1.0:

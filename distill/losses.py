@@ -6,12 +6,14 @@ rows, plus the labeled batch for cross-entropy. Losses that need a projection ow
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmcd_edge.errors import UserError
 from cmcd_edge.registry import Registry, check_choice
 
 
@@ -283,9 +285,18 @@ def parse_recipe(text: str) -> list[tuple[float, str]]:
     """``"1.0*cmd+1.0*cmc+0.5*ce"`` (or a method name) -> terms."""
     if text in METHODS:
         return METHODS[text]
-    terms = []
+    terms: list[tuple[float, str]] = []
     for part in text.replace(" ", "").split("+"):
         w, _, name = part.rpartition("*")
         LOSSES.get(name)
-        terms.append((float(w) if w else 1.0, name))
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            weight = float("nan")
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(f"--recipe {text!r}: the weight of {part!r} is not a number >= 0; write WEIGHT*LOSS terms "
+                            f"joined by +, e.g. '1.0*cmd+0.5*cmc+1.0*ce'")
+        if name in (n for _, n in terms):
+            raise UserError(f"--recipe {text!r}: {name!r} appears twice; give each loss once, with its total weight")
+        terms.append((weight, name))
     return terms

@@ -103,6 +103,16 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     unlabeled = int((np.asarray(ds.labels) < 0).sum())
     if unlabeled and cfg.labeled_fraction < 1.0:
         _warn_fraction_of_few_labels(ds.spec, unlabeled, cfg.labeled_fraction)
+    info = ds.views[cfg.target]
+    arch = students.ARCH_FOR_KIND[info.kind] if cfg.student == "auto" else cfg.student
+    spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, arch=arch, embed_dim=cfg.embed_dim,
+                                 width=cfg.width, depth=cfg.depth)
+    try:  # a student that cannot take the view fails here, not after the teacher trained
+        students.check_buildable(spec)
+    except UserError as exc:
+        raise UserError(f"--student {cfg.student} for --target {cfg.target}: {exc}") from exc
+    engine.check_batch_memory(cfg.batch_size + cfg.labeled_batch_size, int(np.prod(info.sample_shape)), spec.width,
+                              cfg.max_batch_bytes)
     device = engine.pick_device(cfg.device)
     dist = engine.setup_distributed(device)
     ckpt_state = prepare_out(out, cfg, resume, force) if (out is not None and dist.main) else None
@@ -127,12 +137,6 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     recipe_terms = cfg.terms
     if teacher.logits is None and any(n == "kd" for _, n in recipe_terms):
         raise UserError(f"--method {cfg.method}: needs teacher logits (kd term); this teacher gives embeddings only")
-    info = ds.views[cfg.target]
-    arch = students.ARCH_FOR_KIND[info.kind] if cfg.student == "auto" else cfg.student
-    spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, arch=arch, embed_dim=cfg.embed_dim,
-                                 width=cfg.width, depth=cfg.depth)
-    engine.check_batch_memory(cfg.batch_size + cfg.labeled_batch_size, int(np.prod(info.sample_shape)), spec.width,
-                              cfg.max_batch_bytes)
     engine.seed_everything(cfg.seed)
     student = students.train_layout(students.build(spec))
     student.set_normalization(*datasets.norm_stats(ds.view(cfg.target), splits.train, info.kind))

@@ -101,13 +101,16 @@ def test_distill_refuses_a_fixed_val_split_without_labeled_rows(cli, tmp_path):
     (["--labeled-fraction", "1.5"], ["outside (0, 1]"]),
     (["--method", "cmdd"], ["did you mean 'cmd'"]),
     (["--batch-size", "100000000"], ["--batch-size", "lower"]),
+    (["--student", "cnn2d"], ["--student cnn2d for --target tgt", "cnn2d takes image views"]),
+    (["--student", "cnn3d"], ["--student 'cnn3d'", "did you mean 'cnn2d'"]),
+    (["--recipe", "1*kd+x*ce"], ["--recipe '1*kd+x*ce'", "weight of 'x*ce'"]),
 ])
 def test_distill_bad_input(cli, toy, tmp_path, args, needles):
     base = ["distill", "--data", toy, "--source", "src", "--target", "tgt", "--out", tmp_path / "r"]
     for i in range(0, len(args), 2):  # later flags override earlier ones in click
         base += args[i:i + 2]
     assert_one_line_error(cli(*base), 2, *needles)
-    assert not (tmp_path / "r" / "metrics.json").exists()
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made or a teacher trained
 
 
 def test_distill_dataset_without_labels(cli, tmp_path):

@@ -122,6 +122,13 @@ def test_unknown_loss_suggests_close_match():
         parse_recipe("1.0*cmdd")
 
 
+@pytest.mark.parametrize("text,problem", [("1.0*cmd+x*kd", "weight of 'x\\*kd'"), ("-1*kd+1*ce", "weight of '-1\\*kd'"),
+                                          ("nan*kd", "weight of 'nan\\*kd'"), ("1*kd+0.5*kd", "'kd' appears twice")])
+def test_recipe_with_a_bad_weight_or_a_repeated_loss_names_the_term(text, problem):
+    with pytest.raises(UserError, match=f"--recipe .*{problem}"):
+        parse_recipe(text)
+
+
 @pytest.mark.parametrize("name", ["cmd", "cmc"])
 def test_linear_projector_is_one_linear_map(name):
     mlp = LOSSES.get(name)(DIMS, LossParams())
