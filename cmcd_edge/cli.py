@@ -89,6 +89,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     if extra and not getattr(ctx.command, "takes_config_extras", False):
         raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(sorted(extra))}", param_hint="--config")
     ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
+    ctx.meta["config_path"] = str(path)
     ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names}}
 
 
@@ -163,8 +164,9 @@ def _distill_options(fn):
 def _make_config(method: str, **kw):
     from cmcd_edge.distill.config import DistillConfig
 
-    extra = click.get_current_context().meta.get("config_extra", {})
-    return DistillConfig.from_json({**extra, **kw, "method": kw.get("method", method)})
+    meta = click.get_current_context().meta
+    where = f"--config {meta['config_path']}" if "config_path" in meta else "config"
+    return DistillConfig.from_json({**meta.get("config_extra", {}), **kw, "method": kw.get("method", method)}, where)
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, fields
 
 from cmcd_edge.datasets import Dataset
@@ -86,11 +87,11 @@ class DistillConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> DistillConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise UserError(f"config has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+    def from_json(cls, d: dict, where: str = "config") -> DistillConfig:
+        """``where`` names the source in errors, e.g. "--config cfg.toml"."""
+        check_keys(d, [f.name for f in fields(cls)], where)
+        if "loss" in d and isinstance(d["loss"], dict):
+            check_keys(d["loss"], [f.name for f in fields(LossParams)], f"{where}: loss")
         return cls(**d)
 
     def training_key(self) -> dict:
@@ -101,8 +102,15 @@ class DistillConfig:
 
 
 def _loss_params(d: dict) -> LossParams:
-    known = {f.name for f in fields(LossParams)}
-    unknown = set(d) - known
-    if unknown:
-        raise UserError(f"loss config has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+    check_keys(d, [f.name for f in fields(LossParams)], "loss config")
     return LossParams(**d)
+
+
+def check_keys(d: dict, known: list[str], where: str) -> None:
+    """Unknown keys of a config dict: one UserError naming them, a close match, and the valid keys."""
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], known, n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise UserError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{did}; "
+                        f"valid: {', '.join(sorted(known))}")

@@ -37,6 +37,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not root.is_dir():
         raise UserError(f"{root}: no such run folder")
     docs = {}
+    run_json = root / "run.json"
+    if run_json.is_file():  # a killed or still-running distill: say so, not which of its files is missing
+        try:
+            status = json.loads(run_json.read_text())["status"]
+        except (ValueError, KeyError, TypeError):
+            status = "done"  # unreadable: the loop below names the problem
+        if status != "done" and not (root / "metrics.json").is_file():
+            raise UserError(f"{root}: the distill run did not finish (status {status!r}); continue it with "
+                            f"cmcd-edge distill ... --out {root} --resume")
     for name in ("run.json", "student.json", "metrics.json"):
         path = root / name
         if not path.is_file():

@@ -113,6 +113,20 @@ def test_distill_bad_input(cli, toy, tmp_path, args, needles):
     assert not (tmp_path / "r").exists()  # refused before the run folder is made or a teacher trained
 
 
+@pytest.mark.parametrize("name,text,needles", [
+    ("c.toml", "epochs = 5\nfinetune_epoch = 1\n", ["--config ", "c.toml: unknown key 'finetune_epoch'",
+                                                     "did you mean 'finetune_epochs'"]),
+    ("c.json", '{"loss": {"tau": 1}}', ["c.json: loss: unknown key 'tau'", "did you mean 'tau_t'", "valid: cmc_"]),
+])
+def test_config_file_with_an_unknown_key_names_the_file_and_the_key(cli, toy, tmp_path, name, text, needles):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    for cmd in ("distill", "compare"):
+        res = cli(cmd, "--data", toy, "--source", "src", "--target", "tgt", "--config", cfg, "--out", tmp_path / "r")
+        assert_one_line_error(res, 2, *needles)
+        assert not (tmp_path / "r").exists()
+
+
 def test_distill_dataset_without_labels(cli, tmp_path):
     ds = synthetic_paired(tmp_path / "nolab", labels=False)
     assert_one_line_error(_distill(cli, ds.root, tmp_path / "r"), 2, "no labels")

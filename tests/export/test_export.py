@@ -47,7 +47,7 @@ def test_export_bad_flags(toy_run, tmp_path, cli, args, needles):
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
 
 
-@pytest.mark.parametrize("damage", ["missing_student_json", "corrupt_safetensors", "unfinished"])
+@pytest.mark.parametrize("damage", ["missing_student_json", "corrupt_safetensors", "unfinished", "killed_early"])
 def test_export_bad_run_dir(toy_run, tmp_path, cli, damage):
     run = tmp_path / "run"
     shutil.copytree(toy_run, run)
@@ -57,9 +57,15 @@ def test_export_bad_run_dir(toy_run, tmp_path, cli, damage):
     elif damage == "corrupt_safetensors":
         (run / "student.safetensors").write_bytes(b"\x00" * 64)
         needle = "student.safetensors: corrupt"
-    else:
+    elif damage == "unfinished":
         (run / "metrics.json").unlink()
         needle = "did not finish"
+    else:  # killed before the student was written: run.json says "running", no student files yet
+        for name in ("metrics.json", "student.json", "student.safetensors"):
+            (run / name).unlink()
+        doc = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**doc, "status": "running"}))
+        needle = "did not finish (status 'running'); continue it with cmcd-edge distill ... --out"
     assert_one_line_error(cli("export", run, "--out", tmp_path / "b"), 2, needle)
     assert not (tmp_path / "b").exists()
 
