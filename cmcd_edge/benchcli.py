@@ -36,6 +36,7 @@ def _test_split(manifest, data: str | None):
     view = manifest.raw["input"].get("view")
     if view not in ds.views:
         raise UserError(f"--data {spec}: has no view {view!r} (the bundle's input view)")
+    datasets.validate(ds, [view])
     splits = datasets.make_splits(ds, int(src.get("seed", 0)), labeled_fraction=float(src.get("labeled_fraction", 1.0)))
     return np.asarray(ds.view(view)[splits.test], np.float32), np.asarray(ds.labels)[splits.test]
 

@@ -38,6 +38,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     folder.mkdir(parents=True, exist_ok=True)
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
+    datasets.validate(ds, [cfg.source])
     splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
     device = engine.pick_device(cfg.device)
     if cfg.teacher == "train":

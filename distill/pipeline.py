@@ -99,6 +99,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     t0 = time.perf_counter()
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
+    datasets.validate(ds, [cfg.source, cfg.target] if teacher is None else [cfg.target])
     splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
     unlabeled = int((np.asarray(ds.labels) < 0).sum())
     if unlabeled and cfg.labeled_fraction < 1.0:

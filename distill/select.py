@@ -59,6 +59,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     labels = np.asarray(ds.labels)
     if (labels >= 0).sum() == 0:
         raise UserError(f"{data}: has no labels; I(H_S; Y) and the teachers need labels")
+    datasets.validate(ds, [target, *cands])
     device = engine.pick_device("auto")
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}

@@ -71,6 +71,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     dcfg = run.run_json["config"]
     ds = datasets.load(dcfg["data"])
     view = run.student_json["view"]
+    datasets.validate(ds, [view])
     splits = datasets.make_splits(ds, int(dcfg["seed"]), labeled_fraction=float(dcfg["labeled_fraction"]))
     x_all = ds.view(view)
     labels = np.asarray(ds.labels)

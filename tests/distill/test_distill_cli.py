@@ -127,6 +127,18 @@ def test_config_file_with_an_unknown_key_names_the_file_and_the_key(cli, toy, tm
         assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("view", ["src", "tgt"])
+def test_nan_in_a_view_is_refused_before_training(cli, tmp_path, view):
+    ds = synthetic_paired(tmp_path / "nan", n=300).root
+    arr = np.load(ds / "views" / f"{view}.npy")
+    arr[7, 1], arr[250, 0] = np.nan, np.inf
+    np.save(ds / "views" / f"{view}.npy", arr)
+    needles = [f"{view}.npy: NaN or Inf at row 7 and 1 more row"]
+    assert_one_line_error(_distill(cli, ds, tmp_path / "r"), 2, *needles)
+    assert not (tmp_path / "r").exists()  # without the check: a run trained on NaN statistics, ~chance accuracy
+    assert_one_line_error(cli("select-teacher", "--data", ds, "--target", "tgt"), 2, *needles)
+
+
 def test_distill_dataset_without_labels(cli, tmp_path):
     ds = synthetic_paired(tmp_path / "nolab", labels=False)
     assert_one_line_error(_distill(cli, ds.root, tmp_path / "r"), 2, "no labels")

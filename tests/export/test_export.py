@@ -70,6 +70,22 @@ def test_export_bad_run_dir(toy_run, tmp_path, cli, damage):
     assert not (tmp_path / "b").exists()
 
 
+def test_export_and_bench_refuse_nan_in_the_data(toy_run, toy_bundle, tmp_path, cli):
+    data = tmp_path / "data"
+    shutil.copytree(json.loads((toy_run / "run.json").read_text())["config"]["data"], data)
+    arr = np.load(data / "views" / "tgt.npy")
+    arr[3, 0] = np.nan
+    np.save(data / "views" / "tgt.npy", arr)
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    doc = json.loads((run / "run.json").read_text())
+    doc["config"]["data"] = str(data)
+    (run / "run.json").write_text(json.dumps(doc))
+    assert_one_line_error(cli("export", run, "--out", tmp_path / "b", "--int8"), 2, "tgt.npy: NaN or Inf at row 3")
+    assert not (tmp_path / "b").exists()  # calibration ranges from a NaN row would be NaN
+    assert_one_line_error(cli("bench", toy_bundle, "--data", data, "--duration", "0.1"), 2, "tgt.npy: NaN or Inf")
+
+
 def test_calibration_cache_mismatch_is_refused(toy_run, toy_bundle, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(toy_bundle, out)
