@@ -116,12 +116,20 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
                               cfg.max_batch_bytes)
     device = engine.pick_device(cfg.device)
     dist = engine.setup_distributed(device)
+    external = None
+    if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
+        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
+        _check_logits(cfg, external)
     ckpt_state = prepare_out(out, cfg, resume, force) if (out is not None and dist.main) else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     if out is not None and dist.main and not resume:
         write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
 
+    if external is not None:
+        teacher = external
+        if out is not None and dist.main:
+            teacher.save(out)
     if teacher is None and out is not None:
         teacher = TeacherOutputs.load(out)
     if teacher is None:
@@ -136,8 +144,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
         raise UserError(f"teacher gives {teacher.emb.shape[0]} rows, the data has {ds.n_rows}")
 
     recipe_terms = cfg.terms
-    if teacher.logits is None and any(n == "kd" for _, n in recipe_terms):
-        raise UserError(f"--method {cfg.method}: needs teacher logits (kd term); this teacher gives embeddings only")
+    _check_logits(cfg, teacher)
     engine.seed_everything(cfg.seed)
     student = students.train_layout(students.build(spec))
     student.set_normalization(*datasets.norm_stats(ds.view(cfg.target), splits.train, info.kind))
@@ -196,6 +203,11 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if out is not None and dist.main:
         _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, ranking)
     return RunResult(metrics, out)
+
+
+def _check_logits(cfg: DistillConfig, teacher: TeacherOutputs) -> None:
+    if teacher.logits is None and any(n == "kd" for _, n in cfg.terms):
+        raise UserError(f"--method {cfg.method}: needs teacher logits (kd term); this teacher gives embeddings only")
 
 
 def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device, prior, on_epoch) -> list[dict]:

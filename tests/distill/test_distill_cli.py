@@ -148,6 +148,8 @@ def test_teacher_file_that_does_not_load(cli, toy, tmp_path):
     bad = tmp_path / "teacher.pt"
     bad.write_bytes(b"not a torchscript archive")
     assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", bad), 2, "not a loadable TorchScript")
+    assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", "nosuch_mod:make"), 2, "No module named")
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made: a corrected rerun needs no --force
 
 
 class _WrongBatch(torch.nn.Module):
@@ -168,6 +170,7 @@ def test_teacher_with_wrong_batch_size(cli, toy, tmp_path):
     path = tmp_path / "wrong.pt"
     torch.jit.script(_WrongBatch()).save(str(path))
     assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", path), 2, "expected [2, D]")
+    assert not (tmp_path / "r").exists()
 
 
 def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
@@ -179,6 +182,7 @@ def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
     assert run["teacher"]["kind"] == "file" and len(run["teacher"]["sha256"]) == 64
     # kd needs logits, which this teacher does not give
     assert_one_line_error(_distill(cli, toy, tmp_path / "r2", "--teacher", path, "--method", "kd"), 2, "logits")
+    assert not (tmp_path / "r2").exists()
 
 
 def test_existing_run_refused_and_untouched(cli, toy, tmp_path, fast_cfg):
