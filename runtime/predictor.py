@@ -86,8 +86,12 @@ class Predictor:
         if single:
             arr = arr[None]
         if arr.shape[1:] != shape or arr.ndim != len(shape) + 1:
+            hint = ""
+            if len(shape) > 1 and arr.ndim == len(shape) + 1 and sorted(arr.shape[1:]) == sorted(shape):
+                want = f" ({self.manifest.layout} expected)" if self.manifest.layout else ""
+                hint = f"; the same sizes in another order{want}: axes transposed?"
             raise InputShapeError(f"input shape {list(np.shape(x))} does not match the bundle's "
-                                  f"{list(shape)} (one sample) or [batch, {', '.join(map(str, shape))}]")
+                                  f"{list(shape)} (one sample) or [batch, {', '.join(map(str, shape))}]{hint}")
         if arr.shape[0] == 0:
             raise InputShapeError("empty batch: the input has 0 samples")
         if not arr.flags.c_contiguous:

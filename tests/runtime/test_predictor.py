@@ -63,6 +63,20 @@ def test_bad_inputs(pred, bad, msg):
         pred.predict(bad(pred.input_shape))
 
 
+def test_transposed_axes_get_a_hint(toy_bundle, tmp_path):
+    b = _copy(toy_bundle, tmp_path)  # the toy's 8 features recast as a [2, 4] sequence: the check runs before the model
+    man = json.loads((b / "manifest.json").read_text())
+    man["input"].update(shape=["batch", 2, 4], layout="NCT")
+    (b / "manifest.json").write_text(json.dumps(man))
+    p = Predictor.load(b, variant="fp32")
+    with pytest.raises(InputShapeError, match=r"\[3, 4, 2\] does not match .* another order \(NCT expected\): axes "
+                                              r"transposed\?"):
+        p.predict(np.zeros((3, 4, 2), np.float32))
+    with pytest.raises(InputShapeError) as exc:  # other sizes: no hint
+        p.predict(np.zeros((3, 4, 3), np.float32))
+    assert "transposed" not in str(exc.value)
+
+
 def test_nan_pass_through_when_allowed(toy_bundle):
     p = Predictor.load(toy_bundle, variant="fp32", allow_nonfinite=True)
     x = _x(p, 2)
