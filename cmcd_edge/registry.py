@@ -39,11 +39,24 @@ class Registry(Generic[F]):
         return iter(self._items)
 
 
+def did_you_mean(value: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing when none is close."""
+    hint = difflib.get_close_matches(value, list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
 def check_choice(what: str, value: str, choices) -> str:
     """``value`` if it is one of ``choices``, else a UserError listing them with a close-match suggestion."""
     choices = list(choices)
     if value not in choices:
-        hint = difflib.get_close_matches(value, choices, n=1)
-        did = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise UserError(f"unknown {what} {value!r}{did}; valid: {', '.join(choices)}")
+        raise UserError(f"unknown {what} {value!r}{did_you_mean(value, choices)}; valid: {', '.join(choices)}")
     return value
+
+
+def check_keys(d: dict, known, where: str) -> None:
+    """Unknown keys of a config or spec dict: one UserError naming them, a close match, and the valid keys."""
+    known = list(known)
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                        f"{did_you_mean(unknown[0], known)}; valid: {', '.join(sorted(known))}")

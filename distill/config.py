@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, fields
 
 from cmcd_edge.datasets import Dataset
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, parse_recipe
 from cmcd_edge.distill.students import STUDENTS
 from cmcd_edge.errors import UserError
-from cmcd_edge.registry import check_choice
+from cmcd_edge.registry import check_choice, check_keys
 
 DEVICES = ("auto", "cpu", "cuda")
 FINETUNE = ("head", "full", "none")
@@ -105,12 +104,3 @@ def _loss_params(d: dict) -> LossParams:
     check_keys(d, [f.name for f in fields(LossParams)], "loss config")
     return LossParams(**d)
 
-
-def check_keys(d: dict, known: list[str], where: str) -> None:
-    """Unknown keys of a config dict: one UserError naming them, a close match, and the valid keys."""
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        hint = difflib.get_close_matches(unknown[0], known, n=1)
-        did = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise UserError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{did}; "
-                        f"valid: {', '.join(sorted(known))}")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cmcd_edge.errors import UserError
-from cmcd_edge.registry import Registry
+from cmcd_edge.registry import Registry, check_keys
 
 ARCH_FOR_KIND = {"vector": "mlp", "sequence": "cnn1d", "image": "cnn2d"}
 
@@ -43,10 +43,7 @@ class NetSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> NetSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise UserError(f"network spec has unknown keys {sorted(unknown)}")
+        check_keys(d, cls.__dataclass_fields__, "network spec")
         return cls(**d)
 
 

@@ -78,3 +78,9 @@ def test_train_layout_is_channels_last_for_images_only_and_the_same_function():
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
     vec = students.build(students.default_spec("vector", (47,), 10))
     assert students.train_layout(vec) is vec
+
+
+def test_spec_with_an_unknown_key_names_it_with_a_close_match():
+    d = {**NetSpec("mlp", (4,), 3).to_json(), "widht": 8}
+    with pytest.raises(UserError, match=r"network spec: unknown key 'widht' \(did you mean 'width'\?\); valid: arch"):
+        NetSpec.from_json(d)
