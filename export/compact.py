@@ -27,6 +27,16 @@ def constants(model) -> dict:
     return out
 
 
+def drop_unused_constants(g) -> None:
+    """Remove the initializers and Constant nodes no node or graph output reads (left by rewrites of the graph)."""
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used]
+    g.ClearField("initializer")
+    g.initializer.extend(keep)
+    for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]:
+        g.node.remove(n)
+
+
 def compact(path: Path, derive_bias_scales: bool = True) -> dict:
     """Rewrite ``path`` in place; returns {"bytes_before", "bytes_after"}. ``derive_bias_scales`` is for runtimes that
     fold constants before fusing QDQ groups (onnxruntime); TensorRT wants every Q/DQ scale an initializer."""
@@ -48,10 +58,7 @@ def compact(path: Path, derive_bias_scales: bool = True) -> dict:
             del n.input[2]
     if derive_bias_scales:
         _derive_bias_scales(model)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [i for i in g.initializer if i.name in used]
-    g.ClearField("initializer")
-    g.initializer.extend(keep)
+    drop_unused_constants(g)
 
     io = {i.name for i in g.input} | {o.name for o in g.output}
     names: dict[str, str] = {}

@@ -115,7 +115,7 @@ def global_average_pools(path: Path) -> int:
     map for a float ReduceMean. Returns how many nodes were rewritten."""
     import onnx
 
-    from cmcd_edge.export.compact import constants
+    from cmcd_edge.export.compact import constants, drop_unused_constants
 
     model = onnx.load(str(path))
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -135,19 +135,9 @@ def global_average_pools(path: Path) -> int:
             n.ClearField("attribute")
             done += 1
     if done:
-        _drop_unused_constants(model.graph)  # the axes the pools no longer read (else onnxruntime warns on load)
+        drop_unused_constants(model.graph)  # the axes the pools no longer read (else onnxruntime warns on load)
         onnx.save(model, str(path))
     return done
-
-
-def _drop_unused_constants(g) -> None:
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    dead = [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]
-    for n in dead:
-        g.node.remove(n)
 
 
 def strip_debug_info(path: Path) -> None:
