@@ -23,6 +23,7 @@ every one of its labeled rows (5-fold cross-validation, 5-NN and L2 logistic reg
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -34,12 +35,17 @@ METHODS = ("cmcd", "supervised") + BASELINES
 RESULTS = Path("benchmarks/results")
 
 
+@functools.cache  # load, per_class, where_gaps_live and main each read the same compares
+def _results(d: str) -> dict:
+    return json.loads((RESULTS / d / "results.json").read_text())
+
+
 def load(target: str, dirs: list[str]) -> dict[str, dict[int, float]]:
     """method -> seed -> test top-1 (%), merged over compare outputs; a seed seen twice must agree (CPU runs are
     deterministic: the same code, data and seed give the same student)."""
     acc: dict[str, dict[int, float]] = {m: {} for m in METHODS}
     for d in dirs:
-        res = json.loads((RESULTS / d / "results.json").read_text())
+        res = _results(d)
         if res["target"] != target:
             raise SystemExit(f"{d}: a compare for target {res['target']!r}, not {target!r}")
         for m, r in res["methods"].items():
@@ -92,7 +98,7 @@ def per_class(dirs: list[str]) -> dict[str, dict[int, dict]]:
     """method -> seed -> {class: {"rows", "top1"}} of that run's test split, from the compares' results.json."""
     out: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
     for d in dirs:
-        res = json.loads((RESULTS / d / "results.json").read_text())
+        res = _results(d)
         for m in METHODS:
             if m in res["methods"]:
                 pc = res["methods"][m]["test_per_class"]
@@ -105,7 +111,7 @@ def per_class(dirs: list[str]) -> dict[str, dict[int, dict]]:
 def where_gaps_live(dirs: list[str], seeds: list[int]) -> dict:
     """Each gap cmcd - baseline (points of test top-1, mean over seeds) as the part from the test rows of the most
     confused pair plus the part from every other row; and each method's top-1 on the pair's rows."""
-    pair = json.loads((RESULTS / dirs[0] / "results.json").read_text())["confused_pairs"][0]["classes"]
+    pair = _results(dirs[0])["confused_pairs"][0]["classes"]
     pc = per_class(dirs)
 
     def parts(m: str, seed: int) -> tuple[float, float, float]:
@@ -200,7 +206,7 @@ def main() -> None:
     verify = [d for d in args.verify.split(",") if d]
     res = {}
     for t in args.targets.split(","):
-        extra = [d for d in verify if json.loads((RESULTS / d / "results.json").read_text())["target"] == t]
+        extra = [d for d in verify if _results(d)["target"] == t]
         dirs = [d.format(t=t) for d in args.dirs.split(",")]
         res[t] = study(t, dirs + extra, args.boot, rng)
         res[t]["where_gaps_live"] = where_gaps_live(dirs, res[t]["seeds"])
