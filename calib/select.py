@@ -58,13 +58,21 @@ def _quotas(counts: list[int], size: int) -> list[int]:
 
 
 def k_center_greedy(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Sener & Savarese (ICLR 2018) core-set: repeatedly take the point farthest from those already taken."""
+    """Sener & Savarese (ICLR 2018) core-set: repeatedly take the point farthest from those already taken.
+
+    ``k`` distinct rows (``k <= len(x)``). Once every row left duplicates a taken one (repeated samples: a sensor at
+    rest, a saturated frame), the farthest is at distance 0 and would be a row already taken: the rest are drawn at
+    random from the rows not yet taken."""
     x = np.asarray(x, dtype=np.float32)
     first = int(rng.integers(len(x)))
     chosen = [first]
     dist = np.linalg.norm(x - x[first], axis=1)
-    for _ in range(k - 1):
+    while len(chosen) < k:
         nxt = int(dist.argmax())
+        if dist[nxt] == 0:
+            rest = np.setdiff1d(np.arange(len(x)), chosen)
+            chosen += rng.choice(rest, size=k - len(chosen), replace=False).tolist()
+            break
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
     return np.asarray(chosen)
