@@ -2,8 +2,8 @@
 
 Methods: ``minmax``; ``entropy`` (KL divergence over a real 2048-bin histogram, 128 quantized bins, via
 create_calibrator: quantize_static's own default uses 128 bins); ``percentile`` (99.99th, 2048 bins).
-The cache is keyed by the sha256 of the model that was calibrated, the data fingerprint, the method and the selection;
-it is written atomically, and a mismatched cache is refused with the fix in the message.
+The cache is keyed by the sha256 of the model that was calibrated, the data fingerprint, the method and the selection
+(kind, size, seed); it is written atomically, and a mismatched cache is refused with the fix in the message.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class CalibKey:
     select: str
     size: int
     symmetric: bool
+    seed: int  # picks the random rows (and k-center's first one)
 
 
 def _calibrator_options(method: str, symmetric: bool) -> dict:
@@ -73,11 +74,11 @@ def load_cache(path: Path, key: CalibKey) -> dict | None:
         cached = json.loads(path.read_text())
         old = cached["key"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: unreadable calibration cache; delete it to recalibrate") from exc
+        raise UserError(f"{path}: unreadable calibration cache; pass --recalibrate (or delete it)") from exc
     if old != asdict(key):
         diff = ", ".join(f"{k}: cached {old.get(k)!r} vs now {v!r}" for k, v in asdict(key).items() if old.get(k) != v)
         raise UserError(f"{path}: calibration cache was made for another model/data/method ({diff}); "
-                        "delete it or pass --recalibrate")
+                        "pass --recalibrate to compute new ranges (or delete it)")
     return cached["ranges"]
 
 

@@ -279,7 +279,10 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, l
               help="auto: keep the first conv float when that measures faster on this CPU; int8 | float: fixed.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="INT8 weight scales per output channel, or one per tensor (smaller file, usually less accurate).")
-@click.option("--force", is_flag=True, help="Replace an existing bundle (it stays intact until the new one is done).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle (it stays intact until the new one is done); "
+              "its calibration ranges are reused when model, data and calibration flags match.")
+@click.option("--recalibrate", is_flag=True, help="With --force: compute calibration ranges anew, ignoring the "
+              "replaced bundle's calibration.json.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT INT8 engine here (needs TensorRT and a GPU).")
 @config_option
 def export(run: str, engine: bool = False, **kw) -> None:
@@ -440,7 +443,7 @@ def demo(out: str, quick: bool) -> None:
     click.echo("== 5. export --int8 --per-tensor: ONNX FP32 + calibrated static INT8 + accuracy gate")
     ctx.invoke(export, run=str(root / "run"), out=str(root / "bundle"), int8=True, fp16=False, calib_size=None,
                calib_method="minmax", calib_select="random", max_accuracy_drop=1.0, allow_accuracy_drop=False,
-               target="auto", stem="auto", per_channel=False, force=False, engine=False)
+               target="auto", stem="auto", per_channel=False, force=False, recalibrate=False, engine=False)
     click.echo("\n== 6. bench: latency with accuracy beside it (torch-free runtime)")
     ctx.invoke(bench, bundle=str(root / "bundle"), variants="all", batches="1,8", threads="1", backend="cpu",
                duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None, out=str(root / "bench.json"),

@@ -45,6 +45,7 @@ class ExportConfig:
     per_channel: bool = True
     stem: str = "auto"  # auto: keep the first conv float when that measures faster here; int8 | float: fixed
     force: bool = False
+    recalibrate: bool = False  # with --force: ignore the replaced bundle's calibration.json instead of reusing it
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -142,9 +143,10 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
         emb = run_batched(make_session(fp32), np.asarray(x_all[train], np.float32), output="embedding")
     rows = select_rows(train, calib_size, cfg.calib_select, labels=labels[train], embeddings=emb, seed=cfg.seed)
     key = calib_ranges.CalibKey(sha256_file(pre), ds.fingerprint(), cfg.calib_method, cfg.calib_select,
-                                calib_size, preset.symmetric)
-    cache_path = Path(cfg.out) / "calibration.json"  # the previous bundle's cache, if any
-    cached = calib_ranges.load_cache(cache_path, key) if cache_path.exists() and not cfg.force else None
+                                calib_size, preset.symmetric, cfg.seed)
+    # the cache is the calibration.json of the bundle that --force replaces (atomic_dir refuses an existing --out
+    # without it): a re-export with other gate, fp16 or weight-granularity flags reuses its ranges
+    cached = None if cfg.recalibrate else calib_ranges.load_cache(Path(cfg.out) / "calibration.json", key)
     t = time.perf_counter()
     rng = cached or calib_ranges.compute_ranges(pre, onnx_export.INPUT, np.asarray(x_all[rows], np.float32),
                                                 cfg.calib_method, symmetric=preset.symmetric)

@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 
-from cmcd_edge.errors import UserError
 from cmcd_edge.export import quantize, speed
 from cmcd_edge.export.bundle import ExportConfig, run_export
 from cmcd_edge.runtime.manifest import load_manifest, sha256_file
@@ -86,17 +85,30 @@ def test_export_and_bench_refuse_nan_in_the_data(toy_run, toy_bundle, tmp_path, 
     assert_one_line_error(cli("bench", toy_bundle, "--data", data, "--duration", "0.1"), 2, "tgt.npy: NaN or Inf")
 
 
-def test_calibration_cache_mismatch_is_refused(toy_run, toy_bundle, tmp_path):
+def test_force_reexport_reuses_matching_calibration_and_refuses_a_mismatch(toy_run, tmp_path, cli):
+    """The replaced bundle's calibration.json is the cache (was: never read, since --force skipped it and an existing
+    --out without --force is refused first; its error named a --recalibrate flag that did not exist)."""
     out = tmp_path / "b"
-    shutil.copytree(toy_bundle, out)
-    cal = json.loads((out / "calibration.json").read_text())
-    cal["key"]["data_fingerprint"] = "0" * 64
-    (out / "calibration.json").write_text(json.dumps(cal))
-    from cmcd_edge.calib.ranges import CalibKey, load_cache
+    run_export(ExportConfig(run=str(toy_run), out=str(out), max_accuracy_drop=5.0))
+    cal, int8 = (out / "calibration.json").read_bytes(), (out / "model.int8.onnx").read_bytes()
 
-    key = CalibKey(**{**cal["key"], "data_fingerprint": "1" * 64})
-    with pytest.raises(UserError, match="delete it or pass --recalibrate"):
-        load_cache(out / "calibration.json", key)
+    res = cli("export", toy_run, "--out", out, "--force", "--fp16", "--max-accuracy-drop", "5")
+    assert res.returncode == 0, res.stderr
+    assert "calibration (minmax, " in res.stderr and "): cached" in res.stderr
+    assert (out / "calibration.json").read_bytes() == cal and (out / "model.int8.onnx").read_bytes() == int8
+    assert (out / "model.fp16.onnx").exists()
+
+    manifest = (out / "manifest.json").read_bytes()
+    res = cli("export", toy_run, "--out", out, "--force", "--calib-method", "entropy", "--max-accuracy-drop", "5")
+    assert_one_line_error(res, 2, "calibration.json: calibration cache was made for another",
+                          "method: cached 'minmax' vs now 'entropy'", "pass --recalibrate")
+    assert (out / "manifest.json").read_bytes() == manifest  # the old bundle is untouched
+
+    res = cli("export", toy_run, "--out", out, "--force", "--recalibrate", "--calib-method", "entropy",
+              "--max-accuracy-drop", "5")
+    assert res.returncode == 0, res.stderr
+    assert "): computed" in res.stderr
+    assert json.loads((out / "calibration.json").read_text())["key"]["method"] == "entropy"
 
 
 def test_entropy_and_percentile_calibration(toy_run, tmp_path):
