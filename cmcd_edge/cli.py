@@ -194,7 +194,9 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
     cfg = _make_config(kw.pop("method"), source=source, **kw)
     res = run_distill(cfg, Path(out), resume=resume, force=force, ranking=ranking)
     m = res.metrics
-    click.echo(f"{m['recipe']}\n{cfg.method}: {cfg.source} -> {cfg.target}  test top-1 {100 * m['test_accuracy']:.1f}%  "
+    # the pipeline logged the recipe as training began; under -q that line was hidden, so the summary carries it
+    recipe = "" if logging.getLogger("cmcd_edge.distill.pipeline").isEnabledFor(logging.INFO) else f"{m['recipe']}\n"
+    click.echo(f"{recipe}{cfg.method}: {cfg.source} -> {cfg.target}  test top-1 {100 * m['test_accuracy']:.1f}%  "
                f"macro-F1 {100 * m['test_macro_f1']:.1f}%  teacher {100 * (m['teacher_test_accuracy'] or 0):.1f}%  "
                f"params {m['params']:,}  MACs {m['macs']:,}  ({m['wall_s']:.1f}s{_speed(m)}) -> {out}")
 

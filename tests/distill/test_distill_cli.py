@@ -38,10 +38,18 @@ def _distill(cli, toy, out, *extra, cfg=None):
     return cli(*args)
 
 
+def test_distill_quiet_still_prints_the_recipe_once(cli, toy, tmp_path, fast_cfg):
+    res = cli("-q", "distill", "--data", toy, "--source", "src", "--target", "tgt", "--epochs", "3", "--method", "kd",
+              "--out", tmp_path / "run", "--config", fast_cfg)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("Loss = 1.0 * kd + 1.0 * ce") == 1 and "Loss" not in res.stderr
+
+
 def test_distill_writes_a_complete_run(cli, toy, tmp_path, fast_cfg):
     res = _distill(cli, toy, tmp_path / "run", cfg=fast_cfg)
     assert res.returncode == 0, res.stderr
-    assert "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * fitnet + 1.0 * ce" in res.stdout
+    recipe = "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * fitnet + 1.0 * ce"
+    assert (res.stdout + res.stderr).count(recipe) == 1  # was printed twice: logged, then echoed again
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"run.json", "metrics.json", "history.csv", "student.safetensors", "student.json", "teacher.safetensors",
             "teacher.json", "checkpoint.pt"} <= files
