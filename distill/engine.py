@@ -271,8 +271,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
             if on_epoch is not None:
                 on_epoch([*prior, *history])
         if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{acc:.3f}")
-            bar.update(1)
+            bar.update(epoch + 1, row["loss"], acc)
     if bar is not None:
         bar.close()
     select.finish()
@@ -284,14 +283,38 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     return PhaseResult(select.best_state, history, steps, train_s)
 
 
-def _progress(spec: PhaseSpec, start: int, dist: Dist):
-    if not dist.main:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=spec.epochs, initial=start, desc=spec.name, unit="ep", leave=False, disable=None)
+def _progress(spec: PhaseSpec, start: int, dist: Dist) -> _Progress | None:
+    return _Progress(spec, start) if dist.main else None
+
+
+class _Progress:
+    """A tqdm bar on a terminal; where stderr is not one (nohup, a CI log, a job scheduler) the bar is off, so a log
+    line reports the epoch at most every ``every_s`` seconds instead: a long teacher phase is not minutes of silence."""
+
+    def __init__(self, spec: PhaseSpec, start: int, every_s: float = 30.0) -> None:
+        self.spec, self.every_s = spec, every_s
+        self.t0 = self.last = time.perf_counter()
+        try:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=spec.epochs, initial=start, desc=spec.name, unit="ep", leave=False, disable=None)
+        except ImportError:
+            self.bar = None
+
+    def update(self, epoch: int, loss: float, acc: float) -> None:
+        if self.bar is not None and not self.bar.disable:
+            self.bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.3f}")
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            log.info("%s: epoch %d/%d  loss %.4f  val accuracy %.4f  (%.0fs)", self.spec.name, epoch,
+                     self.spec.epochs, loss, acc, now - self.t0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def check_batch_memory(batch_size: int, sample_numel: int, width: int, limit: int) -> None:

@@ -102,3 +102,21 @@ def test_run_phase_scales_fp16_losses_so_small_gradients_still_train(tmp_path, m
 def test_run_phase_needs_no_loss_scaling_without_fp16(tmp_path, monkeypatch):
     before, state = _tiny_phase(tmp_path, monkeypatch, None)
     assert state["scaler"] == {} and (state["model"]["weight"] - before).abs().min() > 1e-6
+
+
+def test_progress_off_a_terminal_logs_the_epoch_at_most_every_interval(caplog):
+    """pytest's stderr is no terminal, so tqdm is off: a log line stands in for it (was: silence for a whole phase)."""
+    from cmcd_edge.distill import engine
+
+    spec = engine.PhaseSpec("teacher", 80, 1e-3, 0.0, 10, 3, 0)
+    caplog.set_level("INFO", logger="cmcd_edge.distill.engine")
+    every = engine._Progress(spec, 0, every_s=0.0)
+    every.update(1, 0.5, 0.25)
+    every.update(2, 0.4, 0.5)
+    every.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[1].startswith("teacher: epoch 2/80  loss 0.4000  val accuracy 0.5000  (")
+    caplog.clear()
+    rare = engine._Progress(spec, 0, every_s=3600.0)
+    rare.update(1, 0.5, 0.25)
+    assert not caplog.records
