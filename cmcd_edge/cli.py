@@ -189,7 +189,7 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
     if source == "auto":
         from cmcd_edge.distill.select import best_source
 
-        source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"])
+        source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"], device=kw["device"])
         click.echo(f"--source auto: {source} (top of the CCH ranking)")
     cfg = _make_config(kw.pop("method"), source=source, **kw)
     res = run_distill(cfg, Path(out), resume=resume, force=force, ranking=ranking)
@@ -238,11 +238,17 @@ compare.takes_config_extras = True
 @click.option("--target", required=True, help="Target (student) view.")
 @click.option("--candidates", default=None, help="Comma-separated source views (default: every other view).")
 @click.option("--seeds", type=int, default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed (splits, teachers, students).")
 @click.option("--labeled-fraction", type=float, default=0.1, show_default=True)
+@click.option("--teacher-epochs", type=int, default=15, show_default=True,
+              help="Epochs of each candidate's teacher (early stop on val).")
+@click.option("--student-epochs", type=int, default=30, show_default=True,
+              help="Epochs of the supervised target student whose embedding is H_S.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the ranking as JSON.")
 @config_option
-def select_teacher(data: str, target: str, candidates: str | None, seeds: int, labeled_fraction: float,
-                   out: str | None) -> None:
+def select_teacher(data: str, target: str, candidates: str | None, seeds: int, seed: int, labeled_fraction: float,
+                   teacher_epochs: int, student_epochs: int, device: str, out: str | None) -> None:
     """Rank candidate source views by the CCH criterion I(T;S) - I(S;Y) (nats).
 
     Example: cmcd-edge select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor
@@ -250,12 +256,11 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, l
     _require("torch", "train")
     from cmcd_edge.distill.select import rank_teachers, table
 
-    if seeds < 1:
-        raise UserError(f"--seeds {seeds}: must be >= 1")
     if not 0 < labeled_fraction <= 1:
         raise UserError(f"--labeled-fraction {labeled_fraction} is outside (0, 1]")
     cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
-    res = rank_teachers(data, target, cands, seeds=seeds, labeled_fraction=labeled_fraction)
+    res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
+                        teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device)
     click.echo(table(res))
     if out:
         from cmcd_edge.fsutil import write_json

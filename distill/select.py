@@ -45,8 +45,11 @@ def _agg(values: list[float]) -> dict:
 
 def rank_teachers(data: str, target: str, candidates: list[str] | None = None, seeds: int = 3, seed: int = 0,
                   labeled_fraction: float = 0.1, teacher_epochs: int = 15, student_epochs: int = 30,
-                  estimators: tuple[str, ...] = ("gaussian", "ksg", "infonce")) -> dict:
+                  estimators: tuple[str, ...] = ("gaussian", "ksg", "infonce"), device: str = "auto") -> dict:
     t0 = time.perf_counter()
+    for flag, value in (("--seeds", seeds), ("--teacher-epochs", teacher_epochs), ("--student-epochs", student_epochs)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
     ds = datasets.load(data)
     if target not in ds.views:
         raise UserError(f"--target {target!r}: no such view in {data}; valid views: {', '.join(ds.views)}")
@@ -60,7 +63,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     if (labels >= 0).sum() == 0:
         raise UserError(f"{data}: has no labels; I(H_S; Y) and the teachers need labels")
     datasets.validate(ds, [target, *cands])
-    device = engine.pick_device("auto")
+    dev = engine.pick_device(device)
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
     heldout_rows = []
@@ -74,7 +77,8 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
             raise UserError(f"{data}: {len(held)} labeled held-out rows (val + test); the estimators need at least "
                             f"{MIN_HELDOUT}")
         cfg = DistillConfig(data=data, source=cands[0], target=target, method="supervised", seed=s,
-                            labeled_fraction=labeled_fraction, epochs=student_epochs, finetune="none", teacher_epochs=1)
+                            labeled_fraction=labeled_fraction, epochs=student_epochs, finetune="none", teacher_epochs=1,
+                            device=device)
         t0_s = time.perf_counter()
         h_s = _student_embedding(cfg, ds, held)
         timing["student_s"] += time.perf_counter() - t0_s
@@ -83,7 +87,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
         i_sy_ksg = _safe(lambda h=h_s, yy=y: mi.ksg_mixed_label_mi(h, yy))
         for c in cands:
             t0_t = time.perf_counter()
-            t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=device, dist=engine.Dist())
+            t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=dev, dist=engine.Dist())
             t0_e = time.perf_counter()
             timing["teachers_s"] += t0_e - t0_t
             h_t = t.emb.numpy()[held]
@@ -108,7 +112,8 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                                                                               if "i_sy_ksg" in row else {})}}})
     ranking.sort(key=lambda r: -r["delta"])
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
-            "primary_estimator": "gaussian", "margin_nats": MARGIN, "heldout_rows": heldout_rows, "ranking": ranking,
+            "primary_estimator": "gaussian", "margin_nats": MARGIN, "heldout_rows": heldout_rows,
+            "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
             "warnings": disagreements(ranking),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
 
@@ -160,8 +165,8 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def best_source(data: str, target: str, seed: int = 0) -> tuple[str, dict]:
-    res = rank_teachers(data, target, seeds=1, seed=seed)
+def best_source(data: str, target: str, seed: int = 0, device: str = "auto") -> tuple[str, dict]:
+    res = rank_teachers(data, target, seeds=1, seed=seed, device=device)
     best = res["ranking"][0]
     if best["verdict"].startswith("skip"):
         log.warning("the best candidate %s has delta %.3f nats: distillation is unlikely to help", best["view"],

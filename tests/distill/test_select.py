@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -116,6 +119,9 @@ def test_select_teacher_bad_input(cli, tmp_path):
                           "no candidate other than the target")
     nolab = synthetic_paired(tmp_path / "n", n=200, labels=False)
     assert_one_line_error(cli("select-teacher", "--data", nolab.root, "--target", "tgt"), 2, "no labels")
+    for flag in ("--seeds", "--teacher-epochs", "--student-epochs"):
+        assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", flag, "0"), 2,
+                              f"{flag} 0: must be >= 1")
     small = synthetic_paired(tmp_path / "s", n=60)
     assert_one_line_error(cli("select-teacher", "--data", small.root, "--target", "tgt", "--seeds", "1"), 2,
                           "held-out rows")
@@ -143,3 +149,15 @@ def test_disagreement_warning_names_the_view():
 
     warned = disagreements([row("fac", 4.3, 1.9, 1.6), row("pix", 2.0, 1.5, 1.2)])
     assert len(warned) == 1 and warned[0].startswith("fac: gaussian I(T;S) 4.30") and "ksg 1.90" in warned[0]
+
+
+def test_select_teacher_cli_seed_epochs_and_device_reach_the_ranking(cli, tmp_path):
+    ds = synthetic_paired(tmp_path / "d", n=300)
+    out = tmp_path / "rank.json"
+    res = cli("select-teacher", "--data", ds.root, "--target", "tgt", "--seeds", "1", "--seed", "7",
+              "--teacher-epochs", "2", "--student-epochs", "3", "--device", "cpu", "--out", out)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["seeds"] == [7] and doc["teacher_epochs"] == 2 and doc["student_epochs"] == 3 and doc["device"] == "cpu"
+    picked = {m[0]: int(m[1]) for m in re.findall(r"(teacher|distill): epoch (\d+) selected", res.stderr)}
+    assert 1 <= picked["teacher"] <= 2 and 1 <= picked["distill"] <= 3  # the epochs each phase was given
