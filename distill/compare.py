@@ -42,11 +42,13 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
     device = engine.pick_device(cfg.device)
     if cfg.teacher == "train":
+        ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped
         t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                          dist=engine.Dist(), out=folder)
+                          dist=engine.Dist(), out=folder, resume=ckpt.load() or {})
     else:
         t = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
     t.save(folder)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)  # the cached outputs supersede it
     return t
 
 

@@ -135,7 +135,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if teacher is None:
         if cfg.teacher == "train":
             teacher = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                                    dist=dist, out=out)
+                                    dist=dist, out=out, resume=(ckpt_state or {}) if resume else None)
         else:
             teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
         if out is not None and dist.main:

@@ -62,8 +62,13 @@ def view_tensor(ds: Dataset, view: str, rows: np.ndarray | None = None) -> torch
 
 
 def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs: int, device: torch.device,
-                  dist: engine.Dist, out: Path | None = None) -> TeacherOutputs:
-    """A larger network of the source view's kind, trained on all labeled train rows of the source view."""
+                  dist: engine.Dist, out: Path | None = None, resume: dict | None = None) -> TeacherOutputs:
+    """A larger network of the source view's kind, trained on all labeled train rows of the source view.
+
+    With ``out``, training writes ``out/checkpoint.pt`` every epoch (phase "teacher") and the weights to
+    teacher.safetensors when done. ``resume`` (a resumed run's checkpoint, ``{}`` when it has none) continues a killed
+    teacher from that checkpoint, or takes the saved weights when the teacher had finished (killed before its outputs
+    were cached): a large teacher is not trained again from scratch."""
     info = ds.views[source]
     labels = torch.as_tensor(np.asarray(ds.labels))
     train = splits.train[labels[splits.train].numpy() >= 0]
@@ -88,13 +93,19 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     def evaluate():
         return engine.accuracy_and_loss(engine.predict_logits(net, xd[val]), yd[val])
 
-    phase = engine.PhaseSpec("teacher", epochs, 2e-3, 1e-4, 20, max(1, len(tr) // bs), seed)
-    res = engine.run_phase(phase, net, step, evaluate, engine.Checkpoint(None), dist)
-    net.load_state_dict(res.best_state)
+    saved = out / "teacher.safetensors" if out is not None else None
+    if resume is not None and saved is not None and saved.exists() and (out / "teacher.json").exists():
+        net.load_state_dict({k: v.to(device) for k, v in load_file(saved).items()})
+        log.info("teacher: trained weights found in %s (not trained again)", saved)
+    else:
+        phase = engine.PhaseSpec("teacher", epochs, 2e-3, 1e-4, 20, max(1, len(tr) // bs), seed)
+        res = engine.run_phase(phase, net, step, evaluate, engine.Checkpoint(None if out is None else out / "checkpoint.pt"),
+                               dist, resume=resume)
+        net.load_state_dict(res.best_state)
+        if out is not None and dist.main:
+            write_bytes(saved, save({k: v.cpu().contiguous() for k, v in net.state_dict().items()}))
+            write_text(out / "teacher.json", json.dumps({"kind": "trained", "view": source, **spec.to_json()}, indent=2))
     net.eval()
-    if out is not None and dist.main:
-        write_bytes(out / "teacher.safetensors", save({k: v.cpu().contiguous() for k, v in net.state_dict().items()}))
-        write_text(out / "teacher.json", json.dumps({"kind": "trained", "view": source, **spec.to_json()}, indent=2))
     return _outputs(net, xd, yd, splits, {"kind": "trained", "view": source, "spec": spec.to_json(),
                                           "params": sum(p.numel() for p in net.parameters())})
 
