@@ -238,7 +238,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         start = resume["epoch"]
         history = [r for r in resume["history"] if r["phase"] == spec.name]
         log.info("resuming %s at epoch %d", spec.name, start + 1)
-    bar = _progress(spec, start, dist)
+    bar = _Progress(spec, start) if dist.main else None
     steps, train_s = 0, 0.0
     for epoch in range(start, spec.epochs):
         if select.bad >= spec.patience:
@@ -281,10 +281,6 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     log.info("%s: epoch %d selected (val accuracy %.4f%s)", spec.name, select.best_epoch + 1 - offset,
              select.best_key[0], window)
     return PhaseResult(select.best_state, history, steps, train_s)
-
-
-def _progress(spec: PhaseSpec, start: int, dist: Dist) -> _Progress | None:
-    return _Progress(spec, start) if dist.main else None
 
 
 class _Progress:
