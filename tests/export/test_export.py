@@ -85,11 +85,11 @@ def test_export_and_bench_refuse_nan_in_the_data(toy_run, toy_bundle, tmp_path, 
     assert_one_line_error(cli("bench", toy_bundle, "--data", data, "--duration", "0.1"), 2, "tgt.npy: NaN or Inf")
 
 
-def test_force_reexport_reuses_matching_calibration_and_refuses_a_mismatch(toy_run, tmp_path, cli):
+def test_force_reexport_reuses_matching_calibration_and_refuses_a_mismatch(toy_run, toy_bundle, tmp_path, cli):
     """The replaced bundle's calibration.json is the cache (was: never read, since --force skipped it and an existing
     --out without --force is refused first; its error named a --recalibrate flag that did not exist)."""
     out = tmp_path / "b"
-    run_export(ExportConfig(run=str(toy_run), out=str(out), max_accuracy_drop=5.0))
+    shutil.copytree(toy_bundle, out)  # toy_run exported with the default calibration flags
     cal, int8 = (out / "calibration.json").read_bytes(), (out / "model.int8.onnx").read_bytes()
 
     res = cli("export", toy_run, "--out", out, "--force", "--fp16", "--max-accuracy-drop", "5")
