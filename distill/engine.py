@@ -53,6 +53,14 @@ def setup_distributed(device: torch.device) -> Dist:
     return Dist(tdist.get_rank(), tdist.get_world_size())
 
 
+def barrier(dist: Dist) -> None:
+    """Wait for every rank (a no-op outside torchrun)."""
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise EnvironmentFailure("--device cuda: no CUDA GPU is visible to torch (use --device cpu or auto)")

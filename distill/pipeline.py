@@ -120,11 +120,17 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
         external = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
         _check_logits(cfg, external)
-    ckpt_state = prepare_out(out, cfg, resume, force) if (out is not None and dist.main) else None
-    if out is not None:
+    ckpt_state = None
+    if out is not None and dist.main:
+        ckpt_state = prepare_out(out, cfg, resume, force)
         out.mkdir(parents=True, exist_ok=True)
-    if out is not None and dist.main and not resume:
-        write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
+        if not resume:
+            write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
+    engine.barrier(dist)  # rank 0 has checked and prepared --out before another rank reads it
+    if out is not None and resume and not dist.main:  # every rank continues from the same epoch (was: rank 0 alone)
+        ckpt_state = engine.Checkpoint(out / "checkpoint.pt").load() or {}
+    if resume:
+        engine.barrier(dist)  # all have read the checkpoint before rank 0 writes the next one
 
     if external is not None:
         teacher = external

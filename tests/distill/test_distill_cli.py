@@ -298,6 +298,29 @@ def test_torchrun_two_processes_on_cpu(toy, tmp_path, fast_cfg):
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.25
 
 
+def test_torchrun_kill9_then_resume_continues_every_rank(toy, tmp_path, kill_cfg):
+    """Under torchrun only rank 0 read the checkpoint, so rank 1 restarted at epoch 1 while rank 0 went on from the
+    kill: their DDP steps no longer paired up and the resumed run failed at its end."""
+    out = tmp_path / "ddp"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cmcd_edge",
+            "distill", "--data", str(toy), "--source", "src", "--target", "tgt", "--epochs", "40", "--device", "cpu",
+            "--config", str(kill_cfg), "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while _checkpoint_phase(out) != "distill" and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    epochs = [int(r["epoch"]) for r in rows if r["phase"] == "distill"]
+    assert epochs == list(range(1, len(epochs) + 1))  # one row per epoch, none repeated or skipped by the resume
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.25
+
+
 @pytest.mark.parametrize("kind,shape", [("sequence", (3, 64)), ("image", (1, 12, 12))])
 def test_sequence_and_image_students_learn_and_export(kind, shape, tmp_path):
     pytest.importorskip("onnxscript")
