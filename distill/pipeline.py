@@ -64,8 +64,8 @@ def _warn_fraction_of_few_labels(spec: str, unlabeled: int, fraction: float) -> 
                 spec, unlabeled, fraction)
 
 
-def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> dict | None:
-    """Check the run folder against the flags; return the checkpoint to resume from (or None)."""
+def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> None:
+    """Check the run folder against the flags (rank 0): a resumable run, or an empty or --force-able folder."""
     run_json = out / "run.json"
     if resume:
         if not run_json.exists():
@@ -82,14 +82,13 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> dic
                             "or use a new --out")
         for stale in remove_stale_temps(out):
             log.info("resume: removed %s, left by the killed run", stale.name)
-        return engine.Checkpoint(out / "checkpoint.pt").load() or {}
+        return
     if out.exists() and any(out.iterdir()):
         if not force:
             done = (out / "metrics.json").exists()
             hint = "pass --force to replace it" if done else "pass --resume to continue it, or --force to replace it"
             raise UserError(f"--out {out} already holds a {'finished' if done else 'partial'} run: {hint}")
         shutil.rmtree(out)
-    return None
 
 
 def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, force: bool = False,
@@ -120,16 +119,15 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
         external = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
         _check_logits(cfg, external)
-    ckpt_state = None
     if out is not None and dist.main:
-        ckpt_state = prepare_out(out, cfg, resume, force)
+        prepare_out(out, cfg, resume, force)
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
     engine.barrier(dist)  # rank 0 has checked and prepared --out before another rank reads it
-    if out is not None and resume and not dist.main:  # every rank continues from the same epoch (was: rank 0 alone)
+    ckpt_state = None
+    if out is not None and resume:  # every rank continues from the same epoch (was: rank 0 alone)
         ckpt_state = engine.Checkpoint(out / "checkpoint.pt").load() or {}
-    if resume:
         engine.barrier(dist)  # all have read the checkpoint before rank 0 writes the next one
 
     if external is not None:
@@ -141,7 +139,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if teacher is None:
         if cfg.teacher == "train":
             teacher = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                                    dist=dist, out=out, resume=(ckpt_state or {}) if resume else None)
+                                    dist=dist, out=out, resume=ckpt_state)
         else:
             teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
         if out is not None and dist.main:
