@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -102,14 +103,11 @@ class Dataset:
         return len(self.classes)
 
     def fingerprint(self) -> str:
-        """sha256 over dataset.json and every array file (what a cache or a run records of its data)."""
-        h = hashlib.sha256()
-        for path in [self.root / "dataset.json", *sorted(self.root.glob("*.npy")), *sorted(self.root.glob("views/*.npy"))]:
-            h.update(path.name.encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        return h.hexdigest()
+        """sha256 over dataset.json and every array file (what a cache or a run records of its data). Hashed once per
+        process while no file's size or modification time changes: a compare's 24 runs do not read 24 times a view of
+        many GB."""
+        paths = [self.root / "dataset.json", *sorted(self.root.glob("*.npy")), *sorted(self.root.glob("views/*.npy"))]
+        return _fingerprint(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
 
     def summary(self) -> dict[str, Any]:
         labels = np.asarray(self.labels)
@@ -125,6 +123,18 @@ class Dataset:
             "groups": None if self.groups is None else int(len(np.unique(self.groups))),
             "fixed_splits": self.fixed_splits is not None,
         }
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _size, _mtime in files:
+        path = Path(name)
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _load_aux(path: Path, n_rows: int) -> np.ndarray:
@@ -335,11 +345,26 @@ def sample_labeled(train: np.ndarray, labels: np.ndarray, fraction: float, seed:
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def norm_stats(arr: np.ndarray, rows: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def norm_stats(arr: np.ndarray, rows: np.ndarray, kind: str, chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std from ``rows`` (the train split): per feature for vectors, per channel for sequences/images.
-    Shapes broadcast against one sample: vector [D], sequence [C, 1], image [C, 1, 1]."""
-    x = np.asarray(arr[np.sort(rows)], dtype=np.float64)
+    Shapes broadcast against one sample: vector [D], sequence [C, 1], image [C, 1, 1]. Rows whose float64 copy would
+    pass ``chunk_bytes`` are read in chunks and the moments merged (Chan et al.), so a memory-mapped view larger than
+    RAM is fine."""
+    rows = np.sort(rows)
     axes = {"vector": (0,), "sequence": (0, 2), "image": (0, 2, 3)}[kind]
-    mean, std = x.mean(axis=axes, keepdims=True)[0], x.std(axis=axes, keepdims=True)[0]
+    step = max(1, chunk_bytes // (8 * max(1, int(np.prod(arr.shape[1:], dtype=np.int64)))))
+    if len(rows) <= step:  # one pass, as before chunking existed: small views keep their exact figures
+        x = np.asarray(arr[rows], dtype=np.float64)
+        mean, std = x.mean(axis=axes, keepdims=True)[0], x.std(axis=axes, keepdims=True)[0]
+    else:
+        n, mean, m2 = 0, 0.0, 0.0
+        for i in range(0, len(rows), step):
+            x = np.asarray(arr[rows[i:i + step]], dtype=np.float64)
+            c = x.shape[0] * int(np.prod([x.shape[a] for a in axes[1:]]))  # values per feature/channel
+            cmean = x.mean(axis=axes, keepdims=True)
+            cm2 = ((x - cmean) ** 2).sum(axis=axes, keepdims=True)
+            delta, total = cmean - mean, n + c
+            mean, m2, n = mean + delta * (c / total), m2 + cm2 + delta ** 2 * (n * c / total), total
+        mean, std = mean[0], np.sqrt(m2 / n)[0]
     std = np.where(std < 1e-6, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)

@@ -31,12 +31,21 @@ def _stats(values: list[float]) -> dict:
 
 
 def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
-    """The seed's teacher, trained (or loaded) once and cached in ``folder``."""
+    """The seed's teacher, trained (or loaded) once and cached in ``folder`` with the settings that made it (its
+    ``key``): a killed compare rerun with another source, seed, teacher or data is refused, not given the old teacher."""
+    ds = datasets.load(cfg.data)
+    key = {"data": ds.fingerprint(), "source": cfg.source, "seed": cfg.seed, "teacher": cfg.teacher,
+           "teacher_epochs": cfg.teacher_epochs}
     cached = TeacherOutputs.load(folder)
     if cached is not None:
+        old = cached.info["key"] if "key" in cached.info else key  # none: cached before keys (benchmarks reuse those)
+        if old != key:
+            diff = ", ".join(f"{k}: cached {old[k] if k in old else None!r} vs now {v!r}" for k, v in key.items()
+                             if k not in old or old[k] != v)
+            raise UserError(f"{folder}: this cached teacher was made with other settings ({diff[:300]}); "
+                            "pass --force to recompute, or use a new --out")
         return cached
     folder.mkdir(parents=True, exist_ok=True)
-    ds = datasets.load(cfg.data)
     cfg.check_against(ds)
     datasets.validate(ds, [cfg.source])
     splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
@@ -44,9 +53,10 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     if cfg.teacher == "train":
         ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped
         t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                          dist=engine.Dist(), out=folder, resume=ckpt.load() or {})
+                          dist=engine.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload)
     else:
-        t = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
+        t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
+    t.info["key"] = key
     t.save(folder)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # the cached outputs supersede it
     return t
@@ -187,7 +197,12 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     path, run_json = run_dir / "metrics.json", run_dir / "run.json"
     if not (path.exists() and run_json.exists()):
         return None
-    if json.loads(run_json.read_text())["config"] != json.loads(json.dumps(cfg.to_json())):
+    try:  # where it ran (device, preload) does not matter
+        made = DistillConfig.from_json(json.loads(run_json.read_text())["config"]).training_key()
+        same = json.loads(json.dumps(made)) == json.loads(json.dumps(cfg.training_key()))
+    except UserError:  # a config key this version does not know
+        same = False
+    if not same:
         log.info("  %s: made with another config, trained again", run_dir.name)
         return None
     metrics = json.loads(path.read_text())

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 from cmcd_edge.datasets import Dataset
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, parse_recipe
+from cmcd_edge.distill.rows import PRELOAD
 from cmcd_edge.distill.students import STUDENTS
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice, check_keys
@@ -40,6 +41,7 @@ class DistillConfig:
     patience: int = 25
     select_window: int = 5  # model selection: val accuracy averaged over this many epochs (odd; 1 = the epoch alone)
     max_batch_bytes: int = 2 << 30  # refuse batches whose activations would not fit (clear advice instead of OOM)
+    preload: str = "auto"  # a view converted up front (always), read from its memory map per batch (never), or by size
     loss: LossParams = LossParams()
 
     def __post_init__(self) -> None:
@@ -55,6 +57,8 @@ class DistillConfig:
             raise UserError(f"--labeled-fraction {self.labeled_fraction} is outside (0, 1]")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r}; valid: {', '.join(DEVICES)}")
+        if self.preload not in PRELOAD:
+            raise UserError(f"preload {self.preload!r}; valid: {', '.join(PRELOAD)}")
         if self.finetune not in FINETUNE:
             raise UserError(f"--finetune {self.finetune!r}; valid: {', '.join(FINETUNE)}")
         for name in ("epochs", "teacher_epochs", "batch_size", "labeled_batch_size", "embed_dim", "patience"):
@@ -94,9 +98,10 @@ class DistillConfig:
         return cls(**d)
 
     def training_key(self) -> dict:
-        """What must match for --resume to continue a run (everything but the device)."""
+        """What must match for --resume to continue a run (everything but where it runs: device, preload)."""
         d = self.to_json()
         d.pop("device")
+        d.pop("preload")
         return d
 
 

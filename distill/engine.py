@@ -100,10 +100,15 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
 
 
 @torch.no_grad()
-def predict_logits(net: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+def predict_logits(net: nn.Module, x, rows: torch.Tensor | None = None, batch: int = 1024) -> torch.Tensor:
+    """Logits of ``x[rows]`` (all of ``x`` without ``rows``), ``batch`` rows at a time: ``x`` is a tensor or a
+    :class:`~cmcd_edge.distill.rows.ViewRows`, which then reads one batch at a time, never the whole split."""
     was = net.training
     net.eval()
-    out = torch.cat([net(x[i:i + batch]).float() for i in range(0, x.shape[0], batch)])
+    if rows is None:
+        out = torch.cat([net(x[i:i + batch]).float() for i in range(0, x.shape[0], batch)])
+    else:
+        out = torch.cat([net(x[rows[i:i + batch]]).float() for i in range(0, len(rows), batch)])
     net.train(was)
     return out
 

@@ -23,7 +23,8 @@ from cmcd_edge.distill import engine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
-from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher, view_tensor
+from cmcd_edge.distill.rows import ViewRows
+from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import remove_stale_temps, write_bytes, write_json, write_text
 
@@ -117,7 +118,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     dist = engine.setup_distributed(device)
     external = None
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
-        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
+        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
         _check_logits(cfg, external)
     if out is not None and dist.main:
         prepare_out(out, cfg, resume, force)
@@ -139,9 +140,9 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if teacher is None:
         if cfg.teacher == "train":
             teacher = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                                    dist=dist, out=out, resume=ckpt_state)
+                                    dist=dist, out=out, resume=ckpt_state, preload=cfg.preload)
         else:
-            teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device)
+            teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
         if out is not None and dist.main:
             teacher.save(out)
     if teacher.emb.shape[0] != ds.n_rows:
@@ -157,7 +158,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     model = DistillModel(student, recipe).to(device)
     log.info("%s  (%s -> %s, %s)", recipe, cfg.source, cfg.target, arch)
 
-    x = view_tensor(ds, cfg.target).to(device)
+    x = ViewRows.open(ds.view(cfg.target), device, cfg.preload, ranks=dist.world, what=f"--target {cfg.target}")
     y = torch.as_tensor(np.asarray(ds.labels)).to(device)
     t_emb, t_logits = teacher.emb.to(device), None if teacher.logits is None else teacher.logits.to(device)
     train, lab = torch.as_tensor(splits.train, device=device), torch.as_tensor(splits.labeled, device=device)
@@ -166,8 +167,10 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if dist.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    eval_rows = students.eval_batch(student)
+
     def evaluate():
-        return engine.accuracy_and_loss(engine.predict_logits(student, x[val]), y[val])
+        return engine.accuracy_and_loss(engine.predict_logits(student, x, val, eval_rows), y[val])
 
     def shard(t: torch.Tensor) -> torch.Tensor:
         return t[dist.rank::dist.world]
@@ -248,12 +251,13 @@ def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, devic
 @torch.no_grad()
 def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate) -> dict:
     test = torch.as_tensor(splits.test, device=x.device)
-    logits = engine.predict_logits(student, x[test]).cpu()
+    b = students.eval_batch(student)
+    logits = engine.predict_logits(student, x, test, b).cpu()
     yt = y[test].cpu()
     pred = logits.argmax(1).numpy()
     val_acc, _ = evaluate()  # the kept model on val, as model selection scored it
     student.eval()
-    s_emb = torch.cat([student.embed(x[i:i + 1024]).float().cpu() for i in range(0, x.shape[0], 1024)]).numpy()
+    s_emb = torch.cat([student.embed(x[i:i + b]).float().cpu() for i in range(0, x.shape[0], b)]).numpy()
     gap = modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test, seed=cfg.seed)
     size = students.measure(student.cpu(), spec.in_shape)
     student.to(x.device)

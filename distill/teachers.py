@@ -19,10 +19,12 @@ from torch import nn
 
 from cmcd_edge.datasets import Dataset, Splits, norm_stats
 from cmcd_edge.distill import engine, students
+from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_text
 
 log = logging.getLogger(__name__)
+EXTERNAL_BATCH_BYTES = 64 << 20  # float32 input of one batch through a user's teacher (its activations are unknown)
 
 
 @dataclass
@@ -62,13 +64,15 @@ def view_tensor(ds: Dataset, view: str, rows: np.ndarray | None = None) -> torch
 
 
 def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs: int, device: torch.device,
-                  dist: engine.Dist, out: Path | None = None, resume: dict | None = None) -> TeacherOutputs:
+                  dist: engine.Dist, out: Path | None = None, resume: dict | None = None,
+                  preload: str = "auto") -> TeacherOutputs:
     """A larger network of the source view's kind, trained on all labeled train rows of the source view.
 
     With ``out``, training writes ``out/checkpoint.pt`` every epoch (phase "teacher") and the weights to
     teacher.safetensors when done. ``resume`` (a resumed run's checkpoint, ``{}`` when it has none) continues a killed
     teacher from that checkpoint, or takes the saved weights when the teacher had finished (killed before its outputs
-    were cached): a large teacher is not trained again from scratch."""
+    were cached): a large teacher is not trained again from scratch. ``preload`` (auto|always|never): whether the
+    source view is converted up front or read from its memory map batch by batch (:mod:`~cmcd_edge.distill.rows`)."""
     info = ds.views[source]
     labels = torch.as_tensor(np.asarray(ds.labels))
     train = splits.train[labels[splits.train].numpy() >= 0]
@@ -77,10 +81,11 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     engine.seed_everything(seed)
     spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, role="teacher")
     net = students.train_layout(students.build(spec))
-    x = view_tensor(ds, source)
     net.set_normalization(*norm_stats(ds.view(source), splits.train, info.kind))
     net.to(device)
-    xd, yd = x.to(device), labels.to(device)
+    xd = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
+    yd = labels.to(device)
+    batch = students.eval_batch(net)
     tr = torch.as_tensor(train, device=device)
     val = torch.as_tensor(splits.val, device=device)
     bs = 128
@@ -91,7 +96,7 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
             return F.cross_entropy(net(xd[pick]), yd[pick]), {}
 
     def evaluate():
-        return engine.accuracy_and_loss(engine.predict_logits(net, xd[val]), yd[val])
+        return engine.accuracy_and_loss(engine.predict_logits(net, xd, val, batch), yd[val])
 
     saved = out / "teacher.safetensors" if out is not None else None
     if resume is not None and saved is not None and saved.exists() and (out / "teacher.json").exists():
@@ -106,15 +111,16 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
             write_bytes(saved, save({k: v.cpu().contiguous() for k, v in net.state_dict().items()}))
             write_text(out / "teacher.json", json.dumps({"kind": "trained", "view": source, **spec.to_json()}, indent=2))
     net.eval()
-    return _outputs(net, xd, yd, splits, {"kind": "trained", "view": source, "spec": spec.to_json(),
+    return _outputs(net, xd, yd, splits, batch, {"kind": "trained", "view": source, "spec": spec.to_json(),
                                           "params": sum(p.numel() for p in net.parameters())})
 
 
 @torch.no_grad()
-def _outputs(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None, splits: Splits, info: dict) -> TeacherOutputs:
+def _outputs(net: nn.Module, x: ViewRows, y: torch.Tensor | None, splits: Splits, batch: int,
+             info: dict) -> TeacherOutputs:
     embs, logits = [], []
-    for i in range(0, x.shape[0], 1024):
-        lo, e = net.forward_both(x[i:i + 1024])
+    for i in range(0, x.shape[0], batch):
+        lo, e = net.forward_both(x[i:i + batch])
         embs.append(e.float().cpu())
         logits.append(lo.float().cpu())
     lo = torch.cat(logits)
@@ -141,24 +147,26 @@ class _External(nn.Module):
         return None, out
 
 
-def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device) -> TeacherOutputs:
+def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
+                 preload: str = "auto") -> TeacherOutputs:
     """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row."""
     model, info = _load_external(ref)
     net = _External(model)
-    x = view_tensor(ds, source)
+    x = ViewRows.open(ds.view(source), device, preload, what=f"--source {source}")
     n = x.shape[0]
     try:
         with torch.no_grad():
-            probe_logits, probe = net.forward_both(x[:2].to(device))
+            probe_logits, probe = net.forward_both(x[:2])
     except Exception as exc:  # noqa: BLE001  (the user's model may raise anything)
         raise UserError(f"--teacher {ref}: fails on a source batch of shape {list(x[:2].shape)}: {exc}") from exc
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 2:
         shape = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
         raise UserError(f"--teacher {ref}: a batch of 2 gave an embedding of shape {shape}; expected [2, D]")
     embs, logits = [], []
+    batch = max(1, min(512, EXTERNAL_BATCH_BYTES // (4 * int(np.prod(x.shape[1:])))))
     with torch.no_grad():
-        for i in range(0, n, 512):
-            lo, e = net.forward_both(x[i:i + 512].to(device))
+        for i in range(0, n, batch):
+            lo, e = net.forward_both(x[i:i + batch])
             embs.append(e.float().cpu())
             if lo is not None:
                 logits.append(lo.float().cpu())

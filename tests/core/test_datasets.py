@@ -134,3 +134,19 @@ def test_norm_stats_per_feature_and_channel():
     assert m.shape == (1, 1, 1) and s.shape == (1, 1, 1)
     m, s = datasets.norm_stats(ds.view("fou"), np.arange(100), "vector")
     assert m.shape == (76,) and (s > 0).all()
+
+
+@pytest.mark.parametrize("kind,shape", [("vector", (9,)), ("sequence", (3, 20)), ("image", (2, 5, 4))])
+def test_norm_stats_chunked_matches_one_pass(kind, shape):
+    """Chunks too small for the rows (as for a view larger than RAM) merge to the one-pass mean and std."""
+    rng = np.random.default_rng(1)
+    arr = (rng.normal(size=(700, *shape)) * 4 + 100).astype(np.float16)
+    rows = rng.choice(700, 450, replace=False)
+    m1, s1 = datasets.norm_stats(arr, rows, kind)
+    per_row = 8 * int(np.prod(shape))
+    m2, s2 = datasets.norm_stats(arr, rows, kind, chunk_bytes=per_row * 37)
+    np.testing.assert_allclose(m2, m1, rtol=1e-6)
+    np.testing.assert_allclose(s2, s1, rtol=1e-5)
+    ref = arr[np.sort(rows)].astype(np.float64)
+    axes = {"vector": (0,), "sequence": (0, 2), "image": (0, 2, 3)}[kind]
+    np.testing.assert_allclose(s2, ref.std(axis=axes, keepdims=True)[0], rtol=1e-5)

@@ -166,3 +166,27 @@ def test_summary_aligns_per_class_figures_with_seeds_when_a_class_misses_a_seed(
     assert s["test_per_class"] == {"a": {"top1": 0.5, "runs": [0.5, None], "rows": [2, 0]},
                                    "b": {"top1": 0.75, "runs": [0.5, 1.0], "rows": [2, 3]}}
     assert s["test_accuracy"]["mean"] == 0.75 and s["wall_s"] == 2.0
+
+
+def test_compare_resume_refuses_a_cached_teacher_made_with_other_settings(base, tmp_path):
+    out = tmp_path / "cmp"
+    run_compare(base, ["supervised"], 1, out, upper_bound=False)
+    (out / "results.json").unlink()
+    with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_epochs: "
+                                        r"cached 2 vs now 3\); pass --force"):
+        run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
+
+
+def test_compare_resume_keeps_runs_from_another_preload_and_teachers_cached_before_keys(base, tmp_path):
+    out = tmp_path / "cmp"
+    run_compare(base, ["supervised"], 1, out, upper_bound=False)
+    (out / "results.json").unlink()
+    meta = out / "teachers" / "seed0" / "teacher_outputs.json"
+    info = json.loads(meta.read_text())
+    assert info["key"]["teacher_epochs"] == 2 and len(info["key"]["data"]) == 64
+    del info["key"]  # as cached by an older version
+    meta.write_text(json.dumps(info))
+    sup = out / "runs" / "supervised-s0" / "metrics.json"
+    mtime = sup.stat().st_mtime_ns
+    run_compare(dataclasses.replace(base, preload="never"), ["supervised"], 1, out, upper_bound=False)
+    assert sup.stat().st_mtime_ns == mtime  # where a run reads its rows from is not part of what it trained

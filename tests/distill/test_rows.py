@@ -1,0 +1,87 @@
+"""ViewRows: a view preloaded or read batch by batch from its memory map gives the same values, and the same run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cmcd_edge.distill import engine, rows, students
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.pipeline import run_distill
+from cmcd_edge.errors import UserError
+from tests.helpers import synthetic_paired
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32])
+def test_rows_streamed_equal_preloaded(tmp_path, dtype):
+    arr = (np.random.default_rng(0).random((50, 3, 4, 5)) * 200).astype(dtype)
+    np.save(tmp_path / "v.npy", arr)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    full, lazy = rows.ViewRows(mapped, CPU, preload=True), rows.ViewRows(mapped, CPU, preload=False)
+    assert full.preloaded and not lazy.preloaded
+    idx = torch.tensor([7, 3, 3, 49, 0, 7])  # unsorted, with repeats (the teacher samples with replacement)
+    for key in (idx, slice(10, 20), slice(45, 60)):
+        a, b = full[key], lazy[key]
+        assert a.dtype == b.dtype == torch.float32
+        assert torch.equal(a, b)
+    assert torch.equal(lazy[idx][1], torch.from_numpy(arr[3].astype(np.float32)))
+    assert len(lazy) == 50 and lazy.shape == (50, 3, 4, 5)
+
+
+def test_should_preload_by_mode_and_budget(monkeypatch):
+    assert rows.should_preload(10**15, CPU, "always")
+    assert not rows.should_preload(1, CPU, "never")
+    monkeypatch.setattr(rows, "available_bytes", lambda device: 1000)
+    assert rows.should_preload(400, CPU, "auto")  # 40% of 1000
+    assert not rows.should_preload(401, CPU, "auto")
+    assert not rows.should_preload(300, CPU, "auto", ranks=2)  # each rank gets its share
+    with pytest.raises(UserError, match="preload 'sometimes'; valid: auto, always, never"):
+        rows.should_preload(1, CPU, "sometimes")
+
+
+def test_available_bytes_reads_this_machine():
+    assert rows.available_bytes(CPU) > 64 << 20
+
+
+def test_predict_logits_rows_batched_equal_whole():
+    net = students.build(students.default_spec("vector", (8,), 3)).eval()
+    x = torch.randn(40, 8)
+    sel = torch.tensor([5, 1, 30, 2, 2, 39, 17])
+    assert torch.equal(engine.predict_logits(net, x, sel, batch=3), engine.predict_logits(net, x[sel], batch=3))
+
+
+@pytest.mark.parametrize("kind,shape,role,want", [("vector", (216,), "teacher", 1024), ("image", (3, 32, 32), "teacher", 1024),
+                                                  ("image", (3, 64, 64), "teacher", 512), ("image", (3, 224, 224), "teacher", 41)])
+def test_eval_batch_shrinks_for_large_activations(kind, shape, role, want):
+    net = students.build(students.default_spec(kind, shape, 10, role=role))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert students.eval_batch(net) == want
+    assert net.training  # left as it was, statistics untouched
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert students.eval_batch(net, budget=1) == 1
+
+
+def test_config_preload_validated_and_not_part_of_the_training_key():
+    with pytest.raises(UserError, match="preload 'yes'"):
+        DistillConfig(data="builtin:mfeat", source="fac", target="zer", preload="yes")
+    a = DistillConfig(data="builtin:mfeat", source="fac", target="zer", preload="never")
+    assert a.training_key() == DistillConfig(data="builtin:mfeat", source="fac", target="zer").training_key()
+
+
+def test_distill_streamed_is_bit_identical_to_preloaded(tmp_path):
+    """Teacher (source) and student (image target) both read batch by batch: the same weights, byte for byte."""
+    synthetic_paired(tmp_path / "ds", "image", n=300)
+    states = {}
+    for mode in ("always", "never"):
+        cfg = DistillConfig(data=str(tmp_path / "ds"), source="src", target="tgt", teacher_epochs=3, epochs=3,
+                            finetune_epochs=2, device="cpu", preload=mode)
+        got: dict = {}
+        res = run_distill(cfg, tmp_path / mode, capture=got)
+        states[mode] = (got["student"].state_dict(), res.metrics["test_accuracy"],
+                        (tmp_path / mode / "teacher_outputs.safetensors").read_bytes())
+    a, b = states["always"], states["never"]
+    assert a[1] == b[1] and a[2] == b[2]
+    assert all(torch.equal(v, b[0][k]) for k, v in a[0].items())
