@@ -59,7 +59,9 @@ def compute_ranges(model_path: Path, input_name: str, x: np.ndarray, method: str
                                 calibrate_method=ort_method(method), extra_options=_calibrator_options(method, symmetric))
         cal.collect_data(ArrayReader(input_name, x))
         data = cal.compute_data()
-    return json.loads(json.dumps(data.to_dict(), cls=CalibrationCacheEncoder))
+    # sorted: ORT collects tensor names in a set, whose order changes with each process's hash seed; so the same
+    # export writes the same calibration.json bytes in any process
+    return json.loads(json.dumps(data.to_dict(), cls=CalibrationCacheEncoder, sort_keys=True))
 
 
 def save_cache(path: Path, key: CalibKey, ranges: dict, rows: np.ndarray) -> None:

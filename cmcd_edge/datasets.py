@@ -345,6 +345,26 @@ def sample_labeled(train: np.ndarray, labels: np.ndarray, fraction: float, seed:
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
+class SplitRows:
+    """Rows ``rows`` of a (memory-mapped) view, read as float32 one slice at a time: what export and bench evaluate on.
+    ``rows[i:j]`` is a float32 array; ``len`` and ``shape`` are the split's. The runtime's batched helpers take it
+    where they take an array, so scoring a split of a view larger than RAM holds one batch, not the split."""
+
+    def __init__(self, arr: np.ndarray, rows: np.ndarray) -> None:
+        self.arr, self.rows = arr, np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), *arr.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError(f"SplitRows takes a slice, got {type(key).__name__}")
+        want = self.rows[key]
+        uniq, inverse = np.unique(want, return_inverse=True)  # ascending reads: the map's pages in file order
+        return np.asarray(self.arr[uniq], dtype=np.float32)[inverse]
+
+
 def norm_stats(arr: np.ndarray, rows: np.ndarray, kind: str, chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std from ``rows`` (the train split): per feature for vectors, per channel for sequences/images.
     Shapes broadcast against one sample: vector [D], sequence [C, 1], image [C, 1, 1]. Rows whose float64 copy would

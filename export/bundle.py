@@ -76,8 +76,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     splits = datasets.make_splits(ds, int(dcfg["seed"]), labeled_fraction=float(dcfg["labeled_fraction"]))
     x_all = ds.view(view)
     labels = np.asarray(ds.labels)
-    test = (np.asarray(x_all[splits.test], np.float32), labels[splits.test])
-    val = (np.asarray(x_all[splits.val], np.float32), labels[splits.val])
+    test = (datasets.SplitRows(x_all, splits.test), labels[splits.test])  # read a batch at a time
+    val = (datasets.SplitRows(x_all, splits.val), labels[splits.val])
     calib_size = check_size(min(512, len(splits.train)) if cfg.calib_size is None else cfg.calib_size, len(splits.train))
     target = "cpu" if cfg.target == "auto" else cfg.target
     preset = dataclasses.replace(quantize.preset_for(target), per_channel=cfg.per_channel)
@@ -140,7 +140,7 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
     train = splits.train
     emb = None
     if cfg.calib_select == "coverage":
-        emb = run_batched(make_session(fp32), np.asarray(x_all[train], np.float32), output="embedding")
+        emb = run_batched(make_session(fp32), datasets.SplitRows(x_all, train), output="embedding")
     rows = select_rows(train, calib_size, cfg.calib_select, labels=labels[train], embeddings=emb, seed=cfg.seed)
     key = calib_ranges.CalibKey(sha256_file(pre), ds.fingerprint(), cfg.calib_method, cfg.calib_select,
                                 calib_size, preset.symmetric, cfg.seed)

@@ -76,3 +76,23 @@ def test_cache_unreadable_says_recalibrate(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserError, match="unreadable calibration cache; pass --recalibrate"):
         load_cache(path, KEY)
+
+
+def test_ranges_bytes_do_not_depend_on_the_hash_seed(tmp_path):
+    """ORT names tensors through a set: calibration.json must not carry that order (it changed between processes)."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, save
+
+    names = ["x", *[f"t{i}" for i in range(8)]]  # a chain of 8 Relus: 9 tensors whose set order varies by hash seed
+    nodes = [helper.make_node("Relu", [a], [b]) for a, b in zip(names[:-1], names[1:], strict=True)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, ["batch", 3])])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    code = ("import json, sys, numpy as np; from cmcd_edge.calib.ranges import compute_ranges; "
+            "x = np.arange(24, dtype=np.float32).reshape(8, 3) - 9; "
+            "sys.stdout.write(json.dumps(compute_ranges(sys.argv[1], 'x', x, 'minmax')))")
+    outs = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                           check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2", "3")}
+    assert len(outs) == 1

@@ -150,3 +150,19 @@ def test_norm_stats_chunked_matches_one_pass(kind, shape):
     ref = arr[np.sort(rows)].astype(np.float64)
     axes = {"vector": (0,), "sequence": (0, 2), "image": (0, 2, 3)}[kind]
     np.testing.assert_allclose(s2, ref.std(axis=axes, keepdims=True)[0], rtol=1e-5)
+
+
+def test_split_rows_reads_float32_slices_of_the_split(tmp_path):
+    arr = (np.random.default_rng(2).random((40, 2, 3)) * 100).astype(np.uint8)
+    np.save(tmp_path / "v.npy", arr)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    rows = np.array([31, 4, 4, 17, 0, 39])  # any order, repeats allowed
+    lazy = datasets.SplitRows(mapped, rows)
+    assert len(lazy) == 6 and lazy.shape == (6, 2, 3)
+    want = arr[rows].astype(np.float32)
+    for key in (slice(None), slice(1, 4), slice(4, 100)):
+        got = lazy[key]
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want[key])
+    with pytest.raises(TypeError, match="takes a slice"):
+        lazy[3]
