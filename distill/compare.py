@@ -35,7 +35,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     ``key``): a killed compare rerun with another source, seed, teacher or data is refused, not given the old teacher."""
     ds = datasets.load(cfg.data)
     key = {"data": ds.fingerprint(), "source": cfg.source, "seed": cfg.seed, "teacher": cfg.teacher,
-           "teacher_epochs": cfg.teacher_epochs}
+           "teacher_epochs": cfg.teacher_epochs, "teacher_batch_size": cfg.teacher_batch_size}
     cached = TeacherOutputs.load(folder)
     if cached is not None:
         old = cached.info["key"] if "key" in cached.info else key  # none: cached before keys (benchmarks reuse those)
@@ -53,7 +53,8 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     if cfg.teacher == "train":
         ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped
         t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                          dist=engine.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload)
+                          dist=engine.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
+                          batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
     else:
         t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
     t.info["key"] = key

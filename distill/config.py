@@ -40,7 +40,8 @@ class DistillConfig:
     weight_decay: float = 1e-4
     patience: int = 25
     select_window: int = 5  # model selection: val accuracy averaged over this many epochs (odd; 1 = the epoch alone)
-    max_batch_bytes: int = 2 << 30  # refuse batches whose activations would not fit (clear advice instead of OOM)
+    teacher_batch_size: int = 128
+    max_batch_bytes: int | None = None  # refuse steps whose activations would pass this (None: half the free memory)
     preload: str = "auto"  # a view converted up front (always), read from its memory map per batch (never), or by size
     loss: LossParams = LossParams()
 
@@ -57,11 +58,14 @@ class DistillConfig:
             raise UserError(f"--labeled-fraction {self.labeled_fraction} is outside (0, 1]")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r}; valid: {', '.join(DEVICES)}")
+        if self.max_batch_bytes is not None and self.max_batch_bytes < 1:
+            raise UserError(f"max_batch_bytes must be >= 1 (or null: half the free memory), got {self.max_batch_bytes}")
         if self.preload not in PRELOAD:
             raise UserError(f"preload {self.preload!r}; valid: {', '.join(PRELOAD)}")
         if self.finetune not in FINETUNE:
             raise UserError(f"--finetune {self.finetune!r}; valid: {', '.join(FINETUNE)}")
-        for name in ("epochs", "teacher_epochs", "batch_size", "labeled_batch_size", "embed_dim", "patience"):
+        for name in ("epochs", "teacher_epochs", "batch_size", "labeled_batch_size", "teacher_batch_size", "embed_dim",
+                     "patience"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.select_window < 1 or self.select_window % 2 == 0:
@@ -98,10 +102,11 @@ class DistillConfig:
         return cls(**d)
 
     def training_key(self) -> dict:
-        """What must match for --resume to continue a run (everything but where it runs: device, preload)."""
+        """What must match for --resume to continue a run: all but where and how it runs (device, preload and the
+        memory guard, max_batch_bytes), which do not change what it trains."""
         d = self.to_json()
-        d.pop("device")
-        d.pop("preload")
+        for key in ("device", "preload", "max_batch_bytes"):
+            d.pop(key)
         return d
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmcd_edge.distill import students
+from cmcd_edge.distill.rows import available_bytes
 from cmcd_edge.errors import EnvironmentFailure, UserError
 from cmcd_edge.fsutil import write_bytes
 
@@ -326,9 +328,13 @@ class _Progress:
             self.bar.close()
 
 
-def check_batch_memory(batch_size: int, sample_numel: int, width: int, limit: int) -> None:
-    """Rough activation bytes of one batch: refuse sizes that would exhaust memory, with advice, instead of an OOM."""
-    est = batch_size * max(sample_numel, 1) * max(width, 1) * 4 * 6
-    if est > limit:
-        raise UserError(f"--batch-size {batch_size}: about {est / 2**30:.1f} GiB of activations per step, over the "
-                        f"{limit / 2**30:.1f} GiB limit; lower --batch-size (or raise max_batch_bytes in --config)")
+def check_batch_memory(spec: students.NetSpec, batch: int, limit: int | None, device: torch.device, what: str, advice: str) -> None:
+    """Refuse a training step whose activations (measured per row on ``spec``, :func:`students.train_bytes`) would
+    not fit ``limit`` bytes (None: half the memory available on ``device``): one line with advice, not an OOM."""
+    est = students.train_bytes(spec, batch)
+    cap = limit if limit is not None else available_bytes(device) // 2
+    if est > cap:
+        where = "max_batch_bytes" if limit is not None else f"half the memory available on {device.type}"
+        raise UserError(f"{what}: about {est / 2**30:.1f} GiB of activations per step "
+                        f"({students.train_bytes(spec, 1) / 2**20:.1f} MB a row), over the {cap / 2**30:.1f} GiB "
+                        f"limit ({where}); {advice} (or set max_batch_bytes in --config)")

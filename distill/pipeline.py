@@ -24,7 +24,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
-from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import remove_stale_temps, write_bytes, write_json, write_text
 
@@ -112,9 +112,12 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
         students.check_buildable(spec)
     except UserError as exc:
         raise UserError(f"--student {cfg.student} for --target {cfg.target}: {exc}") from exc
-    engine.check_batch_memory(cfg.batch_size + cfg.labeled_batch_size, int(np.prod(info.sample_shape)), spec.width,
-                              cfg.max_batch_bytes)
     device = engine.pick_device(cfg.device)
+    engine.check_batch_memory(spec, cfg.batch_size + cfg.labeled_batch_size, cfg.max_batch_bytes, device,
+                              f"--batch-size {cfg.batch_size} (+ {cfg.labeled_batch_size} labeled rows a step)",
+                              "lower --batch-size")
+    if teacher is None and cfg.teacher == "train":  # before any folder is made or a teacher trained
+        check_teacher_memory(ds, cfg.source, cfg.teacher_batch_size, cfg.max_batch_bytes, device)
     dist = engine.setup_distributed(device)
     external = None
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
@@ -140,7 +143,8 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if teacher is None:
         if cfg.teacher == "train":
             teacher = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                                    dist=dist, out=out, resume=ckpt_state, preload=cfg.preload)
+                                    dist=dist, out=out, resume=ckpt_state, preload=cfg.preload,
+                                    batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
         else:
             teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
         if out is not None and dist.main:
@@ -167,7 +171,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     if dist.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    eval_rows = students.eval_batch(student)
+    eval_rows = students.eval_batch(spec, device)
 
     def evaluate():
         return engine.accuracy_and_loss(engine.predict_logits(student, x, val, eval_rows), y[val])
@@ -251,7 +255,7 @@ def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, devic
 @torch.no_grad()
 def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate) -> dict:
     test = torch.as_tensor(splits.test, device=x.device)
-    b = students.eval_batch(student)
+    b = students.eval_batch(spec, x.device)
     logits = engine.predict_logits(student, x, test, b).cpu()
     yt = y[test].cpu()
     pred = logits.argmax(1).numpy()

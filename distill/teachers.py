@@ -63,9 +63,20 @@ def view_tensor(ds: Dataset, view: str, rows: np.ndarray | None = None) -> torch
     return torch.from_numpy(np.array(arr if rows is None else arr[rows], dtype=np.float32))
 
 
+def teacher_spec(ds: Dataset, source: str) -> students.NetSpec:
+    """The network ``--teacher train`` builds for the source view: wider and deeper than a student of its kind."""
+    info = ds.views[source]
+    return students.default_spec(info.kind, info.sample_shape, ds.n_classes, role="teacher")
+
+
+def check_teacher_memory(ds: Dataset, source: str, batch_size: int, limit: int | None, device: torch.device) -> None:
+    engine.check_batch_memory(teacher_spec(ds, source), batch_size, limit, device, f"teacher_batch_size {batch_size}",
+                              "lower teacher_batch_size in --config, or pass --teacher FILE")
+
+
 def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs: int, device: torch.device,
                   dist: engine.Dist, out: Path | None = None, resume: dict | None = None,
-                  preload: str = "auto") -> TeacherOutputs:
+                  preload: str = "auto", batch_size: int = 128, max_batch_bytes: int | None = None) -> TeacherOutputs:
     """A larger network of the source view's kind, trained on all labeled train rows of the source view.
 
     With ``out``, training writes ``out/checkpoint.pt`` every epoch (phase "teacher") and the weights to
@@ -78,17 +89,18 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     train = splits.train[labels[splits.train].numpy() >= 0]
     if train.size == 0:
         raise UserError(f"--source {source}: no labeled train rows to train a teacher on; pass --teacher FILE")
+    spec = teacher_spec(ds, source)
+    check_teacher_memory(ds, source, batch_size, max_batch_bytes, device)
     engine.seed_everything(seed)
-    spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, role="teacher")
     net = students.train_layout(students.build(spec))
     net.set_normalization(*norm_stats(ds.view(source), splits.train, info.kind))
     net.to(device)
     xd = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
     yd = labels.to(device)
-    batch = students.eval_batch(net)
+    batch = students.eval_batch(spec, device)
     tr = torch.as_tensor(train, device=device)
     val = torch.as_tensor(splits.val, device=device)
-    bs = 128
+    bs = batch_size
 
     def step(gen: torch.Generator):
         pick = tr[torch.randint(0, len(tr), (min(bs, len(tr)),), generator=gen).to(device)]

@@ -53,21 +53,44 @@ def test_predict_logits_rows_batched_equal_whole():
     assert torch.equal(engine.predict_logits(net, x, sel, batch=3), engine.predict_logits(net, x[sel], batch=3))
 
 
-@pytest.mark.parametrize("kind,shape,role,want", [("vector", (216,), "teacher", 1024), ("image", (3, 32, 32), "teacher", 1024),
-                                                  ("image", (3, 64, 64), "teacher", 512), ("image", (3, 224, 224), "teacher", 41)])
-def test_eval_batch_shrinks_for_large_activations(kind, shape, role, want):
-    net = students.build(students.default_spec(kind, shape, 10, role=role))
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    assert students.eval_batch(net) == want
-    assert net.training  # left as it was, statistics untouched
-    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
-    assert students.eval_batch(net, budget=1) == 1
+@pytest.mark.parametrize("kind,shape,role,cpu,cuda", [("vector", (216,), "teacher", 1024, 1024),
+                                                     ("sequence", (6, 128), "teacher", 512, 1024),
+                                                     ("image", (3, 64, 64), "student", 32, 1024),
+                                                     ("image", (3, 224, 224), "teacher", 16, 41)])
+def test_eval_batch_keeps_the_largest_activation_within_the_device_budget(kind, shape, role, cpu, cuda):
+    spec = students.default_spec(kind, shape, 10, role=role)
+    assert students.eval_batch(spec, CPU) == cpu
+    assert students.eval_batch(spec, torch.device("cuda")) == cuda
 
 
-def test_config_preload_validated_and_not_part_of_the_training_key():
+@pytest.mark.parametrize("kind,shape", [("vector", (216,)), ("sequence", (6, 128)), ("image", (3, 32, 32))])
+def test_inference_from_16_rows_on_does_not_depend_on_the_batch(kind, shape):
+    """Why a device-sized inference batch (never under 16 rows) cannot move a figure: every default network's
+    outputs are the same bits in batches of 16, 48, 64 or 320 rows; batches of 1-15 rows take other kernels."""
+    torch.manual_seed(0)
+    net = students.train_layout(students.build(students.default_spec(kind, shape, 10, role="teacher"))).eval()
+    x = torch.randn(320, *shape)
+    whole = engine.predict_logits(net, x, batch=1024)
+    for b in (16, 48, 64, students.eval_batch(net.spec, CPU)):
+        assert torch.equal(whole, engine.predict_logits(net, x, batch=b)), b
+
+
+def test_activations_measured_without_moving_the_random_state():
+    spec = students.default_spec("image", (3, 64, 64), 10, role="teacher")
+    state = torch.random.get_rng_state()
+    students.activations.cache_clear()
+    act = students.activations(spec)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert act.largest == 128 * 32 * 32  # the first block's expansion at 32x32 (stem stride 2)
+    assert 6 << 20 < 4 * act.total < 7 << 20  # 6.5 MB a row, as BENCHMARKS.md measured
+
+
+def test_config_preload_and_memory_guard_validated_and_not_part_of_the_training_key():
     with pytest.raises(UserError, match="preload 'yes'"):
         DistillConfig(data="builtin:mfeat", source="fac", target="zer", preload="yes")
-    a = DistillConfig(data="builtin:mfeat", source="fac", target="zer", preload="never")
+    with pytest.raises(UserError, match="max_batch_bytes must be >= 1"):
+        DistillConfig(data="builtin:mfeat", source="fac", target="zer", max_batch_bytes=0)
+    a = DistillConfig(data="builtin:mfeat", source="fac", target="zer", preload="never", max_batch_bytes=1 << 30)
     assert a.training_key() == DistillConfig(data="builtin:mfeat", source="fac", target="zer").training_key()
 
 
@@ -85,3 +108,14 @@ def test_distill_streamed_is_bit_identical_to_preloaded(tmp_path):
     a, b = states["always"], states["never"]
     assert a[1] == b[1] and a[2] == b[2]
     assert all(torch.equal(v, b[0][k]) for k, v in a[0].items())
+
+
+def test_batch_memory_check_measures_the_network_and_scales_with_the_machine(monkeypatch):
+    spec = students.default_spec("image", (3, 64, 64), 10)  # a camera-sized student: 3.0 MB a row
+    engine.check_batch_memory(spec, 192, None, CPU, "--batch-size 128", "lower --batch-size")  # was refused at 3.4 GiB
+    with pytest.raises(UserError, match=r"^--batch-size 128: about 0\.8 GiB of activations per step \(4\.4 MB a row\), "
+                                        r"over the 0\.5 GiB limit \(max_batch_bytes\); lower --batch-size"):
+        engine.check_batch_memory(spec, 192, 1 << 29, CPU, "--batch-size 128", "lower --batch-size")
+    monkeypatch.setattr(engine, "available_bytes", lambda device: 1 << 30)
+    with pytest.raises(UserError, match=r"half the memory available on cpu"):
+        engine.check_batch_memory(spec, 192, None, CPU, "--batch-size 128", "lower --batch-size")
