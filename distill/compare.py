@@ -4,6 +4,7 @@ method; a killed compare resumes (finished runs are kept). Writes results.json a
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -31,21 +32,26 @@ def _stats(values: list[float]) -> dict:
 
 
 def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
-    """The seed's teacher, trained (or loaded) once and cached in ``folder`` with the settings that made it (its
-    ``key``): a killed compare rerun with another source, seed, teacher or data is refused, not given the old teacher."""
+    """The seed's teacher, trained (or loaded) once and cached in ``folder``. ``folder/teacher_key.json``, written
+    before training starts, holds the settings that make it: a killed compare rerun with another source, seed, teacher
+    or data is refused, whether the teacher had finished or left a checkpoint (was: silently reused, or a checkpoint
+    of another network loaded)."""
     ds = datasets.load(cfg.data)
     key = {"data": ds.fingerprint(), "source": cfg.source, "seed": cfg.seed, "teacher": cfg.teacher,
            "teacher_epochs": cfg.teacher_epochs, "teacher_batch_size": cfg.teacher_batch_size}
-    cached = TeacherOutputs.load(folder)
-    if cached is not None:
-        old = cached.info["key"] if "key" in cached.info else key  # none: cached before keys (benchmarks reuse those)
+    key_file = folder / "teacher_key.json"
+    if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
+        old = json.loads(key_file.read_text())
         if old != key:
             diff = ", ".join(f"{k}: cached {old[k] if k in old else None!r} vs now {v!r}" for k, v in key.items()
                              if k not in old or old[k] != v)
             raise UserError(f"{folder}: this cached teacher was made with other settings ({diff[:300]}); "
                             "pass --force to recompute, or use a new --out")
+    cached = TeacherOutputs.load(folder)
+    if cached is not None:
         return cached
     folder.mkdir(parents=True, exist_ok=True)
+    write_json(key_file, key)
     cfg.check_against(ds)
     datasets.validate(ds, [cfg.source])
     splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
@@ -57,7 +63,6 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
                           batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
     else:
         t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
-    t.info["key"] = key
     t.save(folder)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # the cached outputs supersede it
     return t
@@ -193,8 +198,6 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     """The metrics of a run a killed compare already finished, if it was made with this very config (a run left from
     another config, e.g. before the default recipe changed, or by a version whose metrics lack a figure compare
     reports, is trained again)."""
-    import json
-
     path, run_json = run_dir / "metrics.json", run_dir / "run.json"
     if not (path.exists() and run_json.exists()):
         return None

@@ -175,17 +175,19 @@ def test_compare_resume_refuses_a_cached_teacher_made_with_other_settings(base, 
     with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_epochs: "
                                         r"cached 2 vs now 3\); pass --force"):
         run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
+    for f in (out / "teachers" / "seed0").glob("teacher_outputs.*"):  # as if killed while the teacher trained
+        f.unlink()
+    with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_epochs: "):
+        run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
 
 
 def test_compare_resume_keeps_runs_from_another_preload_and_teachers_cached_before_keys(base, tmp_path):
     out = tmp_path / "cmp"
     run_compare(base, ["supervised"], 1, out, upper_bound=False)
     (out / "results.json").unlink()
-    meta = out / "teachers" / "seed0" / "teacher_outputs.json"
-    info = json.loads(meta.read_text())
-    assert info["key"]["teacher_epochs"] == 2 and len(info["key"]["data"]) == 64
-    del info["key"]  # as cached by an older version
-    meta.write_text(json.dumps(info))
+    key = out / "teachers" / "seed0" / "teacher_key.json"
+    assert json.loads(key.read_text())["teacher_epochs"] == 2 and len(json.loads(key.read_text())["data"]) == 64
+    key.unlink()  # as cached by an older version
     sup = out / "runs" / "supervised-s0" / "metrics.json"
     mtime = sup.stat().st_mtime_ns
     run_compare(dataclasses.replace(base, preload="never"), ["supervised"], 1, out, upper_bound=False)
