@@ -360,9 +360,14 @@ class SplitRows:
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice):
             raise TypeError(f"SplitRows takes a slice, got {type(key).__name__}")
-        want = self.rows[key]
-        uniq, inverse = np.unique(want, return_inverse=True)  # ascending reads: the map's pages in file order
-        return np.asarray(self.arr[uniq], dtype=np.float32)[inverse]
+        return read_rows(self.arr, self.rows[key])
+
+
+def read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``arr[rows]`` as float32, each distinct row read once and in ascending order (a memory map's pages in file
+    order); ``rows`` may repeat and come in any order."""
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    return np.asarray(arr[uniq], dtype=np.float32)[inverse]
 
 
 def norm_stats(arr: np.ndarray, rows: np.ndarray, kind: str, chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:

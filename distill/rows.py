@@ -14,6 +14,7 @@ import os
 import numpy as np
 import torch
 
+from cmcd_edge.datasets import read_rows
 from cmcd_edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,6 @@ class ViewRows:
     def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
         if self._full is not None:
             return self._full[idx]
-        if isinstance(idx, slice):
-            return self._to_device(self._arr[idx])
-        want = idx.cpu().numpy()
-        uniq, inverse = np.unique(want, return_inverse=True)  # ascending reads: the map's pages in file order
-        return self._to_device(np.asarray(self._arr[uniq])[inverse])
-
-    def _to_device(self, block: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(block, dtype=np.float32)).to(self.device)
+        block = np.array(self._arr[idx], dtype=np.float32) if isinstance(idx, slice) else \
+            read_rows(self._arr, idx.cpu().numpy())  # a fresh, writable float32 array either way
+        return torch.from_numpy(block).to(self.device)
