@@ -101,16 +101,27 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
+def row_batches(n: int, batch: int) -> list[slice]:
+    """Slices of ``batch`` rows over ``n`` rows; a last one under :data:`students.MIN_EVAL_ROWS` rows joins the one
+    before, so no row is computed in a batch small enough to take other kernels (its bits would depend on ``batch``)."""
+    starts = list(range(0, n, batch))
+    if len(starts) > 1 and n - starts[-1] < students.MIN_EVAL_ROWS:
+        starts.pop()
+    ends = [*starts[1:], n] if starts else []
+    return [slice(a, b) for a, b in zip(starts, ends, strict=True)]
+
+
 @torch.no_grad()
 def predict_logits(net: nn.Module, x, rows: torch.Tensor | None = None, batch: int = 1024) -> torch.Tensor:
-    """Logits of ``x[rows]`` (all of ``x`` without ``rows``), ``batch`` rows at a time: ``x`` is a tensor or a
-    :class:`~cmcd_edge.distill.rows.ViewRows`, which then reads one batch at a time, never the whole split."""
+    """Logits of ``x[rows]`` (all of ``x`` without ``rows``), ``batch`` rows at a time (:func:`row_batches`): ``x``
+    is a tensor or a :class:`~cmcd_edge.distill.rows.ViewRows`, which then reads one batch at a time, never the whole
+    split."""
     was = net.training
     net.eval()
     if rows is None:
-        out = torch.cat([net(x[i:i + batch]).float() for i in range(0, x.shape[0], batch)])
+        out = torch.cat([net(x[s]).float() for s in row_batches(x.shape[0], batch)])
     else:
-        out = torch.cat([net(x[rows[i:i + batch]]).float() for i in range(0, len(rows), batch)])
+        out = torch.cat([net(x[rows[s]]).float() for s in row_batches(len(rows), batch)])
     net.train(was)
     return out
 

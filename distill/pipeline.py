@@ -261,7 +261,7 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate
     pred = logits.argmax(1).numpy()
     val_acc, _ = evaluate()  # the kept model on val, as model selection scored it
     student.eval()
-    s_emb = torch.cat([student.embed(x[i:i + b]).float().cpu() for i in range(0, x.shape[0], b)]).numpy()
+    s_emb = torch.cat([student.embed(x[s]).float().cpu() for s in engine.row_batches(x.shape[0], b)]).numpy()
     gap = modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test, seed=cfg.seed)
     size = students.measure(student.cpu(), spec.in_shape)
     student.to(x.device)

@@ -19,6 +19,7 @@ from cmcd_edge.registry import Registry, check_keys
 ARCH_FOR_KIND = {"vector": "mlp", "sequence": "cnn1d", "image": "cnn2d"}
 EVAL_BYTES = {"cpu": 8 << 20, "cuda": 256 << 20}  # the largest activation of one inference batch, float32
 TRAIN_FACTOR = 1.5  # a training step's memory over its forward activations
+MIN_EVAL_ROWS = 16  # from 16 rows a batch on, a row's outputs are the same bits in any batch (smaller: other kernels)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def eval_batch(spec: NetSpec, device: torch.device) -> int:
     do not depend on the batch, bit for bit, on every default network (batches of 1-15 take other CPU kernels), so
     this moves speed and memory, not figures."""
     budget = EVAL_BYTES[device.type] if device.type in EVAL_BYTES else EVAL_BYTES["cuda"]
-    return max(16, min(1024, budget // (4 * activations(spec).largest)))
+    return max(MIN_EVAL_ROWS, min(1024, budget // (4 * activations(spec).largest)))
 
 
 def train_bytes(spec: NetSpec, batch: int) -> int:

@@ -131,8 +131,8 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
 def _outputs(net: nn.Module, x: ViewRows, y: torch.Tensor | None, splits: Splits, batch: int,
              info: dict) -> TeacherOutputs:
     embs, logits = [], []
-    for i in range(0, x.shape[0], batch):
-        lo, e = net.forward_both(x[i:i + batch])
+    for s in engine.row_batches(x.shape[0], batch):
+        lo, e = net.forward_both(x[s])
         embs.append(e.float().cpu())
         logits.append(lo.float().cpu())
     lo = torch.cat(logits)
@@ -177,8 +177,8 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     embs, logits = [], []
     batch = max(1, min(512, EXTERNAL_BATCH_BYTES // (4 * int(np.prod(x.shape[1:])))))
     with torch.no_grad():
-        for i in range(0, n, batch):
-            lo, e = net.forward_both(x[i:i + batch])
+        for s in engine.row_batches(n, batch):
+            lo, e = net.forward_both(x[s])
             embs.append(e.float().cpu())
             if lo is not None:
                 logits.append(lo.float().cpu())

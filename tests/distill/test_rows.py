@@ -71,8 +71,16 @@ def test_inference_from_16_rows_on_does_not_depend_on_the_batch(kind, shape):
     net = students.train_layout(students.build(students.default_spec(kind, shape, 10, role="teacher"))).eval()
     x = torch.randn(320, *shape)
     whole = engine.predict_logits(net, x, batch=1024)
-    for b in (16, 48, 64, students.eval_batch(net.spec, CPU)):
+    for b in (16, 48, 64, 77, 316, students.eval_batch(net.spec, CPU)):  # 77, 316: remainders of 12 and 4 rows
         assert torch.equal(whole, engine.predict_logits(net, x, batch=b)), b
+
+
+def test_row_batches_fold_a_small_remainder_into_the_batch_before():
+    assert engine.row_batches(320, 64) == [slice(0, 64), slice(64, 128), slice(128, 192), slice(192, 256), slice(256, 320)]
+    assert engine.row_batches(320, 77) == [slice(0, 77), slice(77, 154), slice(154, 231), slice(231, 320)]  # 12 rows left
+    assert engine.row_batches(2000, 1024) == [slice(0, 1024), slice(1024, 2000)]
+    assert engine.row_batches(10, 1024) == [slice(0, 10)]  # fewer rows than the floor: one batch
+    assert engine.row_batches(0, 64) == []
 
 
 def test_activations_measured_without_moving_the_random_state():
