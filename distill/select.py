@@ -21,7 +21,7 @@ from cmcd_edge import datasets
 from cmcd_edge.distill import engine, mi
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
-from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher, view_tensor
+from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
 from cmcd_edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _student_embedding(cfg: DistillConfig, ds, rows: np.ndarray) -> np.ndarray:
     del res
     net = captured["student"].cpu().eval()
     with torch.no_grad():
-        return net.embed(view_tensor(ds, cfg.target, rows)).numpy()
+        return net.embed(torch.from_numpy(datasets.read_rows(ds.view(cfg.target), rows))).numpy()
 
 
 def table(result: dict) -> str:

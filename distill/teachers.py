@@ -58,11 +58,6 @@ class TeacherOutputs:
         return cls(emb, tensors["logits"] if "logits" in tensors else None, acc, info)
 
 
-def view_tensor(ds: Dataset, view: str, rows: np.ndarray | None = None) -> torch.Tensor:
-    arr = ds.view(view)
-    return torch.from_numpy(np.array(arr if rows is None else arr[rows], dtype=np.float32))
-
-
 def teacher_spec(ds: Dataset, source: str) -> students.NetSpec:
     """The network ``--teacher train`` builds for the source view: wider and deeper than a student of its kind."""
     info = ds.views[source]
