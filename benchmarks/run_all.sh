@@ -49,3 +49,7 @@ done
 # issue 6: latency suite (INT8 vs FP32 vs torch) and the Predictor's overhead
 t latency-suite $B/python benchmarks/latency_suite.py --out $R/latency_suite.json > $R/latency_suite.txt
 $B/cmcd-edge -q bench $R/bundle-zer-per-channel --batch 1,8 --out $R/bench-zer.json > $R/bench-zer.txt
+# session 10: a source view larger than memory (40k x 3x64x64 camera rows; preloaded vs read per batch) and the
+# inference batch per network on the CPU
+t stream-memory $B/python benchmarks/stream_memory.py --work /tmp/cmcd-stream --out $R/stream_memory.json > $R/stream_memory.txt
+t eval-batch-speed $B/python benchmarks/eval_batch_speed.py --out $R/eval_batch_speed.json > $R/eval_batch_speed.txt

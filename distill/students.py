@@ -122,7 +122,7 @@ def activations(spec: NetSpec) -> Activations:
 def eval_batch(spec: NetSpec, device: torch.device) -> int:
     """Rows per inference batch (evaluation, cached embeddings): at most 1024, fewer where the network's largest
     activation of a batch would pass the device's budget. On the CPU that is 8 MB: batches that stay in cache run
-    2-3x faster than 1024 rows of a conv net (3x64x64 student: 2,111 rows/s at 32 rows against 684 at 1024; the
+    2-8x faster than 1024 rows of a conv net (3x64x64 student: 3,648 rows/s at 32 rows against 482 at 1024; the
     6x128 and mfeat networks keep 512-1024); on CUDA 256 MB. Never under 16 rows: from 16 rows on, a row's outputs
     do not depend on the batch, bit for bit, on every default network (batches of 1-15 take other CPU kernels), so
     this moves speed and memory, not figures."""
