@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -108,12 +109,26 @@ def main(debug: bool, quiet: bool) -> None:
     Pipeline:  select-teacher -> distill -> export --int8 -> predict / bench
     Try:       cmcd-edge demo
     """
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    level = logging.DEBUG if debug else logging.WARNING if quiet or not _main_rank() else logging.INFO
     # our INFO lines only; libraries (onnxscript, onnxruntime's quantizer, torch) stay at WARNING unless --debug
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LevelPrefix())
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     log.setLevel(level)
+
+
+def _main_rank() -> bool:
+    """False in torchrun's ranks other than 0: they train alongside rank 0 but only rank 0 reports progress and
+    results (each line came once per rank), so theirs show warnings and errors only."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _single_process(what: str, instead: str) -> None:
+    """Refuse ``what`` under torchrun (WORLD_SIZE > 1): it trains one network after another, each rank on its own,
+    writing into the same folder."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        raise UserError(f"{what} does not run under torchrun (WORLD_SIZE={world}); {instead}")
 
 
 class _LevelPrefix(logging.Formatter):
@@ -187,12 +202,16 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
 
     ranking = None
     if source == "auto":
+        _single_process("--source auto", "run `cmcd-edge select-teacher` once without torchrun and pass its pick as "
+                        "--source")
         from cmcd_edge.distill.select import best_source
 
         source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"], device=kw["device"])
         click.echo(f"--source auto: {source} (top of the CCH ranking)")
     cfg = _make_config(kw.pop("method"), source=source, **kw)
     res = run_distill(cfg, Path(out), resume=resume, force=force, ranking=ranking)
+    if not _main_rank():
+        return
     m = res.metrics
     # the pipeline logged the recipe as training began; under -q that line was hidden, so the summary carries it
     recipe = "" if logging.getLogger("cmcd_edge.distill.pipeline").isEnabledFor(logging.INFO) else f"{m['recipe']}\n"
@@ -221,6 +240,8 @@ def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, 
 
     Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
     """
+    _single_process("compare", "launch it as a plain command (its runs are small and run one after another); "
+                    "torchrun is for one large `distill`")
     _require("torch", "train")
     from cmcd_edge.distill.compare import results_markdown, run_compare
 
@@ -253,6 +274,7 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
 
     Example: cmcd-edge select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor
     """
+    _single_process("select-teacher", "launch it as a plain command")
     _require("torch", "train")
     from cmcd_edge.distill.select import rank_teachers, table
 
@@ -420,6 +442,7 @@ def demo(out: str, quick: bool) -> None:
 
     Example: cmcd-edge demo --out demo-out
     """
+    _single_process("demo", "launch it as a plain command")
     import shutil
 
     from cmcd_edge import datasets

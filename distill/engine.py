@@ -63,6 +63,30 @@ def barrier(dist: Dist) -> None:
         tdist.barrier()
 
 
+def agree_before_eval(model: nn.Module, dist: Dist) -> None:
+    """Give every rank rank 0's buffers before an evaluation. DDP broadcasts them only at the start of a forward, so
+    after an epoch each rank's BatchNorm statistics come from its own shard of the last step: the ranks then scored
+    different models, picked different epochs and stopped early at different epochs (one rank left, the other's next
+    step failed: "Connection closed by peer")."""
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        for b in model.buffers():
+            tdist.broadcast(b, 0)
+
+
+def rank0_figures(dist: Dist, device: torch.device, *values: float) -> tuple[float, ...]:
+    """Rank 0's figures on every rank, so every rank takes the same model-selection and early-stopping decisions even
+    where a GPU's kernels are not bit-reproducible across ranks."""
+    if dist.world == 1:
+        return values
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.broadcast(t, 0)
+    return tuple(t.tolist())
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise EnvironmentFailure("--device cuda: no CUDA GPU is visible to torch (use --device cpu or auto)")
@@ -248,8 +272,14 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     scaler = grad_scaler(params[0].device)
     history: list[dict] = []
     select, start, offset = BestOnVal(spec.select_window), 0, 0
+    device = params[0].device
+
+    def scored() -> tuple[float, float]:
+        agree_before_eval(model, dist)
+        return rank0_figures(dist, device, *evaluate())
+
     if start_state is not None:
-        select.add(*evaluate(), start_state)
+        select.add(*scored(), start_state)
         offset = 1
     if resume is not None and resume.get("phase") == spec.name:
         if "select" not in resume:
@@ -285,7 +315,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
                 sums[k] = sums.get(k, 0.0) + v
         train_s += time.perf_counter() - t0
         steps += spec.steps_per_epoch
-        acc, vloss = evaluate()
+        acc, vloss = scored()
         row = {"phase": spec.name, "epoch": epoch + 1, **{k: round(v / spec.steps_per_epoch, 5) for k, v in sums.items()},
                "val_acc": round(acc, 5), "val_loss": round(vloss, 5), "lr": opt.param_groups[0]["lr"]}
         history.append(row)

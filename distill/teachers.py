@@ -90,6 +90,9 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     net = students.train_layout(students.build(spec))
     net.set_normalization(*norm_stats(ds.view(source), splits.train, info.kind))
     net.to(device)
+    wrapped = net  # under torchrun each rank takes its share of every batch and DDP averages the gradients
+    if dist.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     xd = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
     yd = labels.to(device)
     batch = students.eval_batch(spec, device)
@@ -98,9 +101,9 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     bs = batch_size
 
     def step(gen: torch.Generator):
-        pick = tr[torch.randint(0, len(tr), (min(bs, len(tr)),), generator=gen).to(device)]
+        pick = tr[torch.randint(0, len(tr), (min(bs, len(tr)),), generator=gen).to(device)][dist.rank::dist.world]
         with engine.autocast(device):
-            return F.cross_entropy(net(xd[pick]), yd[pick]), {}
+            return F.cross_entropy(wrapped(xd[pick]), yd[pick]), {}
 
     def evaluate():
         return engine.accuracy_and_loss(engine.predict_logits(net, xd, val, batch), yd[val])

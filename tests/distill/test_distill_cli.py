@@ -296,6 +296,8 @@ def test_torchrun_two_processes_on_cpu(toy, tmp_path, fast_cfg):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.25
+    # rank 0 alone reports (each line came once per rank)
+    assert res.stdout.count("test top-1") == 1 and res.stderr.count("distill: epoch") == 1, res.stdout + res.stderr
 
 
 def test_torchrun_kill9_then_resume_continues_every_rank(toy, tmp_path, kill_cfg):

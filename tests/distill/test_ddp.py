@@ -1,0 +1,110 @@
+"""DDP (torchrun) in-process: two gloo ranks spawned by the test run the engine and the teacher as torchrun's ranks
+would, and report what each rank saw. The CLI end to end under torchrun is in test_distill_cli.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+from torch import nn
+
+from cmcd_edge.distill import engine
+from tests.helpers import assert_one_line_error, synthetic_paired
+
+WORLD = 2
+
+
+def _spawn(fn, tmp_path, *args) -> list[dict]:
+    """Run ``fn(dist, tmp_path, *args)`` on 2 gloo ranks (1 thread each, as torchrun sets); each returns a JSON-able
+    report, written by its rank to tmp_path/rankN.json."""
+    mp.spawn(_rank_main, args=(fn, str(tmp_path), args), nprocs=WORLD, join=True)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+def _rank_main(rank: int, fn, tmp: str, args) -> None:
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
+    try:
+        report = fn(engine.Dist(rank, WORLD), Path(tmp), *args)
+        (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(report))
+    finally:
+        tdist.destroy_process_group()
+
+
+def _bn_phase(dist: engine.Dist, tmp, patience: int) -> dict:
+    """A BatchNorm net trained with DDP on each rank's share of a batch, as distill's step does."""
+    torch.manual_seed(0)
+    x, y = torch.randn(512, 8), torch.randint(0, 3, (512,))
+    x[:, 0] += y * 1.5
+    net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    ddp = nn.parallel.DistributedDataParallel(net)
+    train, val = torch.arange(0, 384), torch.arange(384, 512)
+
+    def step(gen):
+        pick = train[torch.randperm(len(train), generator=gen)[:64]][dist.rank::dist.world]
+        return nn.functional.cross_entropy(ddp(x[pick]), y[pick]), {}
+
+    def evaluate():
+        return engine.accuracy_and_loss(engine.predict_logits(net, x, val), y[val])
+
+    spec = engine.PhaseSpec("distill", 30, 3e-2, 0.0, patience, 4, 0, 1)
+    res = engine.run_phase(spec, net, step, evaluate, engine.Checkpoint(None), dist)
+    return {"history": [(r["val_acc"], r["val_loss"]) for r in res.history],
+            "state": {k: v.tolist() for k, v in res.best_state.items()}}
+
+
+def test_run_phase_ranks_score_select_and_stop_alike(tmp_path):
+    """Each rank's BatchNorm statistics came from its own shard of the last step, so the ranks scored different
+    models: they selected different epochs and could stop early at different epochs (the rank left behind then failed
+    with "Connection closed by peer"). Every rank now scores rank 0's model and takes rank 0's figures."""
+    rank0, rank1 = _spawn(_bn_phase, tmp_path, 3)
+    assert len(rank0["history"]) == len(rank1["history"])  # stopped at the same epoch
+    assert rank0["history"] == rank1["history"]
+    assert rank0["state"] == rank1["state"]  # the same selected weights and BatchNorm statistics
+
+
+def _teacher(dist: engine.Dist, tmp, data: str) -> dict:
+    from cmcd_edge import datasets
+    from cmcd_edge.distill import students, teachers
+
+    seen: list[int] = []
+    layout = students.train_layout
+
+    def counting(net):  # instrumentation only: the rows of every training forward
+        net = layout(net)
+        net.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]) if m.training else None)
+        return net
+
+    students.train_layout = counting
+    ds = datasets.load(data)
+    splits = datasets.make_splits(ds, 0, labeled_fraction=0.5)
+    out = tmp / "teacher" if dist.main else None
+    t = teachers.train_teacher(ds, "src", splits, seed=0, epochs=3, device=torch.device("cpu"), dist=dist, out=out,
+                               batch_size=64)
+    return {"rows_per_step": sorted(set(seen)), "steps": len(seen), "emb": t.emb[:20].tolist(),
+            "test_accuracy": t.test_accuracy}
+
+
+def test_teacher_under_ddp_trains_each_rank_on_its_share_and_agrees(tmp_path):
+    """The built-in teacher was trained whole by every rank (N ranks, no speed-up); each now takes half of a batch."""
+    ds = synthetic_paired(tmp_path / "ds", n=400)
+    rank0, rank1 = _spawn(_teacher, tmp_path, str(ds.root))
+    assert rank0["rows_per_step"] == rank1["rows_per_step"] == [32]  # 64-row batches, 32 rows a rank
+    assert rank0["steps"] == rank1["steps"] > 0
+    assert rank0["emb"] == rank1["emb"] and rank0["test_accuracy"] == rank1["test_accuracy"]
+    assert (tmp_path / "teacher" / "teacher.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv", [["compare", "--data", "builtin:mfeat", "--source", "fac", "--target", "fou"],
+                                  ["select-teacher", "--data", "builtin:mfeat", "--target", "fou"],
+                                  ["distill", "--data", "builtin:mfeat", "--source", "auto", "--target", "fou"],
+                                  ["demo"]])
+def test_commands_that_train_one_network_after_another_refuse_torchrun(argv, tmp_path, cli):
+    res = cli(*argv, "--out", str(tmp_path / "out"), env={"WORLD_SIZE": "2"})
+    assert_one_line_error(res, 2, "does not run under torchrun (WORLD_SIZE=2)")
+    assert not (tmp_path / "out").exists()
