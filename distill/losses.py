@@ -17,6 +17,25 @@ from cmcd_edge.errors import UserError
 from cmcd_edge.registry import Registry, check_choice
 
 
+def all_ranks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` of every rank, concatenated in rank order (``x`` itself outside torchrun): a memory bank or queue takes a
+    whole step's rows. Under DDP a rank sees only its share of the batch, and DDP's buffer broadcast (rank 0's, at
+    every forward) dropped the updates the other ranks made."""
+    import torch.distributed as tdist
+
+    if not tdist.is_available() or not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.empty_like(n) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(sizes, n)
+    rows = [int(r) for r in sizes]
+    pad = x.new_zeros((max(rows), *x.shape[1:]))
+    pad[: x.shape[0]] = x
+    parts = [torch.empty_like(pad) for _ in rows]
+    tdist.all_gather(parts, pad.contiguous())
+    return torch.cat([part[:r] for part, r in zip(parts, rows, strict=True)])
+
+
 @dataclass
 class Pair:
     s_emb: torch.Tensor  # (B, E)   student embedding of the target view
@@ -103,7 +122,7 @@ class CMD(nn.Module):
         p_t = F.softmax(t @ anchors.T / self.tau_t, dim=1)
         log_p_s = F.log_softmax(s @ anchors.T / self.tau_s, dim=1)
         if self.training and self.queue.shape[0]:
-            self._enqueue(t.detach())
+            self._enqueue(all_ranks(t.detach()))
         return -(p_t * log_p_s).sum(dim=1).mean()
 
     @torch.no_grad()
@@ -231,8 +250,10 @@ class CRD(nn.Module):
         loss = self._nce(t, self.bank_s, b.idx, 0) + self._nce(s, self.bank_t, b.idx, 1)
         if self.training:
             with torch.no_grad():
+                idx = all_ranks(b.idx)
                 for bank, new in ((self.bank_s, s), (self.bank_t, t)):
-                    bank[b.idx] = F.normalize(bank[b.idx] * self.momentum + new.detach() * (1 - self.momentum), dim=1)
+                    bank[idx] = F.normalize(bank[idx] * self.momentum + all_ranks(new.detach()) * (1 - self.momentum),
+                                            dim=1)
         return loss
 
 

@@ -108,3 +108,33 @@ def test_commands_that_train_one_network_after_another_refuse_torchrun(argv, tmp
     res = cli(*argv, "--out", str(tmp_path / "out"), env={"WORLD_SIZE": "2"})
     assert_one_line_error(res, 2, "does not run under torchrun (WORLD_SIZE=2)")
     assert not (tmp_path / "out").exists()
+
+
+def _banks(dist: engine.Dist, tmp) -> dict:
+    """One training step of CMD and CRD on this rank's share of a 64-row batch (strided, as distill shards)."""
+    from cmcd_edge.distill.losses import CMD, CRD, LossDims, LossParams, Pair
+
+    torch.manual_seed(0)
+    dims, params = LossDims(6, 5, 3, 100), LossParams(queue_size=128, crd_negatives=8)
+    cmd, crd = CMD(dims, params), CRD(dims, params)
+    full = torch.randperm(100)[:64]
+    s, t = torch.randn(100, 6), torch.randn(100, 5)
+    pick = full[dist.rank::dist.world] if dist.world > 1 else full
+    b = Pair(s[pick], torch.zeros(len(pick), 3), t[pick], None, pick, torch.zeros(0, 3), torch.zeros(0))
+    with torch.no_grad():
+        cmd(b), crd(b)
+    return {"queue": cmd.queue[: int(cmd.filled)].tolist(), "bank_s": crd.bank_s.tolist(), "bank_t": crd.bank_t.tolist()}
+
+
+def test_queue_and_memory_bank_take_every_ranks_rows(tmp_path):
+    """Under DDP each rank updated CMD's queue and CRD's banks with its own share only, and DDP's buffer broadcast
+    (rank 0's, at every forward) then dropped the other ranks' updates: half of each step's rows never reached them.
+    After a 2-rank step both ranks hold what one process holds after the whole batch."""
+    rank0, rank1 = _spawn(_banks, tmp_path)
+    alone = _banks(engine.Dist(), tmp_path)
+    assert rank0 == rank1
+    assert len(rank0["queue"]) == 64
+    # the same rows (in rank order)
+    assert torch.allclose(torch.tensor(sorted(rank0["queue"])), torch.tensor(sorted(alone["queue"])), atol=1e-6)
+    for bank in ("bank_s", "bank_t"):
+        assert torch.allclose(torch.tensor(rank0[bank]), torch.tensor(alone[bank]), atol=1e-6)
