@@ -53,3 +53,8 @@ $B/cmcd-edge -q bench $R/bundle-zer-per-channel --batch 1,8 --out $R/bench-zer.j
 # inference batch per network on the CPU
 t stream-memory $B/python benchmarks/stream_memory.py --work /tmp/cmcd-stream --out $R/stream_memory.json > $R/stream_memory.txt
 t eval-batch-speed $B/python benchmarks/eval_batch_speed.py --out $R/eval_batch_speed.json > $R/eval_batch_speed.txt
+# session 11: the built-in teacher under torchrun (DDP) against one process, for this code and for the code before
+# (a worktree of 6896904)
+test -d /tmp/cmcd-base-6896904 || git worktree add -f /tmp/cmcd-base-6896904 6896904
+t ddp-teacher $B/python benchmarks/ddp_teacher.py --baseline /tmp/cmcd-base-6896904 --out $R/ddp_teacher.json \
+  > $R/ddp_teacher.txt
