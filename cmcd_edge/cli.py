@@ -3,99 +3,19 @@ so `cmcd-edge --help` and the device-side commands start fast and work without t
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-import traceback
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
 
 from cmcd_edge import __version__
+from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, require, single_process
 from cmcd_edge.cli_data import data, info_table
-from cmcd_edge.errors import CmcdError, UserError
+from cmcd_edge.errors import UserError
 
 log = logging.getLogger("cmcd_edge")
-
-
-class CmcdClickError(click.ClickException):
-    """A domain error as one line on stderr, with the error's own exit code (2 user mistake, 1 environment)."""
-
-    def __init__(self, exc: CmcdError) -> None:
-        super().__init__(str(exc))
-        self.exit_code = exc.exit_code
-
-
-class Group(click.Group):
-    """Turns CmcdError (and, without --debug, any unexpected error) into a one-line message and an exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        debug = "--debug" in sys.argv[1:]
-        try:
-            return super().invoke(ctx)
-        except CmcdError as exc:
-            if debug:
-                traceback.print_exc()
-            raise CmcdClickError(exc) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
-            raise
-        except MemoryError:
-            raise click.ClickException("out of memory: lower --batch-size or the data size") from None
-        except Exception as exc:  # noqa: BLE001  (last resort: never a traceback unless --debug)
-            if debug:
-                raise
-            disk = _disk_error(exc)
-            if disk is not None:  # raised inside a library (torch, onnx) that wrapped the OSError
-                raise click.ClickException(disk) from None
-            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)") from None
-
-
-def _disk_error(exc: BaseException) -> str | None:
-    """A full disk or file-size limit anywhere in the exception chain, as one line; else None."""
-    import errno
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            where = f" writing {exc.filename}" if exc.filename else ""
-            return f"no space left{where} ({exc.strerror}): free disk space and rerun; nothing partial was kept"
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    """--config FILE: a JSON or TOML file whose keys set any flag of the command (flag name, dashes or underscores)."""
-    if not value:
-        return
-    path = Path(value)
-    try:
-        text = path.read_text()
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{path}: expected an object of flag names", param_hint="--config")
-    names = {p.name for p in ctx.command.params}
-    norm = {k.replace("-", "_"): v for k, v in data.items()}
-    extra = {k: v for k, v in norm.items() if k not in names}
-    if extra and not getattr(ctx.command, "takes_config_extras", False):
-        raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(sorted(extra))}", param_hint="--config")
-    ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
-    ctx.meta["config_path"] = str(path)
-    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names}}
-
-
-config_option = click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-                             expose_value=False, help="JSON or TOML file setting any of this command's flags.")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -109,49 +29,18 @@ def main(debug: bool, quiet: bool) -> None:
     Pipeline:  select-teacher -> distill -> export --int8 -> predict / bench
     Try:       cmcd-edge demo
     """
-    level = logging.DEBUG if debug else logging.WARNING if quiet or not _main_rank() else logging.INFO
+    level = logging.DEBUG if debug else logging.WARNING if quiet or not main_rank() else logging.INFO
     # our INFO lines only; libraries (onnxscript, onnxruntime's quantizer, torch) stay at WARNING unless --debug
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LevelPrefix())
+    handler.setFormatter(LevelPrefix())
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     log.setLevel(level)
-
-
-def _main_rank() -> bool:
-    """False in torchrun's ranks other than 0: they train alongside rank 0 but only rank 0 reports progress and
-    results (each line came once per rank), so theirs show warnings and errors only."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _single_process(what: str, instead: str) -> None:
-    """Refuse ``what`` under torchrun (WORLD_SIZE > 1): it trains one network after another, each rank on its own,
-    writing into the same folder."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":
-        raise UserError(f"{what} does not run under torchrun (WORLD_SIZE={world}); {instead}")
-
-
-class _LevelPrefix(logging.Formatter):
-    """Progress lines as they are; warnings and errors led by their level, so they stand out among them."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        msg = super().format(record)
-        return f"{record.levelname.lower()}: {msg}" if record.levelno >= logging.WARNING else msg
 
 
 main.add_command(data)
 
 
 # --------------------------------------------------------------------------------------------------------- distill
-
-
-def _require(module: str, extra: str) -> None:
-    import importlib.util
-
-    from cmcd_edge.errors import missing_extra
-
-    if importlib.util.find_spec(module) is None:
-        raise missing_extra(module, extra)
 
 
 def _distill_options(fn):
@@ -197,12 +86,12 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
 
     Example: cmcd-edge distill --data builtin:mfeat --source fac --target zer --out runs/zer
     """
-    _require("torch", "train")
+    require("torch", "train")
     from cmcd_edge.distill.pipeline import run_distill
 
     ranking = None
     if source == "auto":
-        _single_process("--source auto", "run `cmcd-edge select-teacher` once without torchrun and pass its pick as "
+        single_process("--source auto", "run `cmcd-edge select-teacher` once without torchrun and pass its pick as "
                         "--source")
         from cmcd_edge.distill.select import best_source
 
@@ -210,7 +99,7 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
         click.echo(f"--source auto: {source} (top of the CCH ranking)")
     cfg = _make_config(kw.pop("method"), source=source, **kw)
     res = run_distill(cfg, Path(out), resume=resume, force=force, ranking=ranking)
-    if not _main_rank():
+    if not main_rank():
         return
     m = res.metrics
     # the pipeline logged the recipe as training began; under -q that line was hidden, so the summary carries it
@@ -240,9 +129,9 @@ def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, 
 
     Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
     """
-    _single_process("compare", "launch it as a plain command (its runs are small and run one after another); "
+    single_process("compare", "launch it as a plain command (its runs are small and run one after another); "
                     "torchrun is for one large `distill`")
-    _require("torch", "train")
+    require("torch", "train")
     from cmcd_edge.distill.compare import results_markdown, run_compare
 
     res = run_compare(_make_config("cmcd", **kw), [m.strip() for m in methods.split(",") if m.strip()], seeds,
@@ -274,8 +163,8 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
 
     Example: cmcd-edge select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor
     """
-    _single_process("select-teacher", "launch it as a plain command")
-    _require("torch", "train")
+    single_process("select-teacher", "launch it as a plain command")
+    require("torch", "train")
     from cmcd_edge.distill.select import rank_teachers, table
 
     if not 0 < labeled_fraction <= 1:
@@ -319,8 +208,8 @@ def export(run: str, engine: bool = False, **kw) -> None:
 
     Example: cmcd-edge export runs/zer --out bundles/zer --int8
     """
-    _require("torch", "train")
-    _require("onnx", "train")
+    require("torch", "train")
+    require("onnx", "train")
     from cmcd_edge.export.bundle import ExportConfig, report_markdown, run_export
 
     cfg = ExportConfig(run=run, **kw)
@@ -442,12 +331,12 @@ def demo(out: str, quick: bool) -> None:
 
     Example: cmcd-edge demo --out demo-out
     """
-    _single_process("demo", "launch it as a plain command")
+    single_process("demo", "launch it as a plain command")
     import shutil
 
     from cmcd_edge import datasets
 
-    _require("torch", "train")
+    require("torch", "train")
     root = Path(out)
     if root.exists():
         shutil.rmtree(root)

@@ -1,0 +1,124 @@
+"""The CLI's plumbing, shared by its command modules: domain errors to one-line click errors and exit codes,
+``--config`` files, the log format, torchrun's ranks, missing extras."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cmcd_edge.errors import CmcdError, UserError
+
+
+class CmcdClickError(click.ClickException):
+    """A domain error as one line on stderr, with the error's own exit code (2 user mistake, 1 environment)."""
+
+    def __init__(self, exc: CmcdError) -> None:
+        super().__init__(str(exc))
+        self.exit_code = exc.exit_code
+
+
+class Group(click.Group):
+    """Turns CmcdError (and, without --debug, any unexpected error) into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:]
+        try:
+            return super().invoke(ctx)
+        except CmcdError as exc:
+            if debug:
+                traceback.print_exc()
+            raise CmcdClickError(exc) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except MemoryError:
+            raise click.ClickException("out of memory: lower --batch-size or the data size") from None
+        except Exception as exc:  # noqa: BLE001  (last resort: never a traceback unless --debug)
+            if debug:
+                raise
+            disk = _disk_error(exc)
+            if disk is not None:  # raised inside a library (torch, onnx) that wrapped the OSError
+                raise click.ClickException(disk) from None
+            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)") from None
+
+
+def _disk_error(exc: BaseException) -> str | None:
+    """A full disk or file-size limit anywhere in the exception chain, as one line; else None."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return f"no space left{where} ({exc.strerror}): free disk space and rerun; nothing partial was kept"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """--config FILE: a JSON or TOML file whose keys set any flag of the command (flag name, dashes or underscores)."""
+    if not value:
+        return
+    path = Path(value)
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: expected an object of flag names", param_hint="--config")
+    names = {p.name for p in ctx.command.params}
+    norm = {k.replace("-", "_"): v for k, v in data.items()}
+    extra = {k: v for k, v in norm.items() if k not in names}
+    if extra and not getattr(ctx.command, "takes_config_extras", False):
+        raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(sorted(extra))}", param_hint="--config")
+    ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
+    ctx.meta["config_path"] = str(path)
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names}}
+
+
+config_option = click.option("--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True,
+                             expose_value=False, help="JSON or TOML file setting any of this command's flags.")
+
+def main_rank() -> bool:
+    """False in torchrun's ranks other than 0: they train alongside rank 0 but only rank 0 reports progress and
+    results (each line came once per rank), so theirs show warnings and errors only."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def single_process(what: str, instead: str) -> None:
+    """Refuse ``what`` under torchrun (WORLD_SIZE > 1): it trains one network after another, each rank on its own,
+    writing into the same folder."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        raise UserError(f"{what} does not run under torchrun (WORLD_SIZE={world}); {instead}")
+
+
+class LevelPrefix(logging.Formatter):
+    """Progress lines as they are; warnings and errors led by their level, so they stand out among them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return f"{record.levelname.lower()}: {msg}" if record.levelno >= logging.WARNING else msg
+
+
+
+def require(module: str, extra: str) -> None:
+    import importlib.util
+
+    from cmcd_edge.errors import missing_extra
+
+    if importlib.util.find_spec(module) is None:
+        raise missing_extra(module, extra)
