@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
 
 from cmcd_edge import datasets
@@ -42,3 +46,26 @@ def synthetic_paired(out, target_kind: str = "vector", n: int = 600, classes: in
     views = {"src": ViewSpec(src.astype(np.float32), "vector"), "tgt": ViewSpec(tgt.astype(np.float32), target_kind)}
     lab = np.where(rng.random(n) < (unlabeled if labels else 1.0), -1, y)
     return datasets.write_dataset(out, views, lab, [f"c{i}" for i in range(classes)])
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it, as a node failure or a scheduler's kill does. torchrun starts each
+    worker in a session of its own, so killing torchrun's process group leaves the workers running (they kept
+    training and writing into the run folder beside the resumed run)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

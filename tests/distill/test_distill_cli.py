@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error, synthetic_paired
+from tests.helpers import assert_one_line_error, kill_tree, synthetic_paired
 
 FAST = ["--epochs", "3", "--config"]
 
@@ -300,23 +300,28 @@ def test_torchrun_two_processes_on_cpu(toy, tmp_path, fast_cfg):
     assert res.stdout.count("test top-1") == 1 and res.stderr.count("distill: epoch") == 1, res.stdout + res.stderr
 
 
-def test_torchrun_kill9_then_resume_continues_every_rank(toy, tmp_path, kill_cfg):
+@pytest.mark.parametrize("stage, delay", [("teacher", 0.0), ("distill", 0.5)])
+def test_torchrun_kill9_then_resume_continues_every_rank(toy, tmp_path, kill_cfg, stage, delay):
     """Under torchrun only rank 0 read the checkpoint, so rank 1 restarted at epoch 1 while rank 0 went on from the
-    kill: their DDP steps no longer paired up and the resumed run failed at its end."""
+    kill: their DDP steps no longer paired up and the resumed run failed at its end. The teacher (trained with DDP
+    since session 11) continues on every rank from the same epoch too."""
     out = tmp_path / "ddp"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cmcd_edge",
             "distill", "--data", str(toy), "--source", "src", "--target", "tgt", "--epochs", "40", "--device", "cpu",
             "--config", str(kill_cfg), "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
-    while _checkpoint_phase(out) != "distill" and time.time() < deadline:
+    while _checkpoint_phase(out) != stage and time.time() < deadline:
         time.sleep(0.01)
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(delay)
+    kill_tree(proc.pid)  # torchrun and its workers (each in a session of its own)
     proc.wait()
     assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    killed_in = _checkpoint_phase(out)
     res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    if killed_in == "teacher":
+        assert "resuming teacher at epoch" in res.stderr, res.stderr[-3000:]
     rows = list(csv.DictReader((out / "history.csv").open()))
     epochs = [int(r["epoch"]) for r in rows if r["phase"] == "distill"]
     assert epochs == list(range(1, len(epochs) + 1))  # one row per epoch, none repeated or skipped by the resume
