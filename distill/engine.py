@@ -87,6 +87,35 @@ def rank0_figures(dist: Dist, device: torch.device, *values: float) -> tuple[flo
     return tuple(t.tolist())
 
 
+def all_ranks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` of every rank, concatenated in rank order (``x`` itself outside torchrun): a memory bank or queue takes a
+    whole step's rows. Under DDP a rank sees only its share of the batch, and DDP's buffer broadcast (rank 0's, at
+    every forward) dropped the updates the other ranks made."""
+    import torch.distributed as tdist
+
+    if not tdist.is_available() or not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.empty_like(n) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(sizes, n)
+    rows = [int(r) for r in sizes]
+    pad = x.new_zeros((max(rows), *x.shape[1:]))
+    pad[: x.shape[0]] = x
+    parts = [torch.empty_like(pad) for _ in rows]
+    tdist.all_gather(parts, pad.contiguous())
+    return torch.cat([part[:r] for part, r in zip(parts, rows, strict=True)])
+
+
+def rank_share(batches: list[slice], dist: Dist) -> list[slice]:
+    """This rank's contiguous share of ``batches`` (every batch where fewer batches than ranks): rank r takes the r-th
+    of ``world`` near-equal runs, so concatenating the ranks' results in rank order gives the rows in order."""
+    if dist.world == 1 or len(batches) < dist.world:
+        return batches
+    q, r = divmod(len(batches), dist.world)
+    start = dist.rank * q + min(dist.rank, r)
+    return batches[start: start + q + (dist.rank < r)]
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise EnvironmentFailure("--device cuda: no CUDA GPU is visible to torch (use --device cpu or auto)")

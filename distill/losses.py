@@ -13,27 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmcd_edge.distill.engine import all_ranks
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import Registry, check_choice
-
-
-def all_ranks(x: torch.Tensor) -> torch.Tensor:
-    """``x`` of every rank, concatenated in rank order (``x`` itself outside torchrun): a memory bank or queue takes a
-    whole step's rows. Under DDP a rank sees only its share of the batch, and DDP's buffer broadcast (rank 0's, at
-    every forward) dropped the updates the other ranks made."""
-    import torch.distributed as tdist
-
-    if not tdist.is_available() or not tdist.is_initialized() or tdist.get_world_size() == 1:
-        return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.empty_like(n) for _ in range(tdist.get_world_size())]
-    tdist.all_gather(sizes, n)
-    rows = [int(r) for r in sizes]
-    pad = x.new_zeros((max(rows), *x.shape[1:]))
-    pad[: x.shape[0]] = x
-    parts = [torch.empty_like(pad) for _ in rows]
-    tdist.all_gather(parts, pad.contiguous())
-    return torch.cat([part[:r] for part, r in zip(parts, rows, strict=True)])
 
 
 @dataclass

@@ -121,7 +121,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     dist = engine.setup_distributed(device)
     external = None
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
-        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
+        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
         _check_logits(cfg, external)
     if out is not None and dist.main:
         prepare_out(out, cfg, resume, force)
@@ -146,7 +146,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
                                     dist=dist, out=out, resume=ckpt_state, preload=cfg.preload,
                                     batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
         else:
-            teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
+            teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
         if out is not None and dist.main:
             teacher.save(out)
     if teacher.emb.shape[0] != ds.n_rows:

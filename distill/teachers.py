@@ -121,24 +121,42 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
             write_bytes(saved, save({k: v.cpu().contiguous() for k, v in net.state_dict().items()}))
             write_text(out / "teacher.json", json.dumps({"kind": "trained", "view": source, **spec.to_json()}, indent=2))
     net.eval()
-    return _outputs(net, xd, yd, splits, batch, {"kind": "trained", "view": source, "spec": spec.to_json(),
+    return _outputs(net, xd, yd, splits, batch, dist, {"kind": "trained", "view": source, "spec": spec.to_json(),
                                           "params": sum(p.numel() for p in net.parameters())})
 
 
 @torch.no_grad()
-def _outputs(net: nn.Module, x: ViewRows, y: torch.Tensor | None, splits: Splits, batch: int,
+def _outputs(net: nn.Module, x: ViewRows, y: torch.Tensor | None, splits: Splits, batch: int, dist: engine.Dist,
              info: dict) -> TeacherOutputs:
-    embs, logits = [], []
-    for s in engine.row_batches(x.shape[0], batch):
-        lo, e = net.forward_both(x[s])
-        embs.append(e.float().cpu())
-        logits.append(lo.float().cpu())
-    lo = torch.cat(logits)
+    emb, lo = embed_rows(net, x, batch, dist, with_logits=True)
     acc = None
     if y is not None:
         test = torch.as_tensor(splits.test)
         acc = float((lo[test].argmax(1) == y.cpu()[test]).float().mean())  # test rows are labeled (make_splits)
-    return TeacherOutputs(torch.cat(embs), lo, acc, info)
+    return TeacherOutputs(emb, lo, acc, info)
+
+
+@torch.no_grad()
+def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: engine.Dist,
+               with_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``net.forward_both`` over every row of ``x``, ``batch`` rows at a time: embeddings (N, E) and logits (N, K) on
+    the CPU. Under torchrun each rank computes its share of the batches (:func:`engine.rank_share`) and every rank
+    then holds all rows: the batches are the same as in one process, so are the bits."""
+    batches = engine.row_batches(x.shape[0], batch)
+    share = engine.rank_share(batches, dist)
+    gather = len(share) < len(batches)
+    embs, logits = [], []
+    for s in share:
+        lo, e = net.forward_both(x[s])
+        if with_logits and lo is None:
+            raise UserError(f"teacher returned no logits for rows {s.start}-{s.stop - 1} after giving them for others")
+        embs.append(e.float() if gather else e.float().cpu())  # kept on the device until the ranks' shares meet
+        if with_logits:
+            logits.append(lo.float() if gather else lo.float().cpu())
+    emb, lo = torch.cat(embs), torch.cat(logits) if with_logits else None
+    if gather:
+        emb, lo = engine.all_ranks(emb).cpu(), None if lo is None else engine.all_ranks(lo).cpu()
+    return emb, lo
 
 
 class _External(nn.Module):
@@ -158,12 +176,11 @@ class _External(nn.Module):
 
 
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
-                 preload: str = "auto") -> TeacherOutputs:
+                 preload: str = "auto", dist: engine.Dist = engine.Dist()) -> TeacherOutputs:
     """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row."""
     model, info = _load_external(ref)
     net = _External(model)
-    x = ViewRows.open(ds.view(source), device, preload, what=f"--source {source}")
-    n = x.shape[0]
+    x = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
     try:
         with torch.no_grad():
             probe_logits, probe = net.forward_both(x[:2])
@@ -172,15 +189,8 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 2:
         shape = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
         raise UserError(f"--teacher {ref}: a batch of 2 gave an embedding of shape {shape}; expected [2, D]")
-    embs, logits = [], []
     batch = max(1, min(512, EXTERNAL_BATCH_BYTES // (4 * int(np.prod(x.shape[1:])))))
-    with torch.no_grad():
-        for s in engine.row_batches(n, batch):
-            lo, e = net.forward_both(x[s])
-            embs.append(e.float().cpu())
-            if lo is not None:
-                logits.append(lo.float().cpu())
-    lo = torch.cat(logits) if logits and probe_logits is not None else None
+    emb, lo = embed_rows(net, x, batch, dist, with_logits=probe_logits is not None)
     if lo is not None and lo.shape[1] != ds.n_classes:
         log.warning("teacher logits have %d classes, the data %d: logits ignored", lo.shape[1], ds.n_classes)
         lo = None
@@ -188,7 +198,7 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     if lo is not None:
         y = torch.as_tensor(np.asarray(ds.labels))[splits.test]
         acc = float((lo[splits.test].argmax(1) == y).float().mean())
-    return TeacherOutputs(torch.cat(embs), lo, acc, {**info, "view": source})
+    return TeacherOutputs(emb, lo, acc, {**info, "view": source})
 
 
 def _load_external(ref: str):

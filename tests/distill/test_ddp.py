@@ -138,3 +138,36 @@ def test_queue_and_memory_bank_take_every_ranks_rows(tmp_path):
     assert torch.allclose(torch.tensor(sorted(rank0["queue"])), torch.tensor(sorted(alone["queue"])), atol=1e-6)
     for bank in ("bank_s", "bank_t"):
         assert torch.allclose(torch.tensor(rank0[bank]), torch.tensor(alone[bank]), atol=1e-6)
+
+
+class _Counting(nn.Module):
+    """A frozen teacher that records the rows it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.rows = nn.Linear(6, 4), []
+
+    def forward_both(self, x):
+        self.rows.append(x.shape[0])
+        e = self.net(x)
+        return e[:, :3], e
+
+
+def _embed(dist: engine.Dist, tmp, n: int, batch: int) -> dict:
+    from cmcd_edge.distill.teachers import embed_rows
+
+    net = _Counting()
+    x = torch.arange(n * 6, dtype=torch.float32).reshape(n, 6) / n
+    emb, lo = embed_rows(net, x, batch, dist, with_logits=True)
+    return {"rows": sum(net.rows), "emb": emb.tolist(), "logits": lo.tolist()}
+
+
+@pytest.mark.parametrize("n, batch, rows_each", [(100, 16, (48, 52)), (100, 64, (64, 36)), (100, 128, (100, 100))])
+def test_teacher_outputs_are_computed_once_across_ranks(tmp_path, n, batch, rows_each):
+    """Every rank ran the frozen teacher over all rows; each now takes its share of the batches and the shares are
+    gathered: the same bits as one process. With fewer batches than ranks every rank computes them all."""
+    rank0, rank1 = _spawn(_embed, tmp_path, n, batch)
+    alone = _embed(engine.Dist(), tmp_path, n, batch)
+    assert (rank0["rows"], rank1["rows"]) == rows_each
+    assert rank0["emb"] == rank1["emb"] == alone["emb"] and rank0["logits"] == rank1["logits"] == alone["logits"]
