@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +209,7 @@ def _load_external(ref: str):
             raise UserError(f"--teacher {ref}: no such file")
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         try:
-            model = torch.jit.load(str(path), map_location="cpu") if path.suffix == ".pt" else torch.export.load(str(path)).module()
+            model = _load_torchscript(path) if path.suffix == ".pt" else torch.export.load(str(path)).module()
         except Exception as exc:  # noqa: BLE001
             kind = "TorchScript" if path.suffix == ".pt" else "ExportedProgram"
             raise UserError(f"--teacher {ref}: not a loadable {kind} file ({type(exc).__name__})") from exc
@@ -224,3 +225,14 @@ def _load_external(ref: str):
             model.eval()
         return model, {"kind": "factory", "ref": ref}
     raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2 file or pkg.module:factory")
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    """TorchScript still loads, but torch deprecates it (torch.jit.load warns from 2.13): say so once, in our words and
+    with the way out, instead of torch's DeprecationWarning that Python hides by default."""
+    log.warning("--teacher %s: TorchScript is deprecated by PyTorch %s; save the teacher as an ExportedProgram instead "
+                "(torch.export.save(torch.export.export(model, (batch,)), 'teacher.pt2')) and pass the .pt2",
+                path, torch.__version__.split("+")[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu")

@@ -50,7 +50,7 @@ def test_cmd_golden_value():
     s, t = _unit(b.s_emb.detach().numpy()), _unit(b.t_emb.numpy())
     p_t, p_s = _np_softmax(t @ t.T / 0.05), _np_softmax(s @ t.T / 0.1)
     expected = -(p_t * np.log(p_s)).sum(1).mean()
-    assert float(loss(b)) == pytest.approx(expected, rel=1e-5)
+    assert loss(b).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_cmd_queue_adds_past_teacher_anchors():
@@ -68,7 +68,7 @@ def test_cmc_golden_value():
     s, t = _unit(b.s_emb.detach().numpy()), _unit(b.t_emb.numpy())
     logits = s @ t.T / 0.1
     ce = lambda z: -np.log(np.diag(_np_softmax(z))).mean()  # noqa: E731
-    assert float(loss(b)) == pytest.approx(0.5 * (ce(logits) + ce(logits.T)), rel=1e-5)
+    assert loss(b).item() == pytest.approx(0.5 * (ce(logits) + ce(logits.T)), rel=1e-5)
 
 
 def test_cmc_learnable_temperature_is_a_parameter():
@@ -81,19 +81,19 @@ def test_kd_golden_value():
     zs, zt = b.s_logits.detach().numpy() / 4, b.t_logits.numpy() / 4
     p_t, p_s = _np_softmax(zt), _np_softmax(zs)
     expected = (p_t * (np.log(p_t) - np.log(p_s))).sum(1).mean() * 16
-    assert float(LOSSES.get("kd")(DIMS, LossParams())(b)) == pytest.approx(expected, rel=1e-5)
+    assert LOSSES.get("kd")(DIMS, LossParams())(b).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_kd_zero_when_logits_match():
     b = _pair(3)
     b.s_logits = b.t_logits.clone()
-    assert float(LOSSES.get("kd")(DIMS, LossParams())(b)) == pytest.approx(0.0, abs=1e-6)
+    assert LOSSES.get("kd")(DIMS, LossParams())(b).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_rkd_zero_when_student_equals_teacher():
     b = _pair(4)
     b.s_emb = b.t_emb.clone()
-    assert float(LOSSES.get("rkd")(DIMS, LossParams())(b)) == pytest.approx(0.0, abs=1e-6)
+    assert LOSSES.get("rkd")(DIMS, LossParams())(b).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_crd_updates_memory_bank_with_momentum():
@@ -114,7 +114,7 @@ def test_recipe_str_reads_like_torchdistill():
 def test_recipe_total_is_weighted_sum():
     r = Recipe([(2.0, "kd"), (0.5, "ce")], DIMS, LossParams())
     total, parts = r(_pair(6))
-    assert float(total) == pytest.approx(2.0 * parts["kd"] + 0.5 * parts["ce"], rel=1e-5)
+    assert total.item() == pytest.approx(2.0 * parts["kd"] + 0.5 * parts["ce"], rel=1e-5)
 
 
 def test_unknown_loss_suggests_close_match():

@@ -33,18 +33,22 @@ def test_student_rebuilds_from_json_spec(arch):
 
 @pytest.mark.parametrize("arch", students.STUDENTS.names())
 def test_student_exports_to_onnx(arch, tmp_path):
+    """Through export's own exporter (its graph rewrites and full onnx check included): ORT matches torch."""
     pytest.importorskip("onnxscript")
     import numpy as np
     import onnxruntime as ort
 
+    from cmcd_edge.export.onnx_export import INPUT, export_fp32
+
     net = students.build(NetSpec(arch, SHAPES[arch], num_classes=5)).eval()
     x = torch.randn(3, *SHAPES[arch])
     path = tmp_path / "m.onnx"
-    torch.onnx.export(net, (x,), str(path), dynamo=True, external_data=False,
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"])
+    export_fp32(net, SHAPES[arch], path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"input": x.numpy()})[0]
-    np.testing.assert_allclose(out, net(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+    logits, emb = sess.run(None, {INPUT: x.numpy()})
+    want_logits, want_emb = (t.detach().numpy() for t in net.forward_both(x))
+    np.testing.assert_allclose(logits, want_logits, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(emb, want_emb, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind,shape", [("vector", (216,)), ("vector", (47,)), ("vector", (6,)), ("image", (1, 16, 15))])
