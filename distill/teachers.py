@@ -209,7 +209,9 @@ def _load_external(ref: str):
             raise UserError(f"--teacher {ref}: no such file")
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         try:
-            model = _load_torchscript(path) if path.suffix == ".pt" else torch.export.load(str(path)).module()
+            model = _load_torchscript(path) if path.suffix == ".pt" else _load_exported(path)
+        except UserError:
+            raise
         except Exception as exc:  # noqa: BLE001
             kind = "TorchScript" if path.suffix == ".pt" else "ExportedProgram"
             raise UserError(f"--teacher {ref}: not a loadable {kind} file ({type(exc).__name__})") from exc
@@ -225,6 +227,20 @@ def _load_external(ref: str):
             model.eval()
         return model, {"kind": "factory", "ref": ref}
     raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2 file or pkg.module:factory")
+
+
+def _load_exported(path: Path) -> nn.Module:
+    """An ExportedProgram runs only at the shapes it was exported for; the teacher is fed batches of every size, so
+    a batch dimension fixed at export time is refused up front, with the export call that frees it."""
+    program = torch.export.load(str(path))
+    user = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" and node.name in user else None
+        if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
+            raise UserError(f"--teacher {path}: the ExportedProgram takes a fixed batch of {val.shape[0]} rows; export "
+                            "it with a dynamic batch: torch.export.export(model, (batch,), "
+                            "dynamic_shapes=({0: torch.export.Dim('batch')},))")
+    return program.module()
 
 
 def _load_torchscript(path: Path) -> nn.Module:

@@ -202,6 +202,65 @@ def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
     assert not (tmp_path / "r2").exists()
 
 
+class _NearestMean(torch.nn.Module):
+    """A teacher that returns (embedding, logits): logits of the nearest class mean of the source rows."""
+
+    def __init__(self, means: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("means", means)  # (K, 16)
+        self.lin = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.lin(x), x @ self.means.T - 0.5 * (self.means ** 2).sum(1)  # (B, 8), (B, K)
+
+
+def _class_means(toy) -> torch.Tensor:
+    from cmcd_edge import datasets
+
+    ds = datasets.load(toy)
+    x, y = np.asarray(ds.view("src"), np.float32), np.asarray(ds.labels)
+    return torch.from_numpy(np.stack([x[y == k].mean(0) for k in range(ds.n_classes)]))
+
+
+def _save_exported(module: torch.nn.Module, path, dynamic: bool = True) -> None:
+    torch.manual_seed(0)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    torch.export.save(torch.export.export(module.eval(), (torch.randn(4, 16),), dynamic_shapes=shapes), str(path))
+
+
+def test_exported_program_teacher_gives_embedding_and_logits(cli, toy, tmp_path, fast_cfg):
+    path = tmp_path / "teacher.pt2"
+    _save_exported(_NearestMean(_class_means(toy)), path)
+    res = _distill(cli, toy, tmp_path / "r", "--teacher", path, "--method", "kd", cfg=fast_cfg)  # kd needs logits
+    assert res.returncode == 0, res.stderr
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["teacher"]["kind"] == "file" and run["teacher"]["path"] == str(path.resolve())
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["teacher_test_accuracy"] > 0.9  # its logits
+
+
+def test_exported_program_teacher_with_a_fixed_batch_is_refused(cli, toy, tmp_path):
+    path = tmp_path / "teacher.pt2"
+    _save_exported(_Good(), path, dynamic=False)
+    assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", path), 2, "fixed batch of 4")
+    assert not (tmp_path / "r").exists()
+
+
+def test_factory_teacher_is_built_by_the_users_function(cli, toy, tmp_path, fast_cfg):
+    torch.save(_class_means(toy), tmp_path / "means.pt")
+    (tmp_path / "my_teacher.py").write_text(  # the user's own module, found on PYTHONPATH
+        "import torch\n"
+        "def make():\n"
+        f"    means = torch.load({str(tmp_path / 'means.pt')!r}, weights_only=True)\n"
+        "    return lambda x: {'embedding': x[:, :8], 'logits': x @ means.T - 0.5 * (means ** 2).sum(1)}\n")
+    res = cli("distill", "--data", toy, "--source", "src", "--target", "tgt", "--epochs", "3", "--method", "kd",
+              "--teacher", "my_teacher:make", "--out", tmp_path / "r", "--config", fast_cfg,
+              env={"PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["teacher"] == {"kind": "factory", "ref": "my_teacher:make",
+                                                                               "view": "src"}
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["teacher_test_accuracy"] > 0.9
+
+
 def test_existing_run_refused_and_untouched(cli, toy, tmp_path, fast_cfg):
     out = tmp_path / "run"
     assert _distill(cli, toy, out, cfg=fast_cfg).returncode == 0
