@@ -240,7 +240,27 @@ def _load_exported(path: Path) -> nn.Module:
             raise UserError(f"--teacher {path}: the ExportedProgram takes a fixed batch of {val.shape[0]} rows; export "
                             "it with a dynamic batch: torch.export.export(model, (batch,), "
                             "dynamic_shapes=({0: torch.export.Dim('batch')},))")
+    in_training = sorted({str(n.target) for n in program.graph.nodes if _training_op(n)})
+    if in_training:  # an exported module cannot be switched to eval(): its ops keep the mode they were traced in
+        log.warning("--teacher %s: exported in training mode (%s): BatchNorm uses each batch's statistics and dropout "
+                    "is random, so embeddings depend on the batch; export model.eval() instead",
+                    path, ", ".join(in_training))
     return program.module()
+
+
+def _training_op(node) -> bool:
+    """A call whose schema has a ``training``/``train`` flag set (batch_norm, dropout, ... traced in train mode)."""
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None:
+        return False
+    names = [a.name for a in schema.arguments]
+    for flag in ("training", "train"):
+        if flag in names:
+            i = names.index(flag)
+            value = node.kwargs[flag] if flag in node.kwargs else (node.args[i] if i < len(node.args) else None)
+            if value is True:
+                return True
+    return False
 
 
 def _load_torchscript(path: Path) -> nn.Module:
@@ -251,4 +271,4 @@ def _load_torchscript(path: Path) -> nn.Module:
                 path, torch.__version__.split("+")[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(path), map_location="cpu")
+        return torch.jit.load(str(path), map_location="cpu").eval()  # a script saved in train mode: BatchNorm, dropout

@@ -1,4 +1,4 @@
-"""Shared test helpers: synthetic paired datasets and one-line-error assertions."""
+"""Shared test helpers: synthetic paired datasets, one-line-error assertions, process trees, TorchScript files."""
 
 from __future__ import annotations
 
@@ -69,3 +69,14 @@ def kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def save_torchscript(module, path) -> None:
+    """torch.jit.script(module).save(path), without torch 2.13's DeprecationWarning: the .pt format is what is tested."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module).save(str(path))

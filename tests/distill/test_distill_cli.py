@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error, kill_tree, synthetic_paired
+from tests.helpers import assert_one_line_error, kill_tree, save_torchscript, synthetic_paired
 
 FAST = ["--epochs", "3", "--config"]
 
@@ -176,22 +175,16 @@ class _Good(torch.nn.Module):
         return self.lin(x)
 
 
-def _save_torchscript(module: torch.nn.Module, path) -> None:
-    with warnings.catch_warnings():  # torch.jit.script is deprecated from torch 2.13; the .pt format is what we test
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(module).save(str(path))
-
-
 def test_teacher_with_wrong_batch_size(cli, toy, tmp_path):
     path = tmp_path / "wrong.pt"
-    _save_torchscript(_WrongBatch(), path)
+    save_torchscript(_WrongBatch(), path)
     assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", path), 2, "expected [2, D]")
     assert not (tmp_path / "r").exists()
 
 
 def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
     path = tmp_path / "good.pt"
-    _save_torchscript(_Good(), path)
+    save_torchscript(_Good(), path)
     res = _distill(cli, toy, tmp_path / "r", "--teacher", path, "--method", "cmd", cfg=fast_cfg)
     assert res.returncode == 0, res.stderr
     assert "TorchScript is deprecated" in res.stderr and "pass the .pt2" in res.stderr

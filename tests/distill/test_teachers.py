@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+
+from cmcd_edge.distill import teachers
+from tests.helpers import save_torchscript
+
+
+class _BNTeacher(torch.nn.Module):
+    """BatchNorm makes the mode visible: in train mode a row's embedding depends on the rest of its batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 8)
+        self.bn = torch.nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        return self.bn(self.lin(x))
+
+
+def _batch_dependent(model, x: torch.Tensor) -> bool:
+    with torch.no_grad():
+        return not torch.allclose(model(x)[:2], model(x[:2]), atol=1e-6)
+
+
+def test_load_external_torchscript_saved_in_train_mode_runs_in_eval(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "t.pt"
+    save_torchscript(_BNTeacher().train(), path)
+    x = torch.randn(32, 16) * 3 + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert _batch_dependent(torch.jit.load(str(path)), x)  # as saved: train mode
+    model, info = teachers._load_external(str(path))
+    assert not _batch_dependent(model, x) and info["kind"] == "file"
+
+
+def test_load_external_exported_in_train_mode_warns(tmp_path, caplog):
+    torch.manual_seed(0)
+    dyn = ({0: torch.export.Dim("batch")},)
+    x = torch.randn(32, 16) * 3 + 1
+    for mode, warns in (("train", True), ("eval", False)):
+        net = _BNTeacher().train(mode == "train")
+        path = tmp_path / f"{mode}.pt2"
+        torch.export.save(torch.export.export(net, (torch.randn(4, 16),), dynamic_shapes=dyn), str(path))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=teachers.__name__):
+            model, _ = teachers._load_external(str(path))
+        said = [r.getMessage() for r in caplog.records if "exported in training mode" in r.getMessage()]
+        assert bool(said) == warns, (mode, said)
+        assert _batch_dependent(model, x) == warns  # the warning says what the module really does
+        if warns:
+            assert "aten.batch_norm" in said[0] and "model.eval()" in said[0]
