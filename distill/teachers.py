@@ -170,8 +170,12 @@ class _External(nn.Module):
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         out = self.model(x)
         if isinstance(out, dict):
-            return out.get("logits"), out["embedding"]
+            if "embedding" not in out:
+                raise ValueError(f"it returned a dict with keys {sorted(out)}; expected 'embedding' (and 'logits')")
+            return (out["logits"] if "logits" in out else None), out["embedding"]
         if isinstance(out, (tuple, list)):
+            if not 1 <= len(out) <= 2:
+                raise ValueError(f"it returned {len(out)} outputs; expected embedding or (embedding, logits)")
             return (out[1] if len(out) > 1 else None), out[0]
         return None, out
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
+import pytest
 import torch
 
 from cmcd_edge.distill import teachers
@@ -54,3 +56,12 @@ def test_load_external_exported_in_train_mode_warns(tmp_path, caplog):
         assert _batch_dependent(model, x) == warns  # the warning says what the module really does
         if warns:
             assert "aten.batch_norm" in said[0] and "model.eval()" in said[0]
+
+
+@pytest.mark.parametrize("output,says", [({"emb": 0}, "dict with keys ['emb']"), ((1, 2, 3), "returned 3 outputs")])
+def test_external_teacher_with_unexpected_outputs_says_what_it_returned(output, says):
+    x = torch.zeros(2, 16)
+    with pytest.raises(ValueError, match=re.escape(says)):
+        teachers._External(lambda _: output).forward_both(x)
+    emb = torch.ones(2, 8)
+    assert teachers._External(lambda _: {"embedding": emb}).forward_both(x) == (None, emb)
