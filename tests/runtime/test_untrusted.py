@@ -46,6 +46,7 @@ def test_pickle_as_student_weights_is_refused_by_export(cli, run_copy, tmp_path)
 
 
 @pytest.mark.parametrize("victim", ["checkpoint.pt", "teacher_outputs.safetensors"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile pickle is the point
 def test_pickle_in_a_resumed_run_is_refused(run_copy, tmp_path, victim):
     from cmcd_edge.distill.config import DistillConfig
     from cmcd_edge.distill.pipeline import run_distill
