@@ -86,7 +86,7 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
         kind = kind or {2: "vector", 3: "sequence", 4: "image"}.get(arr.ndim)
         if kind is None:
             raise UserError(f"--view {arg}: cannot infer the kind of a {arr.ndim}-d array; append :vector|:sequence|:image")
-        specs[name] = datasets.ViewSpec(arr, kind)
+        specs[name] = datasets.ViewSpec(arr, kind, origin=f"--view {arg}")
     y = load_array(labels, "--labels")
     names = classes.split(",") if classes else [str(i) for i in range(int(y.max()) + 1 if y.size else 0)]
     ds = datasets.write_dataset(out, specs, y, names, groups=load_array(groups, "--groups") if groups else None,

@@ -36,10 +36,11 @@ def builtin_names() -> list[str]:
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """An in-memory view to write: the array and its kind."""
+    """An in-memory view to write: the array, its kind, and where it came from (for error messages)."""
 
     array: np.ndarray
     kind: str
+    origin: str = ""  # e.g. "--view depth=depth.npy"; "view NAME" when empty
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def load(spec: str | Path) -> Dataset:
 def _check_view(path: Path, arr: np.ndarray, kind: str) -> None:
     if arr.ndim != KIND_NDIM[kind]:
         layout = {"vector": "[N, D]", "sequence": "[N, C, T]", "image": "[N, C, H, W]"}[kind]
-        raise DataError(f"{path}: a {kind} view must be {layout}, got shape {list(arr.shape)}")
+        raise DataError(f"{path}: {'an' if kind == 'image' else 'a'} {kind} view must be {layout}, got shape {list(arr.shape)}")
     if arr.size == 0:
         raise DataError(f"{path}: empty view (shape {list(arr.shape)})")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
@@ -235,8 +236,12 @@ def validate(ds: Dataset, views: list[str] | None = None) -> None:
                 bad.append(start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1)))
         rows = np.concatenate(bad) if bad else np.zeros(0, np.int64)
         if len(rows):
-            many = f" and {len(rows) - 1} more row{'s' if len(rows) > 2 else ''}" if len(rows) > 1 else ""
-            raise DataError(f"{info.path}: NaN or Inf at row {int(rows[0])}{many}; fix or drop those rows")
+            raise DataError(f"{info.path}: NaN or Inf at row {int(rows[0])}{_more(rows)}; fix or drop those rows")
+
+
+def _more(rows: np.ndarray) -> str:
+    """' and N more row(s)' after the first bad row of ``rows``."""
+    return f" and {len(rows) - 1} more row{'s' if len(rows) > 2 else ''}" if len(rows) > 1 else ""
 
 
 def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarray, classes: list[str], *,
@@ -253,13 +258,16 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
     if not views:
         raise DataError("at least one view is needed")
     for vname, spec in views.items():
+        where = spec.origin or f"view {vname}"
         if spec.kind not in KIND_NDIM:
-            raise DataError(f"view {vname}: unknown kind {spec.kind!r}; valid kinds: {', '.join(KIND_NDIM)}")
-        _check_view(Path(f"view {vname}"), spec.array, spec.kind)
+            raise DataError(f"{where}: unknown kind {spec.kind!r}; valid kinds: {', '.join(KIND_NDIM)}")
+        _check_view(Path(where), spec.array, spec.kind)
         if spec.array.shape[0] != labels.shape[0]:
-            raise DataError(f"view {vname}: {spec.array.shape[0]} rows but labels have {labels.shape[0]}")
-        if np.issubdtype(spec.array.dtype, np.floating) and not np.isfinite(spec.array).all():
-            raise DataError(f"view {vname}: contains NaN or Inf")
+            raise DataError(f"{where}: {spec.array.shape[0]} rows but labels have {labels.shape[0]}")
+        if np.issubdtype(spec.array.dtype, np.floating):
+            rows = np.flatnonzero(~np.isfinite(spec.array.reshape(len(spec.array), -1)).all(axis=1))
+            if len(rows):
+                raise DataError(f"{where}: NaN or Inf at row {int(rows[0])}{_more(rows)}; fix or drop those rows")
     _check_labels(Path("labels"), labels, len(classes))
     meta = {"name": name or out.name, "views": {v: {"kind": s.kind} for v, s in views.items()},
             "classes": [str(c) for c in classes], **(extra or {})}

@@ -39,11 +39,11 @@ def test_from_arrays_then_validate(cli, tmp_path):
 
 
 @pytest.mark.parametrize("case,needles", [
-    ("rows", ["rows"]),
-    ("nan", ["NaN"]),
+    ("rows", ["--view b=", "b.npy: 19 rows"]),
+    ("nan", ["--view a=", "a.npy: NaN or Inf at row 0 and 19 more rows"]),
     ("labels_range", ["out of range"]),
     ("labels_float", ["integers"]),
-    ("empty", ["empty"]),
+    ("empty", ["--view a=", "a.npy: empty"]),
 ])
 def test_from_arrays_bad_input(cli, tmp_path, case, needles):
     rng = np.random.default_rng(1)
