@@ -183,7 +183,7 @@ class _External(nn.Module):
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
                  preload: str = "auto", dist: engine.Dist = engine.Dist()) -> TeacherOutputs:
     """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row."""
-    model, info = _load_external(ref)
+    model, info = _load_external(ref, device)
     net = _External(model)
     x = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
     try:
@@ -206,14 +206,16 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     return TeacherOutputs(emb, lo, acc, {**info, "view": source})
 
 
-def _load_external(ref: str):
+def _load_external(ref: str, device: torch.device = torch.device("cpu")):
+    """The user's teacher, on ``device`` (the batches are read there): a file is loaded onto it, a factory's
+    ``nn.Module`` moved to it; a factory returning a plain callable gets device batches and must handle them."""
     path = Path(ref)
     if path.suffix in (".pt", ".pt2"):
         if not path.is_file():
             raise UserError(f"--teacher {ref}: no such file")
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         try:
-            model = _load_torchscript(path) if path.suffix == ".pt" else _load_exported(path)
+            model = _load_torchscript(path, device) if path.suffix == ".pt" else _load_exported(path, device)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -228,12 +230,12 @@ def _load_external(ref: str):
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"--teacher {ref}: cannot build the model ({type(exc).__name__}: {exc})") from exc
         if isinstance(model, nn.Module):
-            model.eval()
+            model.to(device).eval()
         return model, {"kind": "factory", "ref": ref}
     raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2 file or pkg.module:factory")
 
 
-def _load_exported(path: Path) -> nn.Module:
+def _load_exported(path: Path, device: torch.device) -> nn.Module:
     """An ExportedProgram runs only at the shapes it was exported for; the teacher is fed batches of every size, so
     a batch dimension fixed at export time is refused up front, with the export call that frees it."""
     program = torch.export.load(str(path))
@@ -249,6 +251,10 @@ def _load_exported(path: Path) -> nn.Module:
         log.warning("--teacher %s: exported in training mode (%s): BatchNorm uses each batch's statistics and dropout "
                     "is random, so embeddings depend on the batch; export model.eval() instead",
                     path, ", ".join(in_training))
+    if device.type != "cpu":  # an exported module cannot be .to()'d: its weights and device constants move by a pass
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, device)
     return program.module()
 
 
@@ -267,7 +273,7 @@ def _training_op(node) -> bool:
     return False
 
 
-def _load_torchscript(path: Path) -> nn.Module:
+def _load_torchscript(path: Path, device: torch.device) -> nn.Module:
     """TorchScript still loads, but torch deprecates it (torch.jit.load warns from 2.13): say so once, in our words and
     with the way out, instead of torch's DeprecationWarning that Python hides by default."""
     log.warning("--teacher %s: TorchScript is deprecated by PyTorch %s; save the teacher as an ExportedProgram instead "
@@ -275,4 +281,4 @@ def _load_torchscript(path: Path) -> nn.Module:
                 path, torch.__version__.split("+")[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(path), map_location="cpu").eval()  # a script saved in train mode: BatchNorm, dropout
+        return torch.jit.load(str(path), map_location=device).eval()  # a script saved in train mode: BatchNorm, dropout

@@ -65,3 +65,27 @@ def test_external_teacher_with_unexpected_outputs_says_what_it_returned(output, 
         teachers._External(lambda _: output).forward_both(x)
     emb = torch.ones(2, 8)
     assert teachers._External(lambda _: {"embedding": emb}).forward_both(x) == (None, emb)
+
+
+@pytest.mark.parametrize("kind", ["pt", "pt2", "factory"])
+def test_load_external_puts_the_teacher_on_the_run_device(kind, tmp_path, monkeypatch):
+    """The batches are read onto --device, so the teacher must be there too. CUDA is not here; the meta device is a
+    real non-CPU device on which a CPU-weighted module fails the same way."""
+    torch.manual_seed(0)
+    net = _BNTeacher().eval()
+    if kind == "pt":
+        ref = tmp_path / "t.pt"
+        save_torchscript(net, ref)
+    elif kind == "pt2":
+        ref = tmp_path / "t.pt2"
+        dyn = ({0: torch.export.Dim("batch")},)
+        torch.export.save(torch.export.export(net, (torch.randn(4, 16),), dynamic_shapes=dyn), str(ref))
+    else:
+        (tmp_path / "meta_teacher.py").write_text("import torch\ndef make():\n    torch.manual_seed(0)\n"
+                                                  "    return torch.nn.Sequential(torch.nn.Linear(16, 8))\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        ref = "meta_teacher:make"
+    meta = torch.device("meta")
+    model, _ = teachers._load_external(str(ref), meta)
+    with torch.no_grad():
+        assert model(torch.zeros(3, 16, device=meta)).device == meta
