@@ -65,6 +65,8 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
         manifest.variant(n)
     if duration <= 0 or warmup < 0:
         raise UserError("--duration must be > 0 and --warmup >= 0")
+    if plot:
+        _pyplot()  # before the benchmark runs, not after minutes of it
     test = None if no_accuracy else _test_split(manifest, data)
     rng = np.random.default_rng(0)
     macs = (manifest.raw.get("student") or {}).get("macs")
@@ -133,7 +135,7 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
     return doc
 
 
-def _plot(doc: dict, cases: list[rb.Case], path: Path) -> None:
+def _pyplot():
     try:
         import matplotlib
 
@@ -141,6 +143,11 @@ def _plot(doc: dict, cases: list[rb.Case], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise UserError("--plot needs matplotlib: pip install 'cmcd-edge[plot]'") from exc
+    return plt
+
+
+def _plot(doc: dict, cases: list[rb.Case], path: Path) -> None:
+    plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     shown = [c for c in cases if not c.variant.endswith(":raw")]
     a.boxplot([np.asarray(c.times_ns) / 1e6 for c in shown], showfliers=False)

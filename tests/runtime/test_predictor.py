@@ -161,6 +161,16 @@ def test_bench_cli_json(toy_bundle, cli, tmp_path):
     assert doc["predictor_overhead"] and "environment" in doc
 
 
+def test_bench_plot_without_matplotlib_fails_before_benchmarking(toy_bundle, tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; "
+            "from cmcd_edge.cli import main; sys.argv = ['cmcd-edge'] + sys.argv[1:]; main()")
+    res = subprocess.run([sys.executable, "-c", code, "bench", str(toy_bundle), "--duration", "30", "--batch", "1",
+                          "--plot", str(tmp_path / "b.png"), "--out", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert_one_line_error(res, 2, "--plot needs matplotlib")
+    assert "benchmarking" not in res.stderr and not (tmp_path / "b.json").exists()  # refused before any of the work
+
+
 def test_runtime_and_bench_work_without_torch(toy_bundle, tmp_path):
     """The device side: predict and bench with torch (and onnx) made unimportable."""
     code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
