@@ -266,17 +266,23 @@ def _csv_ints(value: str, flag: str) -> list[int]:
 @click.option("--backend", default="auto", show_default=True, help="auto | tensorrt | ort-tensorrt | cuda | cpu")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write JSON here instead of printing.")
 @click.option("--top", type=int, default=3, show_default=True, help="Classes to print per sample.")
-def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | None, top: int) -> None:
+@click.option("--allow-nonfinite", is_flag=True, help="Run samples holding NaN or Inf instead of refusing them.")
+def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | None, top: int,
+            allow_nonfinite: bool) -> None:
     """Classify samples (one sample or a batch in a .npy file) with a bundle. Needs no torch.
 
     Example: cmcd-edge predict bundles/zer samples.npy --top 2
     """
     from cmcd_edge.arrays import load_array
     from cmcd_edge.runtime import Predictor
+    from cmcd_edge.runtime.errors import InputShapeError
 
-    p = Predictor.load(bundle, variant=variant, backend=backend)
+    p = Predictor.load(bundle, variant=variant, backend=backend, allow_nonfinite=allow_nonfinite)
     x = load_array(input_npy, "INPUT.npy")
-    names, probs = p.classify(x)
+    try:
+        names, probs = p.classify(x)
+    except InputShapeError as exc:
+        raise UserError(f"{input_npy}: {exc}") from exc
     probs = np.atleast_2d(probs)
     names = [names] if isinstance(names, str) else names
     rows = [{"class": n, "probabilities": {c: round(float(v), 6) for c, v in zip(p.classes, pr, strict=True)}}

@@ -98,7 +98,10 @@ class Predictor:
             arr = np.ascontiguousarray(arr)
         # a sum is finite iff every element is, barring float overflow, which the exact check then settles
         if not self.allow_nonfinite and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
-            raise InputShapeError("input contains NaN or Inf (pass allow_nonfinite=True to run it anyway)")
+            bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            where = "" if single else f" in sample {int(bad[0])}{more}"
+            raise InputShapeError(f"input contains NaN or Inf{where} (allow_nonfinite runs it anyway)")
         return arr, single
 
     def _run(self, x, output: str) -> np.ndarray:

@@ -55,7 +55,9 @@ def test_large_batches_are_split(toy_bundle):
     (lambda s: np.zeros((2, s[0] + 1), np.float32), "does not match"),
     (lambda s: np.zeros((2, 1, s[0]), np.float32), "does not match"),
     (lambda s: np.zeros((0, s[0]), np.float32), "empty batch"),
-    (lambda s: np.full((2, s[0]), np.nan, np.float32), "NaN"),
+    (lambda s: np.full((2, s[0]), np.nan, np.float32), "NaN or Inf in sample 0 and 1 more"),
+    (lambda s: np.stack([np.zeros(s[0]), np.r_[np.inf, np.zeros(s[0] - 1)]]).astype(np.float32), "Inf in sample 1 "),
+    (lambda s: np.full(s[0], np.nan, np.float32), r"NaN or Inf \(allow_nonfinite"),  # one sample: no index
     (lambda s: np.array([["a"] * s[0]]), "not numeric"),
 ])
 def test_bad_inputs(pred, bad, msg):
@@ -147,7 +149,15 @@ def test_predict_cli_and_errors(toy_bundle, cli, tmp_path):
     assert res.returncode == 0, res.stderr
     assert len(json.loads((tmp_path / "p.json").read_text())["predictions"]) == 3
     np.save(tmp_path / "bad.npy", np.zeros((3, 999), np.float32))
-    assert_one_line_error(cli("predict", toy_bundle, tmp_path / "bad.npy"), 2, "does not match")
+    assert_one_line_error(cli("predict", toy_bundle, tmp_path / "bad.npy"), 2, "bad.npy: input shape", "does not match")
+    x = _x(p, 3)
+    x[2, 0] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    assert_one_line_error(cli("predict", toy_bundle, tmp_path / "nan.npy"), 2, "nan.npy: input contains NaN or Inf in "
+                          "sample 2")
+    res = cli("predict", toy_bundle, tmp_path / "nan.npy", "--allow-nonfinite", "--out", tmp_path / "n.json")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads((tmp_path / "n.json").read_text())["predictions"]) == 3
 
 
 def test_bench_cli_json(toy_bundle, cli, tmp_path):
