@@ -24,9 +24,10 @@ def main() -> int:
             (Path(stage) / dest).mkdir(parents=True, exist_ok=True)
             for py in (ROOT / src).glob("*.py"):
                 shutil.copy2(py, Path(stage) / dest / py.name)
+        shutil.copy2(ROOT / "pyproject.toml", Path(stage) / "pyproject.toml")  # found in the cwd by every version
         env = {**os.environ, "PYTHONPATH": stage}
         lint = Path(sys.executable).with_name("lint-imports")
-        return subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml")], env=env, cwd=stage).returncode
+        return subprocess.run([str(lint)], env=env, cwd=stage).returncode
 
 
 if __name__ == "__main__":
