@@ -26,6 +26,8 @@ from cmcd_edge.fsutil import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 EXTERNAL_BATCH_BYTES = 64 << 20  # float32 input of one batch through a user's teacher (its activations are unknown)
+EXPORT_HOWTO = ("torch.export.save(torch.export.export(model.eval(), (batch,), "
+                "dynamic_shapes=({0: torch.export.Dim('batch')},)), 'teacher.pt2')")
 
 
 @dataclass
@@ -244,13 +246,12 @@ def _load_exported(path: Path, device: torch.device) -> nn.Module:
         val = node.meta.get("val") if node.op == "placeholder" and node.name in user else None
         if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
             raise UserError(f"--teacher {path}: the ExportedProgram takes a fixed batch of {val.shape[0]} rows; export "
-                            "it with a dynamic batch: torch.export.export(model, (batch,), "
-                            "dynamic_shapes=({0: torch.export.Dim('batch')},))")
+                            f"it with a dynamic batch: {EXPORT_HOWTO}")
     in_training = sorted({str(n.target) for n in program.graph.nodes if _training_op(n)})
     if in_training:  # an exported module cannot be switched to eval(): its ops keep the mode they were traced in
         log.warning("--teacher %s: exported in training mode (%s): BatchNorm uses each batch's statistics and dropout "
-                    "is random, so embeddings depend on the batch; export model.eval() instead",
-                    path, ", ".join(in_training))
+                    "is random, so embeddings depend on the batch; export model.eval(): %s",
+                    path, ", ".join(in_training), EXPORT_HOWTO)
     if device.type != "cpu":  # an exported module cannot be .to()'d: its weights and device constants move by a pass
         from torch.export.passes import move_to_device_pass
 
@@ -276,9 +277,8 @@ def _training_op(node) -> bool:
 def _load_torchscript(path: Path, device: torch.device) -> nn.Module:
     """TorchScript still loads, but torch deprecates it (torch.jit.load warns from 2.13): say so once, in our words and
     with the way out, instead of torch's DeprecationWarning that Python hides by default."""
-    log.warning("--teacher %s: TorchScript is deprecated by PyTorch %s; save the teacher as an ExportedProgram instead "
-                "(torch.export.save(torch.export.export(model, (batch,)), 'teacher.pt2')) and pass the .pt2",
-                path, torch.__version__.split("+")[0])
+    log.warning("--teacher %s: TorchScript is deprecated by PyTorch %s; save the teacher as an ExportedProgram and "
+                "pass the .pt2: %s", path, torch.__version__.split("+")[0], EXPORT_HOWTO)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.load(str(path), map_location=device).eval()  # a script saved in train mode: BatchNorm, dropout
