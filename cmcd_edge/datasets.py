@@ -232,11 +232,15 @@ def validate(ds: Dataset, views: list[str] | None = None) -> None:
         bad: list[np.ndarray] = []
         if np.issubdtype(arr.dtype, np.floating):
             for start in range(0, arr.shape[0], _CHUNK_ROWS):
-                block = np.asarray(arr[start:start + _CHUNK_ROWS])
-                bad.append(start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1)))
+                bad.append(start + _nonfinite_rows(np.asarray(arr[start:start + _CHUNK_ROWS])))
         rows = np.concatenate(bad) if bad else np.zeros(0, np.int64)
         if len(rows):
             raise DataError(f"{info.path}: NaN or Inf at row {int(rows[0])}{_more(rows)}; fix or drop those rows")
+
+
+def _nonfinite_rows(block: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``block`` holding a NaN or Inf anywhere."""
+    return np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
 
 
 def _more(rows: np.ndarray) -> str:
@@ -265,7 +269,7 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
         if spec.array.shape[0] != labels.shape[0]:
             raise DataError(f"{where}: {spec.array.shape[0]} rows but labels have {labels.shape[0]}")
         if np.issubdtype(spec.array.dtype, np.floating):
-            rows = np.flatnonzero(~np.isfinite(spec.array.reshape(len(spec.array), -1)).all(axis=1))
+            rows = _nonfinite_rows(spec.array)
             if len(rows):
                 raise DataError(f"{where}: NaN or Inf at row {int(rows[0])}{_more(rows)}; fix or drop those rows")
     _check_labels(Path("labels"), labels, len(classes))
