@@ -1,4 +1,4 @@
-"""Shared test helpers: synthetic paired datasets, one-line-error assertions, process trees, TorchScript files."""
+"""Shared test helpers: synthetic paired datasets, one-line-error assertions, process trees, teacher files."""
 
 from __future__ import annotations
 
@@ -80,3 +80,12 @@ def save_torchscript(module, path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(module).save(str(path))
+
+
+def save_exported(module, path, dynamic: bool = True) -> None:
+    """torch.export a module taking (B, 16) rows, in the mode it is in, with a dynamic batch unless ``dynamic=False``."""
+    import torch
+
+    torch.manual_seed(0)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    torch.export.save(torch.export.export(module, (torch.randn(4, 16),), dynamic_shapes=shapes), str(path))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error, kill_tree, save_torchscript, synthetic_paired
+from tests.helpers import assert_one_line_error, kill_tree, save_exported, save_torchscript, synthetic_paired
 
 FAST = ["--epochs", "3", "--config"]
 
@@ -215,15 +215,9 @@ def _class_means(toy) -> torch.Tensor:
     return torch.from_numpy(np.stack([x[y == k].mean(0) for k in range(ds.n_classes)]))
 
 
-def _save_exported(module: torch.nn.Module, path, dynamic: bool = True) -> None:
-    torch.manual_seed(0)
-    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
-    torch.export.save(torch.export.export(module.eval(), (torch.randn(4, 16),), dynamic_shapes=shapes), str(path))
-
-
 def test_exported_program_teacher_gives_embedding_and_logits(cli, toy, tmp_path, fast_cfg):
     path = tmp_path / "teacher.pt2"
-    _save_exported(_NearestMean(_class_means(toy)), path)
+    save_exported(_NearestMean(_class_means(toy)).eval(), path)
     res = _distill(cli, toy, tmp_path / "r", "--teacher", path, "--method", "kd", cfg=fast_cfg)  # kd needs logits
     assert res.returncode == 0, res.stderr
     run = json.loads((tmp_path / "r" / "run.json").read_text())
@@ -233,7 +227,7 @@ def test_exported_program_teacher_gives_embedding_and_logits(cli, toy, tmp_path,
 
 def test_exported_program_teacher_with_a_fixed_batch_is_refused(cli, toy, tmp_path):
     path = tmp_path / "teacher.pt2"
-    _save_exported(_Good(), path, dynamic=False)
+    save_exported(_Good().eval(), path, dynamic=False)
     assert_one_line_error(_distill(cli, toy, tmp_path / "r", "--teacher", path), 2, "fixed batch of 4")
     assert not (tmp_path / "r").exists()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cmcd_edge.distill import teachers
-from tests.helpers import save_torchscript
+from tests.helpers import save_exported, save_torchscript
 
 
 class _BNTeacher(torch.nn.Module):
@@ -42,12 +42,10 @@ def test_load_external_torchscript_saved_in_train_mode_runs_in_eval(tmp_path):
 
 def test_load_external_exported_in_train_mode_warns(tmp_path, caplog):
     torch.manual_seed(0)
-    dyn = ({0: torch.export.Dim("batch")},)
     x = torch.randn(32, 16) * 3 + 1
     for mode, warns in (("train", True), ("eval", False)):
-        net = _BNTeacher().train(mode == "train")
         path = tmp_path / f"{mode}.pt2"
-        torch.export.save(torch.export.export(net, (torch.randn(4, 16),), dynamic_shapes=dyn), str(path))
+        save_exported(_BNTeacher().train(mode == "train"), path)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger=teachers.__name__):
             model, _ = teachers._load_external(str(path))
@@ -78,8 +76,7 @@ def test_load_external_puts_the_teacher_on_the_run_device(kind, tmp_path, monkey
         save_torchscript(net, ref)
     elif kind == "pt2":
         ref = tmp_path / "t.pt2"
-        dyn = ({0: torch.export.Dim("batch")},)
-        torch.export.save(torch.export.export(net, (torch.randn(4, 16),), dynamic_shapes=dyn), str(ref))
+        save_exported(net, ref)
     else:
         (tmp_path / "meta_teacher.py").write_text("import torch\ndef make():\n    torch.manual_seed(0)\n"
                                                   "    return torch.nn.Sequential(torch.nn.Linear(16, 8))\n")
