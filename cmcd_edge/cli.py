@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from cmcd_edge import __version__
-from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, require, single_process
+from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, on_interrupt, require, single_process
 from cmcd_edge.cli_data import data, info_table
 from cmcd_edge.errors import UserError
 
@@ -98,6 +98,8 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
         source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"], device=kw["device"])
         click.echo(f"--source auto: {source} (top of the CCH ranking)")
     cfg = _make_config(kw.pop("method"), source=source, **kw)
+    on_interrupt(lambda: f"{out} keeps its last finished epoch: rerun the same command with --resume to continue"
+                 if (Path(out) / "run.json").exists() else f"nothing was written to {out}")
     res = run_distill(cfg, Path(out), resume=resume, force=force, ranking=ranking)
     if not main_rank():
         return
@@ -134,6 +136,7 @@ def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, 
     require("torch", "train")
     from cmcd_edge.distill.compare import results_markdown, run_compare
 
+    on_interrupt(lambda: f"{out} keeps its finished runs: rerun the same command (without --force) to continue")
     res = run_compare(_make_config("cmcd", **kw), [m.strip() for m in methods.split(",") if m.strip()], seeds,
                       Path(out), force=force, upper_bound=upper_bound)
     click.echo(results_markdown(res))
@@ -219,7 +222,12 @@ def export(run: str, engine: bool = False, **kw) -> None:
         if cfg.target != "tensorrt" or not cfg.int8:
             raise UserError("--engine builds from the TensorRT INT8 variant: pass it with --int8 --target tensorrt")
         trt.current_device_key()  # TensorRT and a GPU are here, before minutes of export
+    written = []  # on Ctrl-C: the bundle is renamed into place whole, so it is either the old or the new one
+    on_interrupt(lambda: f"the bundle in {kw['out']} is complete; its TensorRT engine was not built (rerun "
+                 f"`cmcd-edge build-engine {kw['out']}`)" if written else
+                 f"{kw['out']} is as it was before this export (a bundle is written whole or not at all)")
     res = run_export(cfg)
+    written.append(kw["out"])
     click.echo(report_markdown(res.manifest) + f"-> {kw['out']}")
     if engine:
         from cmcd_edge.export.trt_build import EngineConfig, build_engine

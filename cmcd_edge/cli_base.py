@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,14 @@ class Group(click.Group):
             if debug:
                 traceback.print_exc()
             raise CmcdClickError(exc) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:  # Ctrl-C: say what was kept and how to go on (click alone prints "Aborted!")
+            if debug:
+                traceback.print_exc()
+            hint = ctx.meta[INTERRUPT_HINT]() if INTERRUPT_HINT in ctx.meta else None
+            exc = click.ClickException(f"interrupted: {hint}" if hint else "interrupted")
+            exc.exit_code = 130  # 128 + SIGINT, as a shell reports it
+            raise exc from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except MemoryError:
             raise click.ClickException("out of memory: lower --batch-size or the data size") from None
@@ -46,6 +54,15 @@ class Group(click.Group):
             if disk is not None:  # raised inside a library (torch, onnx) that wrapped the OSError
                 raise click.ClickException(disk) from None
             raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)") from None
+
+
+INTERRUPT_HINT = "cmcd_edge.interrupt_hint"
+
+
+def on_interrupt(hint: Callable[[], str | None]) -> None:
+    """Register what the running command tells a user who presses Ctrl-C: ``hint()`` is called then, so it can look at
+    what is on disk (a run folder may not exist yet)."""
+    click.get_current_context().find_root().meta[INTERRUPT_HINT] = hint
 
 
 def _disk_error(exc: BaseException) -> str | None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 
 from cmcd_edge.distill.compare import _paired, _verdict_lines, run_compare, seeds_to_decide, t975
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.errors import UserError
-from tests.helpers import synthetic_paired
+from tests.conftest import CLI
+from tests.helpers import assert_one_line_error, synthetic_paired
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +197,19 @@ def test_compare_resume_keeps_runs_from_another_preload_and_teachers_cached_befo
     mtime = sup.stat().st_mtime_ns
     run_compare(dataclasses.replace(base, preload="never"), ["supervised"], 1, out, upper_bound=False)
     assert sup.stat().st_mtime_ns == mtime  # where a run reads its rows from is not part of what it trained
+
+
+def test_ctrl_c_during_compare_says_finished_runs_are_kept(base, tmp_path):
+    """Ctrl-C used to end in click's bare "Aborted!": nothing told the user that rerunning continues the comparison."""
+    out = tmp_path / "cmp"
+    args = [*CLI, "compare", "--data", base.data, "--source", "src", "--target", "tgt", "--methods", "supervised,kd",
+            "--seeds", "2", "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "runs" / "supervised-s0" / "metrics.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert not (out / "results.json").exists(), "the comparison finished before it could be interrupted"
+    assert_one_line_error(subprocess.CompletedProcess(args, proc.returncode, "", err), 130,
+                          f"interrupted: {out} keeps its finished runs", "rerun the same command")

@@ -328,6 +328,22 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(toy, tmp_path, kill_cfg,
     assert not list(out.glob(".*.tmp"))
 
 
+def test_ctrl_c_during_distill_says_how_to_resume(toy, tmp_path, kill_cfg):
+    """Ctrl-C used to print click's bare "Aborted!" (exit 1): the user did not learn that the run folder keeps its
+    last finished epoch, nor that --resume continues it."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_kill_args(toy, kill_cfg, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while _checkpoint_phase(out) != "distill" and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    assert_one_line_error(res, 130, f"interrupted: {out}", "--resume")
+    assert _checkpoint_phase(out) == "distill" and not (out / "metrics.json").exists()
+
+
 def test_resume_after_the_teacher_finished_takes_its_saved_weights(toy, tmp_path, kill_cfg, uninterrupted):
     """Killed after teacher.safetensors was written, before its outputs were cached: --resume loads those weights
     (was: the teacher trained again from scratch, 45 minutes for a 20,000-row image teacher on this CPU)."""

@@ -24,18 +24,20 @@ def _digest(folder: Path) -> dict:
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
 
 
-def _kill_when(args, ready, timeout=120.0) -> bool:
-    """Start ``args``; kill -9 its process group as soon as ``ready()``; True if it was killed while running."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _kill_when(args, ready, timeout=120.0, sig=signal.SIGKILL) -> subprocess.CompletedProcess | None:
+    """Start ``args``; send ``sig`` (kill -9) to its process group as soon as ``ready()``; the finished process if the
+    signal came while it ran, else None."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
         if ready():
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
+            os.killpg(proc.pid, sig)
+            _, err = proc.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(args, proc.returncode, "", err)
         time.sleep(0.002)
-    proc.wait()
-    return False
+    proc.communicate()
+    return None
 
 
 def _temps(parent: Path, name: str) -> list[Path]:
@@ -52,13 +54,27 @@ def test_kill9_keeps_the_previous_bundle_and_the_next_run_clears_litter(toy_run,
     def ready() -> bool:  # the new bundle is being written (export) / the quantizer has its input (calibration on)
         return any((t / marker).exists() for t in _temps(tmp_path, "bundle"))
 
-    assert _kill_when(args, ready), f"export finished before the {stage} stage could be killed"
+    assert _kill_when(args, ready) is not None, f"export finished before the {stage} stage could be killed"
     assert _digest(bundle) == before, "the previous bundle changed"
     assert _temps(tmp_path, "bundle"), "expected the killed run's temp folder (else the kill came too late)"
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert not _temps(tmp_path, "bundle") and not list(tmp_path.glob(".*.tmp"))
     assert Predictor.load(bundle).variant.name == "int8"
+
+
+def test_ctrl_c_during_calibration_keeps_the_previous_bundle_and_says_so(toy_run, toy_bundle, tmp_path):
+    """Ctrl-C used to end in click's bare "Aborted!" (exit 1), leaving the user to wonder what state --out was in."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(toy_bundle, bundle)
+    before = _digest(bundle)
+    args = [*CLI, "export", str(toy_run), "--out", str(bundle), "--force", "--max-accuracy-drop", "5"]
+    res = _kill_when(args, lambda: any((t / ".model.pre.onnx").exists() for t in _temps(tmp_path, "bundle")),
+                     sig=signal.SIGINT)
+    assert res is not None, "export finished before it could be interrupted"
+    assert_one_line_error(res, 130, f"interrupted: {bundle} is as it was before this export")
+    assert _digest(bundle) == before
+    assert not _temps(tmp_path, "bundle")  # unlike kill -9, an interrupt cleans up its temp folder at once
 
 
 def _limit_file_size(limit: int):
