@@ -163,6 +163,7 @@ def pair_separability(target: str, pair: list[str], folds: int = 5) -> dict:
     of seeds 0-2's labeled train rows (all of them, not 10%; weight decay 1e-4, 1e-3, 1e-2), scored on the pair's test
     rows: how much of (a)'s cue survives among all classes."""
     from cmcd_edge import datasets
+    from cmcd_edge.splitting import make_splits
 
     ds = datasets.load("builtin:mfeat")
     labels = np.asarray(ds.labels)
@@ -182,7 +183,7 @@ def pair_separability(target: str, pair: list[str], folds: int = 5) -> dict:
         logistic.append(float((_softmax_regression(x[tr], y[tr], x[te]) == y[te]).mean()))
     ten_class = []
     for seed in (0, 1, 2):
-        s = datasets.make_splits(ds, seed)
+        s = make_splits(ds, seed)
         on_pair = s.test[np.isin(labels[s.test], (a, b))]
         for decay in (1e-4, 1e-3, 1e-2):
             pred = _softmax_regression(x_all[s.train], labels[s.train], x_all[on_pair], decay)

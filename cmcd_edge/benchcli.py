@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 def _test_split(manifest, data: str | None):
     """The bundle's test rows (the run's data and seed), or those of --data."""
     from cmcd_edge import datasets
+    from cmcd_edge.splitting import make_splits
 
     src = manifest.raw.get("source_run") or {}
     spec = data or src.get("data")
@@ -37,7 +38,7 @@ def _test_split(manifest, data: str | None):
     if view not in ds.views:
         raise UserError(f"--data {spec}: has no view {view!r} (the bundle's input view)")
     datasets.validate(ds, [view])
-    splits = datasets.make_splits(ds, int(src.get("seed", 0)), labeled_fraction=float(src.get("labeled_fraction", 1.0)))
+    splits = make_splits(ds, int(src.get("seed", 0)), labeled_fraction=float(src.get("labeled_fraction", 1.0)))
     return datasets.SplitRows(ds.view(view), splits.test), np.asarray(ds.labels)[splits.test]
 
 

@@ -65,10 +65,12 @@ def data_validate(dataset: str) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--view", "views", multiple=True, required=True, metavar="NAME=FILE[:KIND]",
               help="A view from a .npy file or FILE.npz:KEY; KIND vector|sequence|image (default: from ndim).")
-@click.option("--labels", required=True, metavar="FILE", help="Integer labels [N] (.npy, or FILE.npz:KEY); -1 = unlabeled.")
-@click.option("--classes", default=None, help="Comma-separated class names (default 0..K-1).")
-@click.option("--groups", default=None, metavar="FILE", help="Optional group ids [N] (subject, session...).")
-@click.option("--splits", default=None, metavar="FILE", help="Optional fixed splits [N]: 0 train, 1 val, 2 test.")
+@click.option("--labels", required=True, metavar="FILE",
+              help="Labels [N] (.npy, or FILE.npz:KEY): class ids (-1 = unlabeled) or class names ('' = unlabeled).")
+@click.option("--classes", default=None,
+              help="Comma-separated class names, in id order [default: 0..K-1, or the sorted names in --labels].")
+@click.option("--groups", default=None, metavar="FILE", help="Optional group ids [N], integers or names (subject, session...).")
+@click.option("--splits", default=None, metavar="FILE", help="Optional fixed splits [N]: 0/1/2 or train/val/test.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str | None, groups: str | None,
                      splits: str | None, force: bool) -> None:
@@ -77,7 +79,7 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
     Example: cmcd-edge data from-arrays ./my-data --view rgb=rgb.npy --view depth=depth.npy:image --labels y.npy
     """
     from cmcd_edge import datasets
-    from cmcd_edge.arrays import load_array, parse_view_arg
+    from cmcd_edge.arrays import groups_from_array, labels_from_array, load_array, parse_view_arg, splits_from_array
 
     specs = {}
     for arg in views:
@@ -87,8 +89,14 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
         if kind is None:
             raise UserError(f"--view {arg}: cannot infer the kind of a {arr.ndim}-d array; append :vector|:sequence|:image")
         specs[name] = datasets.ViewSpec(arr, kind, origin=f"--view {arg}")
-    y = load_array(labels, "--labels")
-    names = classes.split(",") if classes else [str(i) for i in range(int(y.max()) + 1 if y.size else 0)]
-    ds = datasets.write_dataset(out, specs, y, names, groups=load_array(groups, "--groups") if groups else None,
-                                splits=load_array(splits, "--splits") if splits else None, force=force)
+    first, *rest = specs.values()
+    n_rows = len(first.array)
+    for spec in rest:
+        if len(spec.array) != n_rows:
+            raise UserError(f"{spec.origin}: {len(spec.array)} rows but {first.origin} has {n_rows}")
+    y, names = labels_from_array(load_array(labels, "--labels"), f"--labels {labels}", n_rows,
+                                 classes.split(",") if classes else None)
+    g = groups_from_array(load_array(groups, "--groups"), f"--groups {groups}", n_rows) if groups else None
+    sp = splits_from_array(load_array(splits, "--splits"), f"--splits {splits}", n_rows) if splits else None
+    ds = datasets.write_dataset(out, specs, y, names, groups=g, splits=sp, force=force)
     click.echo(f"wrote {out} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes)")

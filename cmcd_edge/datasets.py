@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -54,16 +54,6 @@ class ViewInfo:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return self.shape[1:]
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Row indices of each split, and the labeled rows of the train split."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    labeled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)
@@ -145,11 +135,21 @@ def _load_aux(path: Path, n_rows: int) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
+    return _check_column(path, arr, n_rows)
+
+
+def _check_column(where: str | Path, arr: np.ndarray, n_rows: int) -> np.ndarray:
+    """A per-row integer array (labels, groups, splits) as int64 [N]."""
     if arr.ndim != 1 or arr.shape[0] != n_rows:
-        raise DataError(f"{path}: expected shape [{n_rows}] (one entry per row), got {list(arr.shape)}")
+        raise DataError(f"{where}: expected shape [{n_rows}] (one entry per row), got {list(arr.shape)}")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"{path}: expected integers, got dtype {arr.dtype}")
+        raise DataError(f"{where}: expected integers, got dtype {arr.dtype}")
     return arr.astype(np.int64, copy=False)
+
+
+def _check_splits(where: str | Path, splits: np.ndarray) -> None:
+    if not np.isin(splits, (0, 1, 2)).all():
+        raise DataError(f"{where}: values must be 0 (train), 1 (val) or 2 (test)")
 
 
 def resolve(spec: str | Path) -> Path:
@@ -201,8 +201,8 @@ def load(spec: str | Path) -> Dataset:
         raise DataError(f"{root}: views have different row counts ({detail}); rows must be aligned across views")
     ds = Dataset(root, str(spec), str(meta.get("name", root.name)), views, tuple(str(c) for c in meta["classes"]), meta)
     _check_labels(root / "labels.npy", ds.labels, ds.n_classes)
-    if ds.fixed_splits is not None and not np.isin(ds.fixed_splits, (0, 1, 2)).all():
-        raise DataError(f"{root / 'splits.npy'}: values must be 0 (train), 1 (val) or 2 (test)")
+    if ds.fixed_splits is not None:
+        _check_splits(root / "splits.npy", ds.fixed_splits)
     return ds
 
 
@@ -253,12 +253,8 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
                   force: bool = False, extra: dict[str, Any] | None = None) -> Dataset:
     """Write a dataset folder atomically, after checking everything a reader would check."""
     out = Path(out)
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-            labels = labels.astype(np.int64)
-        else:
-            raise DataError(f"labels: expected integers, got dtype {labels.dtype}")
+    labels = np.asarray(labels)  # integer ids: the CLI reads names and integral floats (cmcd_edge.arrays)
+    labels = _check_column("labels", labels, labels.shape[0] if labels.ndim else 0)
     if not views:
         raise DataError("at least one view is needed")
     for vname, spec in views.items():
@@ -273,6 +269,11 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
             if len(rows):
                 raise DataError(f"{where}: NaN or Inf at row {int(rows[0])}{_more(rows)}; fix or drop those rows")
     _check_labels(Path("labels"), labels, len(classes))
+    for what, arr in (("groups", groups), ("splits", splits)):  # named here, not as the temp folder's copy
+        if arr is not None:
+            _check_column(what, np.asarray(arr), len(labels))
+    if splits is not None:
+        _check_splits("splits", np.asarray(splits))
     meta = {"name": name or out.name, "views": {v: {"kind": s.kind} for v, s in views.items()},
             "classes": [str(c) for c in classes], **(extra or {})}
     with atomic_dir(out, force=force) as tmp:
@@ -288,73 +289,7 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
     return load(out)
 
 
-# ---------------------------------------------------------------------------------------------------- splits
-
-
-def make_splits(ds: Dataset, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                labeled_fraction: float = 1.0) -> Splits:
-    """Train/val/test row indices: ``splits.npy`` when the dataset has one, else seeded and stratified by label,
-    group-aware when ``groups.npy`` exists (whole groups go to one split). Then ``sample_labeled`` on train.
-
-    Unlabeled rows (label -1) teach a student only through the teacher, so they belong to train: the stratified split
-    puts all of them there, and val and test keep only labeled rows whatever the split (a row without a label cannot
-    be scored)."""
-    labels = np.asarray(ds.labels)
-    if ds.fixed_splits is not None:
-        fixed = ds.fixed_splits
-        train, val, test = (np.flatnonzero(fixed == k) for k in (0, 1, 2))
-    elif ds.groups is not None:
-        train, val, test = _group_split(np.asarray(ds.groups), fractions, seed)
-    else:
-        train, val, test = _stratified_split(labels, fractions, seed)
-    val, test = val[labels[val] >= 0], test[labels[test] >= 0]
-    for name, idx in (("train", train), ("val", val), ("test", test)):
-        if idx.size == 0:
-            what = "empty" if name == "train" else "without labeled rows"
-            raise DataError(f"{ds.spec}: the {name} split is {what} ({ds.n_rows} rows, "
-                            f"{int((labels >= 0).sum())} labeled); add labeled rows or fix splits.npy")
-    labeled = sample_labeled(train, labels, labeled_fraction, seed)
-    return Splits(train, val, test, labeled)
-
-
-def _stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int):
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[], [], []]
-    for cls in np.unique(labels):
-        if cls < 0:  # unlabeled: train only
-            parts[0].append(np.flatnonzero(labels == cls))
-            continue
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_train = int(round(fractions[0] * len(idx)))
-        n_val = int(round(fractions[1] * len(idx)))
-        for k, chunk in enumerate((idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
-            parts[k].append(chunk)
-    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
-
-
-def _group_split(groups: np.ndarray, fractions: tuple[float, float, float], seed: int):
-    rng = np.random.default_rng(seed)
-    uniq = rng.permutation(np.unique(groups))
-    cuts = np.cumsum([round(f * len(uniq)) for f in fractions[:2]])
-    assign = np.split(uniq, cuts)
-    return tuple(np.flatnonzero(np.isin(groups, g)).astype(np.int64) for g in assign)
-
-
-def sample_labeled(train: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded, stratified ``fraction`` of the labeled train rows, with at least one row of each class present."""
-    if not 0.0 < fraction <= 1.0:
-        raise DataError(f"labeled fraction {fraction} is outside (0, 1]")
-    rng = np.random.default_rng(seed + 7919)
-    picked = []
-    for cls in np.unique(labels[train]):
-        if cls < 0:
-            continue
-        idx = train[labels[train] == cls]
-        n = max(1, int(round(fraction * len(idx))))
-        picked.append(rng.choice(idx, size=n, replace=False))
-    if not picked:
-        raise DataError("the train split has no labeled rows")
-    return np.sort(np.concatenate(picked)).astype(np.int64)
+# ------------------------------------------------------------------------------------------------ reading rows
 
 
 class SplitRows:

@@ -21,6 +21,7 @@ from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teach
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json, write_text
 from cmcd_edge.registry import check_choice
+from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
 UPPER = "supervised@100%"
@@ -54,7 +55,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     write_json(key_file, key)
     cfg.check_against(ds)
     datasets.validate(ds, [cfg.source])
-    splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
+    splits = make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
     device = engine.pick_device(cfg.device)
     if cfg.teacher == "train":
         ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped

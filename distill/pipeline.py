@@ -27,6 +27,7 @@ from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import remove_stale_temps, write_bytes, write_json, write_text
+from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
     datasets.validate(ds, [cfg.source, cfg.target] if teacher is None else [cfg.target])
-    splits = datasets.make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
+    splits = make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
     unlabeled = int((np.asarray(ds.labels) < 0).sum())
     if unlabeled and cfg.labeled_fraction < 1.0:
         _warn_fraction_of_few_labels(ds.spec, unlabeled, cfg.labeled_fraction)

@@ -23,6 +23,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
 from cmcd_edge.errors import UserError
+from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
 MARGIN = 0.1  # nats: |delta| below this is "marginal"
@@ -68,7 +69,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
     heldout_rows = []
     for s in range(seed, seed + seeds):
-        splits = datasets.make_splits(ds, s, labeled_fraction=labeled_fraction)
+        splits = make_splits(ds, s, labeled_fraction=labeled_fraction)
         held = np.sort(np.concatenate([splits.val, splits.test]))  # labeled rows only (make_splits)
         if len(held) > MAX_HELDOUT:  # a seeded subsample: the estimators' cost and memory grow as N^2
             held = np.sort(np.random.default_rng(s).choice(held, MAX_HELDOUT, replace=False))

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import nn
 
-from cmcd_edge.datasets import Dataset, Splits, norm_stats
+from cmcd_edge.datasets import Dataset, norm_stats
 from cmcd_edge.distill import engine, students
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_text
+from cmcd_edge.splitting import Splits
 
 log = logging.getLogger(__name__)
 EXTERNAL_BATCH_BYTES = 64 << 20  # float32 input of one batch through a user's teacher (its activations are unknown)

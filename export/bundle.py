@@ -26,6 +26,7 @@ from cmcd_edge.fsutil import atomic_dir, write_json, write_text
 from cmcd_edge.registry import check_choice
 from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
 from cmcd_edge.runtime.session import make_session, run_batched
+from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     ds = datasets.load(dcfg["data"])
     view = run.student_json["view"]
     datasets.validate(ds, [view])
-    splits = datasets.make_splits(ds, int(dcfg["seed"]), labeled_fraction=float(dcfg["labeled_fraction"]))
+    splits = make_splits(ds, int(dcfg["seed"]), labeled_fraction=float(dcfg["labeled_fraction"]))
     x_all = ds.view(view)
     labels = np.asarray(ds.labels)
     test = (datasets.SplitRows(x_all, splits.test), labels[splits.test])  # read a batch at a time

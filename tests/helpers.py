@@ -89,3 +89,11 @@ def save_exported(module, path, dynamic: bool = True) -> None:
     torch.manual_seed(0)
     shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
     torch.export.save(torch.export.export(module, (torch.randn(4, 16),), dynamic_shapes=shapes), str(path))
+
+
+def toy_dataset(tmp_path, n=60, **kw):
+    """A 3-class dataset of a vector view ``a`` and a sequence view ``b``, written to ``tmp_path/toy``."""
+    rng = np.random.default_rng(0)
+    views = {"a": ViewSpec(rng.normal(size=(n, 5)).astype(np.float32), "vector"),
+             "b": ViewSpec(rng.normal(size=(n, 2, 8)).astype(np.float32), "sequence")}
+    return datasets.write_dataset(tmp_path / "toy", views, np.arange(n) % 3, ["x", "y", "z"], **kw)

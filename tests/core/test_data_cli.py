@@ -41,8 +41,10 @@ def test_from_arrays_then_validate(cli, tmp_path):
 @pytest.mark.parametrize("case,needles", [
     ("rows", ["--view b=", "b.npy: 19 rows"]),
     ("nan", ["--view a=", "a.npy: NaN or Inf at row 0 and 19 more rows"]),
-    ("labels_range", ["out of range"]),
-    ("labels_float", ["integers"]),
+    ("labels_range", ["--labels ", "y.npy: label -5 out of range"]),
+    ("labels_float", ["--labels ", "y.npy: expected integer class ids or class names, got 0.0526"]),
+    ("labels_2d", ["--labels ", "y.npy: expected one label per row, shape [20], got [20, 2]"]),
+    ("labels_rows", ["--labels ", "y.npy: 19 labels but the views have 20 rows"]),
     ("empty", ["--view a=", "a.npy: empty"]),
 ])
 def test_from_arrays_bad_input(cli, tmp_path, case, needles):
@@ -52,6 +54,8 @@ def test_from_arrays_bad_input(cli, tmp_path, case, needles):
         "nan": {"a": np.full((20, 4), np.nan)},
         "labels_range": {"y": np.arange(20) - 5},
         "labels_float": {"y": np.linspace(0, 1, 20)},
+        "labels_2d": {"y": np.zeros((20, 2), np.int64)},
+        "labels_rows": {"y": np.arange(19) % 2},
         "empty": {"a": np.zeros((20, 0), np.float32)},
     }[case]
     res = cli("data", "from-arrays", tmp_path / "out", *_arrays(tmp_path, **kw))
@@ -63,6 +67,56 @@ def test_from_arrays_bad_input(cli, tmp_path, case, needles):
 def _written(cli, tmp_path):
     assert cli("data", "from-arrays", tmp_path / "ds", *_arrays(tmp_path)).returncode == 0
     return tmp_path / "ds"
+
+
+def _aux(tmp_path, name, arr):
+    np.save(tmp_path / f"{name}.npy", arr)
+    return str(tmp_path / f"{name}.npy")
+
+
+def test_from_arrays_takes_class_names_as_labels(cli, tmp_path):
+    """String labels (what a CSV column or a folder of class names gives) used to fail with an internal UFuncTypeError:
+    now their sorted names are the classes and an empty string marks an unlabeled row."""
+    args = _arrays(tmp_path)
+    args[-1] = _aux(tmp_path, "names", np.array(["dog", "cat", "", "cat"] * 5))
+    res = cli("data", "from-arrays", tmp_path / "ds", *args)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(cli("data", "info", tmp_path / "ds", "--json").stdout)
+    assert s["classes"] == ["cat", "dog"] and s["label_counts"] == {"cat": 10, "dog": 5} and s["unlabeled"] == 5
+    res = cli("data", "from-arrays", tmp_path / "ds2", *args, "--classes", "dog,cat,bird")  # the user's order
+    assert res.returncode == 0, res.stderr
+    s = json.loads(cli("data", "info", tmp_path / "ds2", "--json").stdout)
+    assert s["classes"] == ["dog", "cat", "bird"] and s["label_counts"] == {"dog": 5, "cat": 10, "bird": 0}
+    assert "--classes: class 'bird' has no rows" in res.stderr
+    _assert_one_line_error(cli("data", "from-arrays", tmp_path / "ds3", *args, "--classes", "dog,bird"),
+                           "--labels ", "names.npy: label 'cat' is not in --classes (dog, bird)")
+
+
+def test_from_arrays_takes_named_groups_and_splits_and_a_column_of_labels(cli, tmp_path):
+    args = _arrays(tmp_path, y=(np.arange(20) % 2).reshape(20, 1))  # a column, as from a CSV reader
+    groups = _aux(tmp_path, "g", np.array([f"subject{i % 4}" for i in range(20)]))
+    splits = _aux(tmp_path, "s", np.array(["train", "train", "val", "test"] * 5))
+    res = cli("data", "from-arrays", tmp_path / "ds", *args, "--groups", groups, "--splits", splits)
+    assert res.returncode == 0, res.stderr
+    from cmcd_edge import datasets
+
+    ds = datasets.load(tmp_path / "ds")
+    assert ds.labels.tolist() == [i % 2 for i in range(20)]
+    assert ds.groups.tolist() == [i % 4 for i in range(20)]
+    assert ds.fixed_splits.tolist() == [0, 0, 1, 2] * 5
+
+
+@pytest.mark.parametrize("flag, arr, needle", [
+    ("--splits", np.arange(20) % 4, "s.npy: values must be 0 (train), 1 (val) or 2 (test), got 3"),
+    ("--splits", np.array(["train", "dev"] * 10), "s.npy: values must be train, val or test, got 'dev'"),
+    ("--splits", np.arange(15) % 3, "s.npy: 15 entries but the views have 20 rows"),
+    ("--groups", np.zeros((20, 2)), "s.npy: expected one group id per row, shape [20], got [20, 2]"),
+])
+def test_from_arrays_bad_groups_and_splits_name_the_flag(cli, tmp_path, flag, arr, needle):
+    """These used to name the temp folder's copy (.out.x1y2.tmp/splits.npy), or pass: 2-d groups were written."""
+    res = cli("data", "from-arrays", tmp_path / "out", *_arrays(tmp_path), flag, _aux(tmp_path, "s", arr))
+    _assert_one_line_error(res, f"{flag} ", needle)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
 
 def test_load_rejects_misaligned_rows(cli, tmp_path):

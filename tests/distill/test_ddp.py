@@ -71,6 +71,7 @@ def test_run_phase_ranks_score_select_and_stop_alike(tmp_path):
 def _teacher(dist: engine.Dist, tmp, data: str) -> dict:
     from cmcd_edge import datasets
     from cmcd_edge.distill import students, teachers
+    from cmcd_edge.splitting import make_splits
 
     seen: list[int] = []
     layout = students.train_layout
@@ -82,7 +83,7 @@ def _teacher(dist: engine.Dist, tmp, data: str) -> dict:
 
     students.train_layout = counting
     ds = datasets.load(data)
-    splits = datasets.make_splits(ds, 0, labeled_fraction=0.5)
+    splits = make_splits(ds, 0, labeled_fraction=0.5)
     out = tmp / "teacher" if dist.main else None
     t = teachers.train_teacher(ds, "src", splits, seed=0, epochs=3, device=torch.device("cpu"), dist=dist, out=out,
                                batch_size=64)
