@@ -158,7 +158,9 @@ compare.takes_config_extras = True
 @click.option("--student-epochs", type=int, default=30, show_default=True,
               help="Epochs of the supervised target student whose embedding is H_S.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the ranking as JSON.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the ranking as JSON; also keeps each measured teacher in OUT.partial.json, so a killed run "
+              "resumes when rerun.")
 @config_option
 def select_teacher(data: str, target: str, candidates: str | None, seeds: int, seed: int, labeled_fraction: float,
                    teacher_epochs: int, student_epochs: int, device: str, out: str | None) -> None:
@@ -173,13 +175,17 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
     if not 0 < labeled_fraction <= 1:
         raise UserError(f"--labeled-fraction {labeled_fraction} is outside (0, 1]")
     cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+    progress = Path(out).with_suffix(".partial.json") if out else None
+    on_interrupt(lambda: f"{progress} keeps the measured teachers: rerun the same command to continue" if progress
+                 and progress.exists() else None)
     res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
-                        teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device)
+                        teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device, progress=progress)
     click.echo(table(res))
     if out:
         from cmcd_edge.fsutil import write_json
 
         write_json(out, res)
+        progress.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- export

@@ -11,8 +11,10 @@ the mixed KSG estimate (reported). delta = I(H_m; H_S) - I(H_S; Y) in nats.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
 from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import write_json
 from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,11 @@ def _agg(values: list[float]) -> dict:
 
 def rank_teachers(data: str, target: str, candidates: list[str] | None = None, seeds: int = 3, seed: int = 0,
                   labeled_fraction: float = 0.1, teacher_epochs: int = 15, student_epochs: int = 30,
-                  estimators: tuple[str, ...] = ("gaussian", "ksg", "infonce"), device: str = "auto") -> dict:
+                  estimators: tuple[str, ...] = ("gaussian", "ksg", "infonce"), device: str = "auto",
+                  progress: Path | None = None) -> dict:
+    """The CCH ranking of ``candidates`` (default: every other view) for ``target``. With ``progress`` (a JSON file),
+    each measured (seed, view) is kept there as it finishes, and a rerun with the same settings takes it instead of
+    training that teacher again (a killed run resumes)."""
     t0 = time.perf_counter()
     for flag, value in (("--seeds", seeds), ("--teacher-epochs", teacher_epochs), ("--student-epochs", student_epochs)):
         if value < 1:
@@ -65,6 +72,10 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
         raise UserError(f"{data}: has no labels; I(H_S; Y) and the teachers need labels")
     datasets.validate(ds, [target, *cands])
     dev = engine.pick_device(device)
+    key = {"data_fingerprint": ds.fingerprint(), "target": target, "labeled_fraction": labeled_fraction,
+           "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "estimators": list(estimators),
+           "max_heldout": MAX_HELDOUT}
+    store = Progress(progress, key) if progress is not None else None
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
     heldout_rows = []
@@ -77,31 +88,39 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
         if len(held) < MIN_HELDOUT:
             raise UserError(f"{data}: {len(held)} labeled held-out rows (val + test); the estimators need at least "
                             f"{MIN_HELDOUT}")
-        cfg = DistillConfig(data=data, source=cands[0], target=target, method="supervised", seed=s,
-                            labeled_fraction=labeled_fraction, epochs=student_epochs, finetune="none", teacher_epochs=1,
-                            device=device)
-        t0_s = time.perf_counter()
-        h_s = _student_embedding(cfg, ds, held)
-        timing["student_s"] += time.perf_counter() - t0_s
-        y = labels[held]
-        i_sy = mi.label_mi_probe(h_s, y, ds.n_classes, seed=s)
-        i_sy_ksg = _safe(lambda h=h_s, yy=y: mi.ksg_mixed_label_mi(h, yy))
+        saved = store.measured(s) if store is not None else {}
+        if any(c not in saved for c in cands):
+            cfg = DistillConfig(data=data, source=cands[0], target=target, method="supervised", seed=s,
+                                labeled_fraction=labeled_fraction, epochs=student_epochs, finetune="none",
+                                teacher_epochs=1, device=device)
+            t0_s = time.perf_counter()
+            h_s = _student_embedding(cfg, ds, held)
+            timing["student_s"] += time.perf_counter() - t0_s
+            y = labels[held]
+            i_sy = {"i_sy": mi.label_mi_probe(h_s, y, ds.n_classes, seed=s)}
+            ksg = _safe(lambda h=h_s, yy=y: mi.ksg_mixed_label_mi(h, yy))
+            if ksg is not None:
+                i_sy["i_sy_ksg"] = ksg
         for c in cands:
-            t0_t = time.perf_counter()
-            t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=dev, dist=engine.Dist())
-            t0_e = time.perf_counter()
-            timing["teachers_s"] += t0_e - t0_t
-            h_t = t.emb.numpy()[held]
-            row = per[c]
-            row.setdefault("i_sy", []).append(i_sy)
-            if i_sy_ksg is not None:
-                row.setdefault("i_sy_ksg", []).append(i_sy_ksg)
-            row.setdefault("teacher_acc", []).append(t.test_accuracy or 0.0)
-            for est in estimators:
-                fn = {"gaussian": mi.gaussian_mi, "ksg": mi.ksg_mi, "infonce": mi.infonce_mi}[est]
-                row.setdefault(est, []).append(fn(h_t, h_s))
-            timing["estimators_s"] += time.perf_counter() - t0_e
-            log.info("seed %d  %-6s I(T;S) gaussian %.3f  I(S;Y) %.3f", s, c, row["gaussian"][-1], i_sy)
+            if c in saved:
+                values = saved[c]
+                log.info("seed %d  %-6s measured by an earlier run (%s)", s, c, progress)
+            else:
+                t0_t = time.perf_counter()
+                t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=dev, dist=engine.Dist())
+                t0_e = time.perf_counter()
+                timing["teachers_s"] += t0_e - t0_t
+                h_t = t.emb.numpy()[held]
+                values = {**i_sy, "teacher_acc": t.test_accuracy or 0.0}
+                for est in estimators:
+                    fn = {"gaussian": mi.gaussian_mi, "ksg": mi.ksg_mi, "infonce": mi.infonce_mi}[est]
+                    values[est] = fn(h_t, h_s)
+                timing["estimators_s"] += time.perf_counter() - t0_e
+                log.info("seed %d  %-6s I(T;S) gaussian %.3f  I(S;Y) %.3f", s, c, values["gaussian"], values["i_sy"])
+                if store is not None:
+                    store.save(s, c, values)
+            for k, v in values.items():
+                per[c].setdefault(k, []).append(v)
     ranking = []
     for c, row in per.items():
         i_ts, i_sy = _agg(row["gaussian"]), _agg(row["i_sy"])
@@ -117,6 +136,40 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
             "warnings": disagreements(ranking),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
+
+
+class Progress:
+    """The (seed, view) measurements of a select-teacher run, in a JSON file rewritten atomically after each one and
+    keyed by the settings that make them: a file left by other settings is refused, never mixed in."""
+
+    def __init__(self, path: Path, key: dict) -> None:
+        self.path, self.doc = path, {"key": key, "measured": {}}
+        if not path.exists():
+            return
+        try:
+            doc = json.loads(path.read_text())
+            saved_key, measured = doc["key"], doc["measured"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: not a select-teacher progress file ({exc}); delete it to start over") from None
+        diff = next((k for k in key if saved_key.get(k) != key[k]), None) if isinstance(saved_key, dict) else "key"
+        if diff is not None:
+            was = saved_key.get(diff) if isinstance(saved_key, dict) else saved_key
+            raise UserError(f"{path}: a killed select-teacher left this with other settings ({diff}: saved "
+                            f"{_short(was)} vs now {_short(key[diff])}); delete it to start over, or pass another --out")
+        self.doc["measured"] = measured
+        log.info("%s: resuming; %d teacher(s) measured", path, sum(len(v) for v in measured.values()))
+
+    def measured(self, seed: int) -> dict[str, dict[str, float]]:
+        return self.doc["measured"][str(seed)] if str(seed) in self.doc["measured"] else {}
+
+    def save(self, seed: int, view: str, values: dict[str, float]) -> None:
+        self.doc["measured"].setdefault(str(seed), {})[view] = values
+        write_json(self.path, self.doc)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 20 else text[:17] + "..."
 
 
 def disagreements(ranking: list[dict]) -> list[str]:
