@@ -38,6 +38,9 @@ def load_array(spec: str, flag: str) -> np.ndarray:
     try:
         loaded = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as exc:
+        if "Object arrays" in str(exc):  # pandas' .values of text, saved with pickle inside
+            raise UserError(f"{flag} {spec}: an object array, which would need pickle to load (never done here); "
+                            "save text as np.save(FILE, arr.astype(str)), numbers with a numeric dtype") from exc
         raise UserError(f"{flag} {spec}: not a readable .npy/.npz array ({exc})") from exc
     if isinstance(loaded, np.lib.npyio.NpzFile):
         keys = list(loaded.keys())

@@ -92,6 +92,16 @@ def test_from_arrays_takes_class_names_as_labels(cli, tmp_path):
                            "--labels ", "names.npy: label 'cat' is not in --classes (dog, bird)")
 
 
+def test_from_arrays_object_labels_get_the_save_recipe(cli, tmp_path):
+    """pandas' .values of a text column is an object array; np.save pickles it. Was: numpy's bare "Object arrays
+    cannot be loaded when allow_pickle=False", with no way forward."""
+    args = _arrays(tmp_path)
+    args[-1] = str(tmp_path / "obj.npy")
+    np.save(args[-1], np.array(["cat", "dog"] * 10, dtype=object), allow_pickle=True)
+    _assert_one_line_error(cli("data", "from-arrays", tmp_path / "ds", *args), "--labels ",
+                           "obj.npy: an object array", "np.save(FILE, arr.astype(str))")
+
+
 def test_from_arrays_takes_named_groups_and_splits_and_a_column_of_labels(cli, tmp_path):
     args = _arrays(tmp_path, y=(np.arange(20) % 2).reshape(20, 1))  # a column, as from a CSV reader
     groups = _aux(tmp_path, "g", np.array([f"subject{i % 4}" for i in range(20)]))
