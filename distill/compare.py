@@ -1,5 +1,6 @@
 """`cmcd-edge compare`: methods x seeds under one protocol. Each seed's teacher is trained once and shared by every
-method; a killed compare resumes (finished runs are kept). Writes results.json and results.md."""
+method; a killed compare resumes (finished runs are kept, the unfinished one continues from its checkpoint). Writes
+results.json and results.md."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
                 dataclasses.replace(cfg_s, method=m)
             run_dir = out / "runs" / f"{m.replace('@100%', '-all-labels')}-s{seed}"
-            res = _finished(run_dir, cfg) or run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
+            res = _finished(run_dir, cfg) or _train(run_dir, cfg, teacher)
             runs[m].append(res)
             log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)", m, seed, res["test_accuracy"], res["wall_s"])
     results = {
@@ -195,19 +196,35 @@ def seeds_to_decide(mean: float, sd: float, most: int = 1000) -> int | None:
     return None
 
 
+def _train(run_dir: Path, cfg: DistillConfig, teacher) -> dict:
+    """Train one run; the run a killed compare was in continues from its last epoch's checkpoint when it was made with
+    this very config and recipe (else it starts over)."""
+    run_json = run_dir / "run.json"
+    if ((run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists() and _same_config(run_dir, cfg)
+            and recipe_change(json.loads(run_json.read_text()), cfg) is None):
+        log.info("  %s: continuing the killed run from its checkpoint", run_dir.name)
+        return run_distill(cfg, run_dir, resume=True, teacher=teacher).metrics
+    return run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
+
+
+def _same_config(run_dir: Path, cfg: DistillConfig) -> bool:
+    """Whether the run in ``run_dir`` was made with ``cfg``'s training settings (where it ran, device and preload,
+    does not matter)."""
+    try:
+        made = DistillConfig.from_json(json.loads((run_dir / "run.json").read_text())["config"]).training_key()
+    except (OSError, ValueError, KeyError, UserError):  # no run.json, or a config key this version does not know
+        return False
+    return json.loads(json.dumps(made)) == json.loads(json.dumps(cfg.training_key()))
+
+
 def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     """The metrics of a run a killed compare already finished, if it was made with this very config (a run left from
     another config, e.g. before the default recipe changed, or by a version whose metrics lack a figure compare
     reports, is trained again)."""
-    path, run_json = run_dir / "metrics.json", run_dir / "run.json"
-    if not (path.exists() and run_json.exists()):
+    path = run_dir / "metrics.json"
+    if not (path.exists() and (run_dir / "run.json").exists()):
         return None
-    try:  # where it ran (device, preload) does not matter
-        made = DistillConfig.from_json(json.loads(run_json.read_text())["config"]).training_key()
-        same = json.loads(json.dumps(made)) == json.loads(json.dumps(cfg.training_key()))
-    except UserError:  # a config key this version does not know
-        same = False
-    if not same:
+    if not _same_config(run_dir, cfg):
         log.info("  %s: made with another config, trained again", run_dir.name)
         return None
     metrics = json.loads(path.read_text())

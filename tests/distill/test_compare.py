@@ -213,3 +213,39 @@ def test_ctrl_c_during_compare_says_finished_runs_are_kept(base, tmp_path):
     assert not (out / "results.json").exists(), "the comparison finished before it could be interrupted"
     assert_one_line_error(subprocess.CompletedProcess(args, proc.returncode, "", err), 130,
                           f"interrupted: {out} keeps its finished runs", "rerun the same command")
+
+
+def _cmp_args(base, out):
+    return [*CLI, "compare", "--data", base.data, "--source", "src", "--target", "tgt", "--methods", "kd", "--seeds",
+            "1", "--epochs", "40", "--device", "cpu", "--no-upper-bound", "--config", json_cfg(out.parent), "--out",
+            str(out)]
+
+
+def json_cfg(folder):
+    path = folder / "cmp.json"
+    path.write_text(json.dumps({"teacher_epochs": 2, "finetune_epochs": 2, "patience": 100}))
+    return str(path)
+
+
+def test_killed_compare_continues_its_unfinished_run_from_the_checkpoint(base, tmp_path):
+    """A killed compare kept only finished runs: the run it was in started over, at 20 minutes a run on large data.
+    Now that run continues from its last epoch and ends as an uninterrupted compare's (CPU runs are deterministic)."""
+    (tmp_path / "ref").mkdir()
+    ref = subprocess.run(_cmp_args(base, tmp_path / "ref" / "cmp"), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    (tmp_path / "k").mkdir()
+    out = tmp_path / "k" / "cmp"
+    proc = subprocess.Popen(_cmp_args(base, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt = out / "runs" / "kd-s0" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not (ckpt.exists() and (out / "runs" / "kd-s0" / "history.csv").exists()) and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "runs" / "kd-s0" / "metrics.json").exists(), "the run finished before it could be killed"
+    res = subprocess.run(_cmp_args(base, out), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "kd-s0: continuing the killed run from its checkpoint" in res.stderr, res.stderr
+    got = (out / "runs" / "kd-s0" / "student.safetensors").read_bytes()
+    assert got == (tmp_path / "ref" / "cmp" / "runs" / "kd-s0" / "student.safetensors").read_bytes()
