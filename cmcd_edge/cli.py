@@ -136,7 +136,8 @@ def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, 
     require("torch", "train")
     from cmcd_edge.distill.compare import results_markdown, run_compare
 
-    on_interrupt(lambda: f"{out} keeps its finished runs: rerun the same command (without --force) to continue")
+    on_interrupt(lambda: f"{out} keeps its finished runs and the last epoch of the one it was in: rerun the same "
+                 "command (without --force) to continue")
     res = run_compare(_make_config("cmcd", **kw), [m.strip() for m in methods.split(",") if m.strip()], seeds,
                       Path(out), force=force, upper_bound=upper_bound)
     click.echo(results_markdown(res))
