@@ -353,12 +353,20 @@ def demo(out: str, quick: bool) -> None:
     Example: cmcd-edge demo --out demo-out
     """
     single_process("demo", "launch it as a plain command")
+    require("torch", "train")
+    root = Path(out)
+    try:
+        _demo(root, quick)
+    except KeyboardInterrupt:  # each stage registered its own advice; a rerun demo replaces --out and starts over
+        on_interrupt(lambda: f"`cmcd-edge demo` starts over when rerun (it replaces {root})")
+        raise
+
+
+def _demo(root: Path, quick: bool) -> None:
     import shutil
 
     from cmcd_edge import datasets
 
-    require("torch", "train")
-    root = Path(out)
     if root.exists():
         shutil.rmtree(root)
     ds = datasets.load("builtin:mfeat")
