@@ -149,13 +149,15 @@ class Progress:
         try:
             doc = json.loads(path.read_text())
             saved_key, measured = doc["key"], doc["measured"]
+            if not (isinstance(saved_key, dict) and isinstance(measured, dict)):
+                raise TypeError("key and measured must be objects")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path}: not a select-teacher progress file ({exc}); delete it to start over") from None
-        diff = next((k for k in key if saved_key.get(k) != key[k]), None) if isinstance(saved_key, dict) else "key"
+        diff = next((k for k in key if saved_key.get(k) != key[k]), None)
         if diff is not None:
-            was = saved_key.get(diff) if isinstance(saved_key, dict) else saved_key
             raise UserError(f"{path}: a killed select-teacher left this with other settings ({diff}: saved "
-                            f"{_short(was)} vs now {_short(key[diff])}); delete it to start over, or pass another --out")
+                            f"{_short(saved_key.get(diff))} vs now {_short(key[diff])}); delete it to start over, "
+                            "or pass another --out")
         self.doc["measured"] = measured
         log.info("%s: resuming; %d teacher(s) measured", path, sum(len(v) for v in measured.values()))
 

@@ -204,8 +204,9 @@ def test_select_progress_file_that_is_not_one_is_refused_with_the_fix(tmp_path):
     from cmcd_edge.errors import UserError
 
     path = tmp_path / "rank.partial.json"
-    path.write_text("{half a file")
-    with pytest.raises(UserError, match=r"rank.partial.json: not a select-teacher progress file .* delete it"):
-        Progress(path, {"target": "tgt"})
+    for text in ("{half a file", '{"key": [], "measured": {}}', "[]"):
+        path.write_text(text)
+        with pytest.raises(UserError, match=r"rank.partial.json: not a select-teacher progress file .* delete it"):
+            Progress(path, {"target": "tgt"})
     Progress(tmp_path / "new.partial.json", {"target": "tgt"}).save(3, "src", {"gaussian": 0.5})
     assert Progress(tmp_path / "new.partial.json", {"target": "tgt"}).measured(3) == {"src": {"gaussian": 0.5}}
