@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error
+from tests.helpers import INTERRUPTED, assert_one_line_error
 
 
 def test_ctrl_c_during_demo_says_it_starts_over(tmp_path):
@@ -24,4 +24,4 @@ def test_ctrl_c_during_demo_says_it_starts_over(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
-    assert_one_line_error(res, 130, "interrupted: `cmcd-edge demo` starts over when rerun", str(out))
+    assert_one_line_error(res, INTERRUPTED, "interrupted: `cmcd-edge demo` starts over when rerun", str(out))

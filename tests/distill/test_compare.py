@@ -15,7 +15,7 @@ from cmcd_edge.distill.compare import _paired, _verdict_lines, run_compare, seed
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.errors import UserError
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error, synthetic_paired
+from tests.helpers import INTERRUPTED, assert_one_line_error, synthetic_paired
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_ctrl_c_during_compare_says_finished_runs_are_kept(base, tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert not (out / "results.json").exists(), "the comparison finished before it could be interrupted"
-    assert_one_line_error(subprocess.CompletedProcess(args, proc.returncode, "", err), 130,
+    assert_one_line_error(subprocess.CompletedProcess(args, proc.returncode, "", err), INTERRUPTED,
                           f"interrupted: {out} keeps its finished runs", "rerun the same command")
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error, kill_tree, save_exported, save_torchscript, synthetic_paired
+from tests.helpers import INTERRUPTED, assert_one_line_error, kill_tree, save_exported, save_torchscript, synthetic_paired
 
 FAST = ["--epochs", "3", "--config"]
 
@@ -340,7 +340,7 @@ def test_ctrl_c_during_distill_says_how_to_resume(toy, tmp_path, kill_cfg):
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
-    assert_one_line_error(res, 130, f"interrupted: {out}", "--resume")
+    assert_one_line_error(res, INTERRUPTED, f"interrupted: {out}", "--resume")
     assert _checkpoint_phase(out) == "distill" and not (out / "metrics.json").exists()
 
 

@@ -17,7 +17,7 @@ import pytest
 from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.manifest import sha256_file
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error
+from tests.helpers import INTERRUPTED, assert_one_line_error
 
 
 def _digest(folder: Path) -> dict:
@@ -72,7 +72,7 @@ def test_ctrl_c_during_calibration_keeps_the_previous_bundle_and_says_so(toy_run
     res = _kill_when(args, lambda: any((t / ".model.pre.onnx").exists() for t in _temps(tmp_path, "bundle")),
                      sig=signal.SIGINT)
     assert res is not None, "export finished before it could be interrupted"
-    assert_one_line_error(res, 130, f"interrupted: {bundle} is as it was before this export")
+    assert_one_line_error(res, INTERRUPTED, f"interrupted: {bundle} is as it was before this export")
     assert _digest(bundle) == before
     assert not _temps(tmp_path, "bundle")  # unlike kill -9, an interrupt cleans up its temp folder at once
 
