@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmcd_edge.datasets import check_splits
 from cmcd_edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,5 @@ def splits_from_array(arr: np.ndarray, where: str, n_rows: int) -> np.ndarray:
             raise UserError(f"{where}: values must be train, val or test, got {unknown[0]!r}")
         return np.array([SPLIT_IDS[str(u)] for u in uniq], np.int64)[inv.reshape(-1)]
     ids = _integers(col, where, "0/1/2 or train/val/test")
-    bad = ~np.isin(ids, (0, 1, 2))
-    if bad.any():
-        raise UserError(f"{where}: values must be 0 (train), 1 (val) or 2 (test), got {int(ids[bad][0])}")
+    check_splits(where, ids)
     return ids

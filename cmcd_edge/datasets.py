@@ -147,9 +147,11 @@ def _check_column(where: str | Path, arr: np.ndarray, n_rows: int) -> np.ndarray
     return arr.astype(np.int64, copy=False)
 
 
-def _check_splits(where: str | Path, splits: np.ndarray) -> None:
-    if not np.isin(splits, (0, 1, 2)).all():
-        raise DataError(f"{where}: values must be 0 (train), 1 (val) or 2 (test)")
+def check_splits(where: str | Path, splits: np.ndarray) -> None:
+    """Fixed split ids: 0 train, 1 val, 2 test."""
+    bad = ~np.isin(splits, (0, 1, 2))
+    if bad.any():
+        raise DataError(f"{where}: values must be 0 (train), 1 (val) or 2 (test), got {int(splits[bad][0])}")
 
 
 def resolve(spec: str | Path) -> Path:
@@ -202,7 +204,7 @@ def load(spec: str | Path) -> Dataset:
     ds = Dataset(root, str(spec), str(meta.get("name", root.name)), views, tuple(str(c) for c in meta["classes"]), meta)
     _check_labels(root / "labels.npy", ds.labels, ds.n_classes)
     if ds.fixed_splits is not None:
-        _check_splits(root / "splits.npy", ds.fixed_splits)
+        check_splits(root / "splits.npy", ds.fixed_splits)
     return ds
 
 
@@ -233,9 +235,7 @@ def validate(ds: Dataset, views: list[str] | None = None) -> None:
         if np.issubdtype(arr.dtype, np.floating):
             for start in range(0, arr.shape[0], _CHUNK_ROWS):
                 bad.append(start + _nonfinite_rows(np.asarray(arr[start:start + _CHUNK_ROWS])))
-        rows = np.concatenate(bad) if bad else np.zeros(0, np.int64)
-        if len(rows):
-            raise DataError(f"{info.path}: NaN or Inf at row {int(rows[0])}{_more(rows)}; fix or drop those rows")
+        _refuse_nonfinite(info.path, np.concatenate(bad) if bad else np.zeros(0, np.int64))
 
 
 def _nonfinite_rows(block: np.ndarray) -> np.ndarray:
@@ -243,9 +243,11 @@ def _nonfinite_rows(block: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
 
 
-def _more(rows: np.ndarray) -> str:
-    """' and N more row(s)' after the first bad row of ``rows``."""
-    return f" and {len(rows) - 1} more row{'s' if len(rows) > 2 else ''}" if len(rows) > 1 else ""
+def _refuse_nonfinite(where: str | Path, rows: np.ndarray) -> None:
+    """A DataError naming the first of ``rows`` (the rows holding NaN or Inf) and how many more; nothing if none."""
+    if len(rows):
+        more = f" and {len(rows) - 1} more row{'s' if len(rows) > 2 else ''}" if len(rows) > 1 else ""
+        raise DataError(f"{where}: NaN or Inf at row {int(rows[0])}{more}; fix or drop those rows")
 
 
 def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarray, classes: list[str], *,
@@ -265,15 +267,13 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
         if spec.array.shape[0] != labels.shape[0]:
             raise DataError(f"{where}: {spec.array.shape[0]} rows but labels have {labels.shape[0]}")
         if np.issubdtype(spec.array.dtype, np.floating):
-            rows = _nonfinite_rows(spec.array)
-            if len(rows):
-                raise DataError(f"{where}: NaN or Inf at row {int(rows[0])}{_more(rows)}; fix or drop those rows")
+            _refuse_nonfinite(where, _nonfinite_rows(spec.array))
     _check_labels(Path("labels"), labels, len(classes))
     for what, arr in (("groups", groups), ("splits", splits)):  # named here, not as the temp folder's copy
         if arr is not None:
             _check_column(what, np.asarray(arr), len(labels))
     if splits is not None:
-        _check_splits("splits", np.asarray(splits))
+        check_splits("splits", np.asarray(splits))
     meta = {"name": name or out.name, "views": {v: {"kind": s.kind} for v, s in views.items()},
             "classes": [str(c) for c in classes], **(extra or {})}
     with atomic_dir(out, force=force) as tmp:
