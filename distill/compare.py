@@ -17,7 +17,7 @@ from cmcd_edge import datasets
 from cmcd_edge.distill import engine
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.losses import METHODS
-from cmcd_edge.distill.pipeline import recipe_change, run_distill
+from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json, write_text
@@ -199,9 +199,8 @@ def seeds_to_decide(mean: float, sd: float, most: int = 1000) -> int | None:
 def _train(run_dir: Path, cfg: DistillConfig, teacher) -> dict:
     """Train one run; the run a killed compare was in continues from its last epoch's checkpoint when it was made with
     this very config and recipe (else it starts over)."""
-    run_json = run_dir / "run.json"
-    if ((run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists() and _same_config(run_dir, cfg)
-            and recipe_change(json.loads(run_json.read_text()), cfg) is None):
+    if ((run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
+            and resume_refusal(run_dir, cfg) is None):
         log.info("  %s: continuing the killed run from its checkpoint", run_dir.name)
         return run_distill(cfg, run_dir, resume=True, teacher=teacher).metrics
     return run_distill(cfg, run_dir, force=True, teacher=teacher).metrics

@@ -68,20 +68,10 @@ def _warn_fraction_of_few_labels(spec: str, unlabeled: int, fraction: float) -> 
 
 def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> None:
     """Check the run folder against the flags (rank 0): a resumable run, or an empty or --force-able folder."""
-    run_json = out / "run.json"
     if resume:
-        if not run_json.exists():
-            raise UserError(f"--resume: {out} holds no run to resume (no run.json)")
-        old = json.loads(run_json.read_text())["config"]
-        old_cfg = DistillConfig.from_json(old)
-        if old_cfg.training_key() != cfg.training_key():
-            diff = sorted(k for k, v in cfg.training_key().items() if old_cfg.training_key().get(k) != v)
-            raise UserError(f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
-                            "rerun with the same flags, or use a new --out")
-        why = recipe_change(json.loads(run_json.read_text()), cfg)
+        why = resume_refusal(out, cfg)
         if why:
-            raise UserError(f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, "
-                            "or use a new --out")
+            raise UserError(why)
         for stale in remove_stale_temps(out):
             log.info("resume: removed %s, left by the killed run", stale.name)
         return
@@ -91,6 +81,27 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> Non
             hint = "pass --force to replace it" if done else "pass --resume to continue it, or --force to replace it"
             raise UserError(f"--out {out} already holds a {'finished' if done else 'partial'} run: {hint}")
         shutil.rmtree(out)
+
+
+def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
+    """Why ``--resume`` cannot continue the run in ``out`` with ``cfg`` (another config or recipe, or no run); None
+    when it can."""
+    run_json = out / "run.json"
+    if not run_json.exists():
+        return f"--resume: {out} holds no run to resume (no run.json)"
+    record = json.loads(run_json.read_text())
+    try:
+        old_cfg = DistillConfig.from_json(record["config"])
+    except UserError as exc:  # a config key this version does not know
+        return str(exc)
+    if old_cfg.training_key() != cfg.training_key():
+        diff = sorted(k for k, v in cfg.training_key().items() if old_cfg.training_key().get(k) != v)
+        return (f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
+                "rerun with the same flags, or use a new --out")
+    why = recipe_change(record, cfg)
+    if why:
+        return f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, or use a new --out"
+    return None
 
 
 def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, force: bool = False,
