@@ -217,19 +217,19 @@ def test_ctrl_c_during_compare_says_finished_runs_are_kept(base, tmp_path):
 
 def _cmp_args(base, out):
     return [*CLI, "compare", "--data", base.data, "--source", "src", "--target", "tgt", "--methods", "kd", "--seeds",
-            "1", "--epochs", "40", "--device", "cpu", "--no-upper-bound", "--config", json_cfg(out.parent), "--out",
+            "1", "--epochs", "40", "--device", "cpu", "--no-upper-bound", "--config", _json_cfg(out.parent), "--out",
             str(out)]
 
 
-def json_cfg(folder):
+def _json_cfg(folder):
     path = folder / "cmp.json"
     path.write_text(json.dumps({"teacher_epochs": 2, "finetune_epochs": 2, "patience": 100}))
     return str(path)
 
 
 def test_killed_compare_continues_its_unfinished_run_from_the_checkpoint(base, tmp_path):
-    """A killed compare kept only finished runs: the run it was in started over, at 20 minutes a run on large data.
-    Now that run continues from its last epoch and ends as an uninterrupted compare's (CPU runs are deterministic)."""
+    """A killed compare kept only finished runs: the run it was in started over. Now that run continues from its last
+    epoch and ends as an uninterrupted compare's (CPU runs are deterministic)."""
     (tmp_path / "ref").mkdir()
     ref = subprocess.run(_cmp_args(base, tmp_path / "ref" / "cmp"), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
