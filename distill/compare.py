@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cmcd_edge import datasets
-from cmcd_edge.distill import engine
+from cmcd_edge.distill import ddp, engine
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.losses import METHODS
 from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill
@@ -61,7 +61,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     if cfg.teacher == "train":
         ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped
         t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
-                          dist=engine.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
+                          dist=ddp.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
                           batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
     else:
         t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)

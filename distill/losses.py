@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmcd_edge.distill.engine import all_ranks
+from cmcd_edge.distill.ddp import all_ranks
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import Registry, check_choice
 

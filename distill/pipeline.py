@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cmcd_edge import __version__, datasets
-from cmcd_edge.distill import engine, students
+from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
@@ -130,7 +130,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
                               "lower --batch-size")
     if teacher is None and cfg.teacher == "train":  # before any folder is made or a teacher trained
         check_teacher_memory(ds, cfg.source, cfg.teacher_batch_size, cfg.max_batch_bytes, device)
-    dist = engine.setup_distributed(device)
+    dist = ddp.setup_distributed(device)
     external = None
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
         external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
@@ -140,11 +140,11 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
-    engine.barrier(dist)  # rank 0 has checked and prepared --out before another rank reads it
+    ddp.barrier(dist)  # rank 0 has checked and prepared --out before another rank reads it
     ckpt_state = None
     if out is not None and resume:  # every rank continues from the same epoch (was: rank 0 alone)
         ckpt_state = engine.Checkpoint(out / "checkpoint.pt").load() or {}
-        engine.barrier(dist)  # all have read the checkpoint before rank 0 writes the next one
+        ddp.barrier(dist)  # all have read the checkpoint before rank 0 writes the next one
 
     if external is not None:
         teacher = external

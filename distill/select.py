@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cmcd_edge import datasets
-from cmcd_edge.distill import engine, mi
+from cmcd_edge.distill import ddp, engine, mi
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
@@ -107,7 +107,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                 log.info("seed %d  %-6s measured by an earlier run (%s)", s, c, progress)
             else:
                 t0_t = time.perf_counter()
-                t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=dev, dist=engine.Dist())
+                t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=dev, dist=ddp.Dist())
                 t0_e = time.perf_counter()
                 timing["teachers_s"] += t0_e - t0_t
                 h_t = t.emb.numpy()[held]

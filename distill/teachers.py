@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from cmcd_edge.datasets import Dataset, norm_stats
-from cmcd_edge.distill import engine, students
+from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_text
@@ -74,7 +74,7 @@ def check_teacher_memory(ds: Dataset, source: str, batch_size: int, limit: int |
 
 
 def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs: int, device: torch.device,
-                  dist: engine.Dist, out: Path | None = None, resume: dict | None = None,
+                  dist: ddp.Dist, out: Path | None = None, resume: dict | None = None,
                   preload: str = "auto", batch_size: int = 128, max_batch_bytes: int | None = None) -> TeacherOutputs:
     """A larger network of the source view's kind, trained on all labeled train rows of the source view.
 
@@ -130,7 +130,7 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
 
 
 @torch.no_grad()
-def _outputs(net: nn.Module, x: ViewRows, y: torch.Tensor | None, splits: Splits, batch: int, dist: engine.Dist,
+def _outputs(net: nn.Module, x: ViewRows, y: torch.Tensor | None, splits: Splits, batch: int, dist: ddp.Dist,
              info: dict) -> TeacherOutputs:
     emb, lo = embed_rows(net, x, batch, dist, with_logits=True)
     acc = None
@@ -141,13 +141,13 @@ def _outputs(net: nn.Module, x: ViewRows, y: torch.Tensor | None, splits: Splits
 
 
 @torch.no_grad()
-def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: engine.Dist,
+def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: ddp.Dist,
                with_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``net.forward_both`` over every row of ``x``, ``batch`` rows at a time: embeddings (N, E) and logits (N, K) on
-    the CPU. Under torchrun each rank computes its share of the batches (:func:`engine.rank_share`) and every rank
+    the CPU. Under torchrun each rank computes its share of the batches (:func:`ddp.rank_share`) and every rank
     then holds all rows: the batches are the same as in one process, so are the bits."""
     batches = engine.row_batches(x.shape[0], batch)
-    share = engine.rank_share(batches, dist)
+    share = ddp.rank_share(batches, dist)
     gather = len(share) < len(batches)
     embs, logits = [], []
     for s in share:
@@ -159,7 +159,7 @@ def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: engine.Dist,
             logits.append(lo.float() if gather else lo.float().cpu())
     emb, lo = torch.cat(embs), torch.cat(logits) if with_logits else None
     if gather:
-        emb, lo = engine.all_ranks(emb).cpu(), None if lo is None else engine.all_ranks(lo).cpu()
+        emb, lo = ddp.all_ranks(emb).cpu(), None if lo is None else ddp.all_ranks(lo).cpu()
     return emb, lo
 
 
@@ -184,7 +184,7 @@ class _External(nn.Module):
 
 
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
-                 preload: str = "auto", dist: engine.Dist = engine.Dist()) -> TeacherOutputs:
+                 preload: str = "auto", dist: ddp.Dist = ddp.Dist()) -> TeacherOutputs:
     """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row."""
     model, info = _load_external(ref, device)
     net = _External(model)

@@ -11,7 +11,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
 
-from cmcd_edge.distill import engine
+from cmcd_edge.distill import ddp, engine
 from tests.helpers import assert_one_line_error, synthetic_paired
 
 WORLD = 2
@@ -30,13 +30,13 @@ def _rank_main(rank: int, fn, tmp: str, args) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
     try:
-        report = fn(engine.Dist(rank, WORLD), Path(tmp), *args)
+        report = fn(ddp.Dist(rank, WORLD), Path(tmp), *args)
         (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(report))
     finally:
         tdist.destroy_process_group()
 
 
-def _bn_phase(dist: engine.Dist, tmp, patience: int) -> dict:
+def _bn_phase(dist: ddp.Dist, tmp, patience: int) -> dict:
     """A BatchNorm net trained with DDP on each rank's share of a batch, as distill's step does."""
     torch.manual_seed(0)
     x, y = torch.randn(512, 8), torch.randint(0, 3, (512,))
@@ -68,7 +68,7 @@ def test_run_phase_ranks_score_select_and_stop_alike(tmp_path):
     assert rank0["state"] == rank1["state"]  # the same selected weights and BatchNorm statistics
 
 
-def _teacher(dist: engine.Dist, tmp, data: str) -> dict:
+def _teacher(dist: ddp.Dist, tmp, data: str) -> dict:
     from cmcd_edge import datasets
     from cmcd_edge.distill import students, teachers
     from cmcd_edge.splitting import make_splits
@@ -111,7 +111,7 @@ def test_commands_that_train_one_network_after_another_refuse_torchrun(argv, tmp
     assert not (tmp_path / "out").exists()
 
 
-def _banks(dist: engine.Dist, tmp) -> dict:
+def _banks(dist: ddp.Dist, tmp) -> dict:
     """One training step of CMD and CRD on this rank's share of a 64-row batch (strided, as distill shards)."""
     from cmcd_edge.distill.losses import CMD, CRD, LossDims, LossParams, Pair
 
@@ -132,7 +132,7 @@ def test_queue_and_memory_bank_take_every_ranks_rows(tmp_path):
     (rank 0's, at every forward) then dropped the other ranks' updates: half of each step's rows never reached them.
     After a 2-rank step both ranks hold what one process holds after the whole batch."""
     rank0, rank1 = _spawn(_banks, tmp_path)
-    alone = _banks(engine.Dist(), tmp_path)
+    alone = _banks(ddp.Dist(), tmp_path)
     assert rank0 == rank1
     assert len(rank0["queue"]) == 64
     # the same rows (in rank order)
@@ -155,7 +155,7 @@ class _Counting(nn.Module):
         return e[:, :3], e
 
 
-def _embed(dist: engine.Dist, tmp, n: int, batch: int) -> dict:
+def _embed(dist: ddp.Dist, tmp, n: int, batch: int) -> dict:
     from cmcd_edge.distill.teachers import embed_rows
 
     net = _Counting()
@@ -169,6 +169,6 @@ def test_teacher_outputs_are_computed_once_across_ranks(tmp_path, n, batch, rows
     """Every rank ran the frozen teacher over all rows; each now takes its share of the batches and the shares are
     gathered: the same bits as one process. With fewer batches than ranks every rank computes them all."""
     rank0, rank1 = _spawn(_embed, tmp_path, n, batch)
-    alone = _embed(engine.Dist(), tmp_path, n, batch)
+    alone = _embed(ddp.Dist(), tmp_path, n, batch)
     assert (rank0["rows"], rank1["rows"]) == rows_each
     assert rank0["emb"] == rank1["emb"] == alone["emb"] and rank0["logits"] == rank1["logits"] == alone["logits"]

@@ -73,7 +73,7 @@ def test_distill_config_rejects_a_select_window_that_is_not_odd_and_positive(win
 def _tiny_phase(tmp_path, monkeypatch, amp: torch.dtype | None, epochs: int = 2):
     """A phase whose gradients (about 1e-9) underflow to zero in fp16, under autocast in ``amp`` (on the CPU: the
     dtype CUDA picks where bf16 is missing, forced here since this machine has no GPU)."""
-    from cmcd_edge.distill import engine
+    from cmcd_edge.distill import ddp, engine
 
     monkeypatch.setattr(engine, "amp_dtype", lambda device: amp)
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def _tiny_phase(tmp_path, monkeypatch, amp: torch.dtype | None, epochs: int = 2)
     spec = engine.PhaseSpec("t", epochs, 1e-2, 0.0, 10, 3, 0)
     ckpt = engine.Checkpoint(tmp_path / "checkpoint.pt")
     before = net.weight.detach().clone()
-    res = engine.run_phase(spec, net, step, lambda: (0.5, 1.0), ckpt, engine.Dist())
+    res = engine.run_phase(spec, net, step, lambda: (0.5, 1.0), ckpt, ddp.Dist())
     assert res.steps == epochs * 3 and res.train_s > 0  # what distill's samples/s divides
     return before, ckpt.load()
 
