@@ -134,8 +134,16 @@ class Predictor:
         return names, p
 
     def describe(self) -> dict:
+        """What was loaded, as JSON-ready facts (for a device app's log or health endpoint)."""
         return {"bundle": str(self.manifest.root), "variant": self.variant.name, "precision": self.variant.precision,
-                "backend": self.backend, "input_shape": list(self.input_shape), "classes": list(self.classes)}
+                "gate": self.variant.gate, "backend": self.backend, "input_shape": list(self.input_shape),
+                "max_batch": self.max_batch, "classes": list(self.classes)}
+
+    def __repr__(self) -> str:
+        v = self.variant
+        dims = ", ".join(map(str, self.input_shape))
+        return (f"Predictor({str(self.manifest.root)!r}, variant={v.name!r} ({v.precision}, gate {v.gate}), "
+                f"backend={self.backend!r}, input=[batch, {dims}], {len(self.classes)} classes)")
 
 
 def _open(manifest: Manifest, variant: str, backend: str, threads: int | None):

@@ -38,6 +38,14 @@ def test_predict_single_and_batch_agree(pred):
     assert pred.embed(x).shape[0] == 5
 
 
+def test_repr_says_what_was_loaded(pred, toy_bundle):
+    """In a REPL or a log line the Predictor names its bundle, variant, backend, input and classes (was: an address)."""
+    text = repr(pred)
+    assert text.startswith(f"Predictor({str(toy_bundle)!r}, variant='int8' (int8, gate passed), backend='cpu'")
+    assert f"input=[batch, {', '.join(map(str, pred.input_shape))}]" in text and f"{len(pred.classes)} classes" in text
+    assert pred.describe()["gate"] == "passed" and pred.describe()["max_batch"] == pred.max_batch
+
+
 def test_float64_and_noncontiguous_inputs_are_cast(pred):
     x = _x(pred, 6)
     ref = pred.predict(x)
