@@ -120,7 +120,8 @@ def _speed(m: dict) -> str:
 
 @main.command()
 @_distill_options
-@click.option("--methods", default="cmcd,cmd,cmc,kd,fitnet,rkd,crd,supervised", show_default=True)
+@click.option("--methods", default="cmcd,cmd,cmc,kd,fitnet,rkd,crd,supervised", show_default=True,
+              help="Comma-separated, each once; the first is the one the others are paired against.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Number of seeds (seed, seed+1, ...).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.json/.md and runs.")
 @click.option("--force", is_flag=True, help="Recompute an existing comparison.")

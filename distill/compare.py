@@ -70,10 +70,22 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     return t
 
 
+def check_methods(methods: list[str]) -> None:
+    """--methods: known methods, each once (a repeated one used to fail after every run had trained)."""
+    if not methods:
+        raise UserError(f"--methods: no method given; valid: {', '.join(METHODS)}")
+    for i, m in enumerate(methods):
+        try:
+            check_choice("method", m, METHODS)
+        except UserError as exc:
+            raise UserError(f"--methods: {exc}") from None
+        if m in methods[:i]:
+            raise UserError(f"--methods: {m!r} is listed twice")
+
+
 def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, *, force: bool = False,
                 upper_bound: bool = True) -> dict:
-    for m in methods:
-        check_choice("method", m, METHODS)
+    check_methods(methods)
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     if (out / "results.json").exists() and not force:

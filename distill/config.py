@@ -48,7 +48,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", _loss_params(self.loss))
-        check_choice("method", self.method, METHODS)
+        check_choice("--method", self.method, METHODS)
         check_choice("loss.proj", self.loss.proj, PROJECTORS)
         if self.student != "auto":
             check_choice("--student", self.student, ["auto", *STUDENTS])

@@ -41,6 +41,19 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
         run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
 
 
+@pytest.mark.parametrize("methods,needles", [
+    ("cmcd,fitnett", ["--methods: unknown method 'fitnett'", "did you mean 'fitnet'", "valid: cmcd, cmd"]),
+    ("cmcd,kd,cmcd", ["--methods: 'cmcd' is listed twice"]),  # was: an internal error after every run had trained
+    (" , ", ["--methods: no method given", "valid: cmcd, cmd"]),
+])
+def test_compare_bad_methods_are_refused_before_anything_is_made(cli, base, tmp_path, methods, needles):
+    out = tmp_path / "cmp"
+    res = cli("compare", "--data", base.data, "--source", "src", "--target", "tgt", "--methods", methods, "--seeds", "1",
+              "--epochs", "1", "--device", "cpu", "--out", out)
+    assert_one_line_error(res, 2, *needles)
+    assert not out.exists()
+
+
 def test_compare_reports_per_class_accuracy_and_the_most_confused_pairs(base, tmp_path):
     r = run_compare(base, ["kd", "supervised"], 2, tmp_path / "cmp", upper_bound=False)
     runs = {m: [json.loads((tmp_path / "cmp" / "runs" / f"{m}-s{s}" / "metrics.json").read_text()) for s in (0, 1)]

@@ -108,7 +108,7 @@ def test_distill_refuses_a_fixed_val_split_without_labeled_rows(cli, tmp_path):
     (["--target", "src"], ["same view"]),
     (["--labeled-fraction", "0"], ["outside (0, 1]"]),
     (["--labeled-fraction", "1.5"], ["outside (0, 1]"]),
-    (["--method", "cmdd"], ["did you mean 'cmd'"]),
+    (["--method", "cmdd"], ["unknown --method 'cmdd'", "did you mean 'cmd'"]),
     (["--batch-size", "100000000"], ["--batch-size", "lower"]),
     (["--student", "cnn2d"], ["--student cnn2d for --target tgt", "cnn2d takes image views"]),
     (["--student", "cnn3d"], ["--student 'cnn3d'", "did you mean 'cnn2d'"]),
