@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from cmcd_edge.cli_base import csv_items
 from cmcd_edge.errors import EngineMismatch, UserError
 from cmcd_edge.fsutil import write_json
 from cmcd_edge.runtime import bench as rb
@@ -61,7 +62,7 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
               warmup: float, data: str | None, no_accuracy: bool, torch_run: str | None, out: str | None,
               plot: str | None) -> dict:
     manifest = load_manifest(bundle)
-    names = [v.name for v in manifest.variants] if variants == "all" else [v.strip() for v in variants.split(",")]
+    names = [v.name for v in manifest.variants] if variants == "all" else csv_items(variants, "--variants")
     for n in names:
         manifest.variant(n)
     if duration <= 0 or warmup < 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cmcd_edge import __version__
+from cmcd_edge import __version__, cli_base
 from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, on_interrupt, require, single_process
 from cmcd_edge.cli_data import data, info_table
 from cmcd_edge.errors import UserError
@@ -139,7 +139,7 @@ def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, 
 
     on_interrupt(lambda: f"{out} keeps its finished runs and the last epoch of the one it was in: rerun the same "
                  "command (without --force) to continue")
-    res = run_compare(_make_config("cmcd", **kw), [m.strip() for m in methods.split(",") if m.strip()], seeds,
+    res = run_compare(_make_config("cmcd", **kw), cli_base.csv_items(methods, "--methods"), seeds,
                       Path(out), force=force, upper_bound=upper_bound)
     click.echo(results_markdown(res))
 
@@ -176,7 +176,7 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
 
     if not 0 < labeled_fraction <= 1:
         raise UserError(f"--labeled-fraction {labeled_fraction} is outside (0, 1]")
-    cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+    cands = cli_base.csv_items(candidates, "--candidates") if candidates else None
     progress = Path(out).with_suffix(".partial.json") if out else None
     on_interrupt(lambda: f"{progress} keeps the measured teachers: rerun the same command to continue" if progress
                  and progress.exists() else None)
@@ -265,16 +265,6 @@ def build_engine_cmd(bundle: str, **kw) -> None:
 # ------------------------------------------------------------------------------------------------- predict, bench
 
 
-def _csv_ints(value: str, flag: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} {value!r}: expected comma-separated integers") from None
-    if not out or min(out) < 1:
-        raise UserError(f"{flag} {value!r}: expected positive integers")
-    return out
-
-
 @main.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("input_npy", metavar="INPUT.npy", type=click.Path())
@@ -336,8 +326,8 @@ def bench(bundle: str, **kw) -> None:
     """
     from cmcd_edge.benchcli import run_bench
 
-    run_bench(bundle, threads=_csv_ints(kw.pop("threads"), "--threads"), batches=_csv_ints(kw.pop("batches"), "--batch"),
-              **kw)
+    threads, batches = cli_base.csv_ints(kw.pop("threads"), "--threads"), cli_base.csv_ints(kw.pop("batches"), "--batch")
+    run_bench(bundle, threads=threads, batches=batches, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------------ demo

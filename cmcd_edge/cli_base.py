@@ -109,6 +109,31 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
 config_option = click.option("--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True,
                              expose_value=False, help="JSON or TOML file setting any of this command's flags.")
 
+
+def csv_items(value: str, flag: str) -> list[str]:
+    """A comma-separated flag's items: stripped ("a, b" is a and b), empty ones dropped, each at most once (a repeat
+    is more likely a typo for another item than a wish to do the same work twice)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    for i, v in enumerate(items):
+        if v in items[:i]:
+            raise UserError(f"{flag}: {v!r} appears twice")
+    return items
+
+
+def csv_ints(value: str, flag: str) -> list[int]:
+    """A comma-separated flag of positive integers, each at most once."""
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {value!r}: expected comma-separated integers") from None
+    if not out or min(out) < 1:
+        raise UserError(f"{flag} {value!r}: expected positive integers")
+    for i, v in enumerate(out):
+        if v in out[:i]:
+            raise UserError(f"{flag}: {v} appears twice")
+    return out
+
+
 def main_rank() -> bool:
     """False in torchrun's ranks other than 0: they train alongside rank 0 but only rank 0 reports progress and
     results (each line came once per rank), so theirs show warnings and errors only."""

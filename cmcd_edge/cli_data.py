@@ -7,6 +7,7 @@ import json
 
 import click
 
+from cmcd_edge.cli_base import csv_items
 from cmcd_edge.errors import UserError
 
 
@@ -95,7 +96,7 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
         if len(spec.array) != n_rows:
             raise UserError(f"{spec.origin}: {len(spec.array)} rows but {first.origin} has {n_rows}")
     y, names = labels_from_array(load_array(labels, "--labels"), f"--labels {labels}", n_rows,
-                                 classes.split(",") if classes else None)
+                                 csv_items(classes, "--classes") if classes else None)
     g = groups_from_array(load_array(groups, "--groups"), f"--groups {groups}", n_rows) if groups else None
     sp = splits_from_array(load_array(splits, "--splits"), f"--splits {splits}", n_rows) if splits else None
     ds = datasets.write_dataset(out, specs, y, names, groups=g, splits=sp, force=force)

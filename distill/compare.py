@@ -80,7 +80,7 @@ def check_methods(methods: list[str]) -> None:
         except UserError as exc:
             raise UserError(f"--methods: {exc}") from None
         if m in methods[:i]:
-            raise UserError(f"--methods: {m!r} is listed twice")
+            raise UserError(f"--methods: {m!r} appears twice")
 
 
 def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, *, force: bool = False,

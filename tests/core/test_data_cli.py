@@ -90,6 +90,9 @@ def test_from_arrays_takes_class_names_as_labels(cli, tmp_path):
     assert "--classes: class 'bird' has no rows" in res.stderr
     _assert_one_line_error(cli("data", "from-arrays", tmp_path / "ds3", *args, "--classes", "dog,bird"),
                            "--labels ", "names.npy: label 'cat' is not in --classes (dog, bird)")
+    res = cli("data", "from-arrays", tmp_path / "ds4", *args, "--classes", "dog, cat")  # was: ' cat' not in --classes
+    assert res.returncode == 0, res.stderr
+    assert json.loads(cli("data", "info", tmp_path / "ds4", "--json").stdout)["classes"] == ["dog", "cat"]
 
 
 def test_from_arrays_object_labels_get_the_save_recipe(cli, tmp_path):

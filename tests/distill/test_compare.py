@@ -43,7 +43,7 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
 
 @pytest.mark.parametrize("methods,needles", [
     ("cmcd,fitnett", ["--methods: unknown method 'fitnett'", "did you mean 'fitnet'", "valid: cmcd, cmd"]),
-    ("cmcd,kd,cmcd", ["--methods: 'cmcd' is listed twice"]),  # was: an internal error after every run had trained
+    ("cmcd,kd,cmcd", ["--methods: 'cmcd' appears twice"]),  # was: an internal error after every run had trained
     (" , ", ["--methods: no method given", "valid: cmcd, cmd"]),
 ])
 def test_compare_bad_methods_are_refused_before_anything_is_made(cli, base, tmp_path, methods, needles):

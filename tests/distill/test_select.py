@@ -122,6 +122,8 @@ def test_select_teacher_bad_input(cli, tmp_path):
     ds = synthetic_paired(tmp_path / "d", n=200)
     assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", "--candidates", "tgt"), 2,
                           "no candidate other than the target")
+    assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", "--candidates", "src,src"), 2,
+                          "--candidates: 'src' appears twice")
     nolab = synthetic_paired(tmp_path / "n", n=200, labels=False)
     assert_one_line_error(cli("select-teacher", "--data", nolab.root, "--target", "tgt"), 2, "no labels")
     for flag in ("--seeds", "--teacher-epochs", "--student-epochs"):

@@ -179,6 +179,19 @@ def test_bench_cli_json(toy_bundle, cli, tmp_path):
     assert doc["predictor_overhead"] and "environment" in doc
 
 
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--batch", "1,4,1", "--batch: 1 appears twice"),  # was: the same case benchmarked twice, two rows
+    ("--threads", "1, 1", "--threads: 1 appears twice"),
+    ("--variants", "int8,fp32,int8", "--variants: 'int8' appears twice"),
+    ("--batch", "1,a", "--batch '1,a': expected comma-separated integers"),
+    ("--threads", "0", "--threads '0': expected positive integers"),
+])
+def test_bench_list_flags_refuse_repeats_and_bad_numbers(toy_bundle, cli, tmp_path, flag, value, needle):
+    res = cli("bench", toy_bundle, "--duration", "0.1", "--warmup", "0", flag, value, "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, needle)
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_bench_plot_without_matplotlib_fails_before_benchmarking(toy_bundle, tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None; "
             "from cmcd_edge.cli import main; sys.argv = ['cmcd-edge'] + sys.argv[1:]; main()")
