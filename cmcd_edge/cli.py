@@ -271,7 +271,7 @@ def build_engine_cmd(bundle: str, **kw) -> None:
 @click.option("--variant", default="auto", show_default=True, help="auto | int8 | fp32 | fp16")
 @click.option("--backend", default="auto", show_default=True, help="auto | tensorrt | ort-tensorrt | cuda | cpu")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write JSON here instead of printing.")
-@click.option("--top", type=int, default=3, show_default=True, help="Classes to print per sample.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Classes to print per sample.")
 @click.option("--allow-nonfinite", is_flag=True, help="Run samples holding NaN or Inf instead of refusing them.")
 def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | None, top: int,
             allow_nonfinite: bool) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine
-from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS
 from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
@@ -88,6 +88,8 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
     check_methods(methods)
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
+    if base.seed + seeds - 1 > MAX_SEED:
+        raise UserError(f"--seed {base.seed} --seeds {seeds}: the last seed, {base.seed + seeds - 1}, passes {MAX_SEED}")
     if (out / "results.json").exists() and not force:
         raise UserError(f"--out {out} already holds results.json: pass --force to recompute")
     if force and out.exists():

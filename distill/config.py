@@ -12,6 +12,12 @@ from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice, check_keys
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1  # numpy's legacy seed range; torch's generators are seeded with products of it
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{flag} {seed}: must be in [0, {MAX_SEED}]")
 FINETUNE = ("head", "full", "none")
 
 
@@ -75,6 +81,7 @@ class DistillConfig:
             raise UserError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if self.lr <= 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
+        check_seed(self.seed)
         if self.source == self.target:
             raise UserError(f"--source and --target are the same view ({self.source!r}); distill across two views")
 

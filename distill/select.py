@@ -21,7 +21,7 @@ import torch
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, mi
-from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.config import DistillConfig, check_seed
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
 from cmcd_edge.errors import UserError
@@ -58,6 +58,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     for flag, value in (("--seeds", seeds), ("--teacher-epochs", teacher_epochs), ("--student-epochs", student_epochs)):
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
+    check_seed(seed)
     ds = datasets.load(data)
     if target not in ds.views:
         raise UserError(f"--target {target!r}: no such view in {data}; valid views: {', '.join(ds.views)}")

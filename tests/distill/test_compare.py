@@ -41,15 +41,17 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
         run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
 
 
-@pytest.mark.parametrize("methods,needles", [
-    ("cmcd,fitnett", ["--methods: unknown method 'fitnett'", "did you mean 'fitnet'", "valid: cmcd, cmd"]),
-    ("cmcd,kd,cmcd", ["--methods: 'cmcd' appears twice"]),  # was: an internal error after every run had trained
-    (" , ", ["--methods: no method given", "valid: cmcd, cmd"]),
+@pytest.mark.parametrize("methods,extra,needles", [
+    ("cmcd,fitnett", [], ["--methods: unknown method 'fitnett'", "did you mean 'fitnet'", "valid: cmcd, cmd"]),
+    ("cmcd,kd,cmcd", [], ["--methods: 'cmcd' appears twice"]),  # was: an internal error after every run had trained
+    (" , ", [], ["--methods: no method given", "valid: cmcd, cmd"]),
+    ("kd", ["--seed", "4294967295", "--seeds", "2"],
+     ["--seed 4294967295 --seeds 2: the last seed, 4294967296, passes 4294967295"]),
 ])
-def test_compare_bad_methods_are_refused_before_anything_is_made(cli, base, tmp_path, methods, needles):
+def test_compare_bad_input_is_refused_before_anything_is_made(cli, base, tmp_path, methods, extra, needles):
     out = tmp_path / "cmp"
     res = cli("compare", "--data", base.data, "--source", "src", "--target", "tgt", "--methods", methods, "--seeds", "1",
-              "--epochs", "1", "--device", "cpu", "--out", out)
+              "--epochs", "1", "--device", "cpu", "--out", out, *extra)
     assert_one_line_error(res, 2, *needles)
     assert not out.exists()
 

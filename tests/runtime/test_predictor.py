@@ -166,6 +166,8 @@ def test_predict_cli_and_errors(toy_bundle, cli, tmp_path):
     res = cli("predict", toy_bundle, tmp_path / "nan.npy", "--allow-nonfinite", "--out", tmp_path / "n.json")
     assert res.returncode == 0, res.stderr
     assert len(json.loads((tmp_path / "n.json").read_text())["predictions"]) == 3
+    assert_one_line_error(cli("predict", toy_bundle, tmp_path / "x.npy", "--top", "0"), 2, "--top", "0 is not in the range")
+    # was: a blank line per sample
 
 
 def test_bench_cli_json(toy_bundle, cli, tmp_path):
