@@ -4,6 +4,7 @@ Predictor, torch eager when asked), runs them interleaved, and reports. Device s
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import click
@@ -65,8 +66,10 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
     names = [v.name for v in manifest.variants] if variants == "all" else csv_items(variants, "--variants")
     for n in names:
         manifest.variant(n)
-    if duration <= 0 or warmup < 0:
-        raise UserError("--duration must be > 0 and --warmup >= 0")
+    if not (math.isfinite(duration) and duration > 0):
+        raise UserError(f"--duration {duration}: must be a finite number > 0 (seconds per case)")
+    if not (math.isfinite(warmup) and warmup >= 0):
+        raise UserError(f"--warmup {warmup}: must be a finite number >= 0 (seconds)")
     if plot:
         _pyplot()  # before the benchmark runs, not after minutes of it
     test = None if no_accuracy else _test_split(manifest, data)

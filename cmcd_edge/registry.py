@@ -3,7 +3,9 @@ valid ones and a close-match suggestion."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -60,3 +62,31 @@ def check_keys(d: dict, known, where: str) -> None:
     if unknown:
         raise UserError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
                         f"{did_you_mean(unknown[0], known)}; valid: {', '.join(sorted(known))}")
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _is(value, t: type) -> bool:
+    if t is bool or isinstance(value, bool):  # JSON's true is no integer, and 1 is no boolean
+        return t is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if t is float else t)
+
+
+def check_types(d: dict, cls: type, where: str) -> None:
+    """Values of a config dict against the scalar fields of the dataclass ``cls`` (bool, int, float, str, each
+    optionally ``| None``): one UserError naming the key, the type asked and the value given. Other fields (nested
+    configs) are left to their own check."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        hint, value = hints[f.name], d[f.name]
+        args = typing.get_args(hint) if isinstance(hint, type(int | None)) else (hint,)
+        types = [a for a in args if a is not type(None)]
+        if len(types) != 1 or types[0] not in _KINDS:
+            continue
+        if value is None and len(args) > 1 or _is(value, types[0]):
+            continue
+        null = " or null" if len(args) > 1 else ""
+        raise UserError(f"{where}: {f.name} must be {_KINDS[types[0]]}{null}, got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from cmcd_edge.datasets import Dataset
@@ -9,7 +10,7 @@ from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, parse_reci
 from cmcd_edge.distill.rows import PRELOAD
 from cmcd_edge.distill.students import STUDENTS
 from cmcd_edge.errors import UserError
-from cmcd_edge.registry import check_choice, check_keys
+from cmcd_edge.registry import check_choice, check_keys, check_types
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # numpy's legacy seed range; torch's generators are seeded with products of it
@@ -79,8 +80,10 @@ class DistillConfig:
                             f"got {self.select_window}")
         if self.finetune_epochs < 0:
             raise UserError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         check_seed(self.seed)
         if self.source == self.target:
             raise UserError(f"--source and --target are the same view ({self.source!r}); distill across two views")
@@ -104,8 +107,12 @@ class DistillConfig:
     def from_json(cls, d: dict, where: str = "config") -> DistillConfig:
         """``where`` names the source in errors, e.g. "--config cfg.toml"."""
         check_keys(d, [f.name for f in fields(cls)], where)
+        check_types(d, cls, where)
+        if "loss" in d and not isinstance(d["loss"], (dict, LossParams)):
+            raise UserError(f"{where}: loss must be a table of loss settings, got {d['loss']!r}")
         if "loss" in d and isinstance(d["loss"], dict):
             check_keys(d["loss"], [f.name for f in fields(LossParams)], f"{where}: loss")
+            check_types(d["loss"], LossParams, f"{where}: loss")
         return cls(**d)
 
     def training_key(self) -> dict:

@@ -56,6 +56,24 @@ class LossParams:
     crd_negatives: int = 256  # of ~1200 train rows on mfeat (CRD's 16384 assumes ImageNet-sized banks)
     crd_dim: int = 128
 
+    def __post_init__(self) -> None:
+        for name in ("tau_s", "tau_t", "cmc_tau", "kd_t", "crd_t"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # a zero temperature divides by zero: NaN losses
+                raise UserError(f"loss.{name} must be a finite number > 0 (a temperature), got {value}")
+        for name in ("rkd_distance", "rkd_angle"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise UserError(f"loss.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.crd_momentum <= 1:
+            raise UserError(f"loss.crd_momentum must be in [0, 1], got {self.crd_momentum}")
+        if self.queue_size < 0:
+            raise UserError(f"loss.queue_size must be >= 0, got {self.queue_size}")
+        if self.rkd_angle_rows < 3:
+            raise UserError(f"loss.rkd_angle_rows must be >= 3 (an angle takes three rows), got {self.rkd_angle_rows}")
+        for name in ("crd_negatives", "crd_dim"):
+            if getattr(self, name) < 1:
+                raise UserError(f"loss.{name} must be >= 1, got {getattr(self, name)}")
+
 
 LOSSES: Registry = Registry("loss")
 

@@ -56,7 +56,7 @@ class ExportConfig:
         check_choice("--stem", self.stem, ("auto", "int8", "float"))
         if self.calib_size is not None and self.calib_size < 1:
             raise UserError(f"--calib-size {self.calib_size}: must be >= 1")
-        if self.max_accuracy_drop < 0:
+        if not self.max_accuracy_drop >= 0:  # NaN too
             raise UserError(f"--max-accuracy-drop {self.max_accuracy_drop}: must be >= 0")
 
 

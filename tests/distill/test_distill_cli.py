@@ -128,6 +128,7 @@ def test_distill_bad_input(cli, toy, tmp_path, args, needles):
     ("c.toml", "epochs = 5\nfinetune_epoch = 1\n", ["--config ", "c.toml: unknown key 'finetune_epoch'",
                                                      "did you mean 'finetune_epochs'"]),
     ("c.json", '{"loss": {"tau": 1}}', ["c.json: loss: unknown key 'tau'", "did you mean 'tau_t'", "valid: cmc_"]),
+    ("c.json", '{"lr": "0.01"}', ["--config ", "c.json: lr must be a number, got '0.01'"]),  # was: internal TypeError
 ])
 def test_config_file_with_an_unknown_key_names_the_file_and_the_key(cli, toy, tmp_path, name, text, needles):
     cfg = tmp_path / name

@@ -40,6 +40,7 @@ def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
     (["--calib-size", "100000"], ["larger than"]),
     (["--calib-method", "kl"], ["--calib-method 'kl'", "minmax, entropy, percentile"]),
     (["--target", "tpu"], ["--target 'tpu'", "auto, cpu, tensorrt"]),
+    (["--max-accuracy-drop", "nan"], ["--max-accuracy-drop nan: must be >= 0"]),  # was: the whole export, then the gate
 ])
 def test_export_bad_flags(toy_run, tmp_path, cli, args, needles):
     assert_one_line_error(cli("export", toy_run, "--out", tmp_path / "b", *args), 2, *needles)

@@ -187,6 +187,9 @@ def test_bench_cli_json(toy_bundle, cli, tmp_path):
     ("--variants", "int8,fp32,int8", "--variants: 'int8' appears twice"),
     ("--batch", "1,a", "--batch '1,a': expected comma-separated integers"),
     ("--threads", "0", "--threads '0': expected positive integers"),
+    ("--duration", "nan", "--duration nan: must be a finite number > 0"),  # was: internal error: ValueError
+    ("--duration", "inf", "--duration inf: must be a finite number > 0"),
+    ("--warmup", "nan", "--warmup nan: must be a finite number >= 0"),
 ])
 def test_bench_list_flags_refuse_repeats_and_bad_numbers(toy_bundle, cli, tmp_path, flag, value, needle):
     res = cli("bench", toy_bundle, "--duration", "0.1", "--warmup", "0", flag, value, "--out", tmp_path / "b.json")

@@ -1,0 +1,68 @@
+"""DistillConfig and LossParams: every value a config file can set is checked on creation, in one line naming the
+file, the key and the value (was: internal TypeErrors mid-run, or a silent NaN loss for a zero temperature)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.losses import LossParams
+from cmcd_edge.errors import UserError
+
+BASE = {"data": "builtin:mfeat", "source": "fac", "target": "zer"}
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"lr": "0.01"}, "c.toml: lr must be a number, got '0.01'"),
+    ({"teacher_epochs": 2.5}, "c.toml: teacher_epochs must be an integer, got 2.5"),
+    ({"patience": True}, "c.toml: patience must be an integer, got True"),
+    ({"recipe": 3}, "c.toml: recipe must be a string or null, got 3"),
+    ({"max_batch_bytes": "1GB"}, "c.toml: max_batch_bytes must be an integer or null, got '1GB'"),
+    ({"loss": {"kd_t": "4"}}, "c.toml: loss: kd_t must be a number, got '4'"),
+    ({"loss": {"cmc_learnable_tau": 1}}, "c.toml: loss: cmc_learnable_tau must be true or false, got 1"),
+    ({"loss": [1]}, "c.toml: loss must be a table of loss settings, got [1]"),
+])
+def test_from_json_refuses_a_value_of_the_wrong_type(extra, message):
+    with pytest.raises(UserError) as err:
+        DistillConfig.from_json({**BASE, **extra}, "c.toml")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"lr": math.nan}, "lr must be a finite number > 0, got nan"),
+    ({"lr": math.inf}, "lr must be a finite number > 0, got inf"),
+    ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0, got -0.0001"),
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, got nan"),
+])
+def test_distill_config_refuses_nonfinite_and_out_of_range_floats(extra, message):
+    with pytest.raises(UserError, match=f"^{message}$"):
+        DistillConfig(**BASE, **extra)
+
+
+@pytest.mark.parametrize("field", ["tau_s", "tau_t", "cmc_tau", "kd_t", "crd_t"])
+@pytest.mark.parametrize("value", [0.0, -0.1, math.nan, math.inf])
+def test_loss_temperatures_must_be_finite_and_positive(field, value):
+    with pytest.raises(UserError, match=f"^loss.{field} must be a finite number > 0 \\(a temperature\\), got {value}$"):
+        LossParams(**{field: value})
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"rkd_distance": -1.0}, "loss.rkd_distance must be a finite number >= 0, got -1.0"),
+    ({"rkd_angle": math.nan}, "loss.rkd_angle must be a finite number >= 0, got nan"),
+    ({"crd_momentum": 1.5}, "loss.crd_momentum must be in [0, 1], got 1.5"),
+    ({"queue_size": -1}, "loss.queue_size must be >= 0, got -1"),
+    ({"rkd_angle_rows": 2}, "loss.rkd_angle_rows must be >= 3 (an angle takes three rows), got 2"),
+    ({"crd_negatives": 0}, "loss.crd_negatives must be >= 1, got 0"),
+    ({"crd_dim": 0}, "loss.crd_dim must be >= 1, got 0"),
+])
+def test_loss_params_refuse_out_of_range_values(kw, message):
+    with pytest.raises(UserError) as err:
+        LossParams(**kw)
+    assert str(err.value) == message
+
+
+def test_defaults_and_a_saved_config_still_load():
+    cfg = DistillConfig(**BASE, lr=1, loss=LossParams(kd_t=2))  # an int where a float is asked is fine
+    assert DistillConfig.from_json(cfg.to_json()) == cfg
