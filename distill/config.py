@@ -13,13 +13,13 @@ from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice, check_keys, check_types
 
 DEVICES = ("auto", "cpu", "cuda")
+FINETUNE = ("head", "full", "none")
 MAX_SEED = 2**32 - 1  # numpy's legacy seed range; torch's generators are seeded with products of it
 
 
 def check_seed(seed: int, flag: str = "--seed") -> None:
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"{flag} {seed}: must be in [0, {MAX_SEED}]")
-FINETUNE = ("head", "full", "none")
 
 
 @dataclass(frozen=True)
