@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from cmcd_edge.runtime.errors import BundleError, EngineMismatch, EnvironmentFailure, InputShapeError
+from cmcd_edge.runtime.errors import BundleError, EngineMismatch, EnvironmentFailure, InputShapeError, UserError
 from cmcd_edge.runtime.manifest import Manifest, Variant, load_manifest
 from cmcd_edge.runtime.session import BACKENDS, available_backends, make_session
 
@@ -47,6 +47,10 @@ class Predictor:
 
         ``backend="auto"`` tries tensorrt (an engine built for this device), ort-tensorrt, cuda, cpu in that order,
         as far as this machine has them, and logs a warning for each one it falls back past."""
+        if max_batch < 1:
+            raise UserError(f"max_batch {max_batch}: must be >= 1")
+        if threads is not None and threads < 0:
+            raise UserError(f"threads {threads}: must be >= 0 (0: onnxruntime's default)")
         manifest = load_manifest(bundle)
         backends = _backend_order(backend)
         skipped: list[str] = []

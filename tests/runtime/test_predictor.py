@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmcd_edge.runtime import Predictor
-from cmcd_edge.runtime.errors import BundleError, InputShapeError
+from cmcd_edge.runtime.errors import BundleError, InputShapeError, UserError
 from cmcd_edge.runtime.manifest import load_manifest
 from tests.helpers import assert_one_line_error
 
@@ -51,6 +52,14 @@ def test_float64_and_noncontiguous_inputs_are_cast(pred):
     ref = pred.predict(x)
     np.testing.assert_allclose(pred.predict(x.astype(np.float64)), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pred.predict(np.asfortranarray(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,needle", [({"max_batch": 0}, "max_batch 0: must be >= 1"),
+                                        ({"threads": -1}, "threads -1: must be >= 0 (0: onnxruntime's default)")])
+def test_load_refuses_a_bad_max_batch_or_thread_count(toy_bundle, kw, needle):
+    """max_batch=0 used to load, then fail every predict with range()'s 'arg 3 must not be zero'."""
+    with pytest.raises(UserError, match=re.escape(needle)):
+        Predictor.load(toy_bundle, **kw)
 
 
 def test_large_batches_are_split(toy_bundle):
