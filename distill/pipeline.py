@@ -68,6 +68,9 @@ def _warn_fraction_of_few_labels(spec: str, unlabeled: int, fraction: float) -> 
 
 def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> None:
     """Check the run folder against the flags (rank 0): a resumable run, or an empty or --force-able folder."""
+    if resume and force:
+        raise UserError(f"--resume and --force together: --resume continues the run in {out}, --force replaces it; "
+                        "pass one")
     if resume:
         why = resume_refusal(out, cfg)
         if why:

@@ -256,6 +256,8 @@ def test_existing_run_refused_and_untouched(cli, toy, tmp_path, fast_cfg):
     assert _distill(cli, toy, out, cfg=fast_cfg).returncode == 0
     before = (out / "student.safetensors").read_bytes()
     assert_one_line_error(_distill(cli, toy, out, cfg=fast_cfg), 2, "--force")
+    assert_one_line_error(_distill(cli, toy, out, "--resume", "--force", cfg=fast_cfg), 2,  # was: --force ignored
+                          "--resume and --force", "pass one")
     assert_one_line_error(_distill(cli, toy, out, "--seed", "5", "--resume", cfg=fast_cfg), 2, "different config", "seed")
     assert (out / "student.safetensors").read_bytes() == before
     run = json.loads((out / "run.json").read_text())
