@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cmcd_edge.datasets import check_splits
+from cmcd_edge.datasets import KIND_NDIM, check_splits
 from cmcd_edge.errors import UserError
+from cmcd_edge.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,10 @@ def parse_view_arg(arg: str) -> tuple[str, str, str | None]:
     name, rest = arg.split("=", 1)
     kind = None
     head, _, tail = rest.rpartition(":")
-    if head and tail in ("vector", "sequence", "image"):
+    if head and tail in KIND_NDIM:
         rest, kind = head, tail
+    elif head.endswith(".npy") or ".npz:" in head:  # after FILE.npy or FILE.npz:KEY, only a kind can follow
+        raise UserError(f"--view {arg!r}: unknown kind {tail!r}{did_you_mean(tail, KIND_NDIM)}; valid: {', '.join(KIND_NDIM)}")
     if not name.isidentifier():
         raise UserError(f"--view {arg!r}: view name {name!r} must be a plain identifier")
     return name, rest, kind

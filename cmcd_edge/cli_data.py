@@ -85,8 +85,10 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
     specs = {}
     for arg in views:
         name, path, kind = parse_view_arg(arg)
+        if name in specs:
+            raise UserError(f"--view {arg}: view {name!r} given twice")
         arr = load_array(path, "--view")
-        kind = kind or {2: "vector", 3: "sequence", 4: "image"}.get(arr.ndim)
+        kind = kind or {n: k for k, n in datasets.KIND_NDIM.items()}.get(arr.ndim)
         if kind is None:
             raise UserError(f"--view {arg}: cannot infer the kind of a {arr.ndim}-d array; append :vector|:sequence|:image")
         specs[name] = datasets.ViewSpec(arr, kind, origin=f"--view {arg}")

@@ -74,6 +74,14 @@ def _aux(tmp_path, name, arr):
     return str(tmp_path / f"{name}.npy")
 
 
+def test_from_arrays_refuses_a_view_name_given_twice(cli, tmp_path):
+    """The second --view a=... used to replace the first without a word."""
+    args = _arrays(tmp_path)
+    args[3] = args[3].replace("b=", "a=")
+    _assert_one_line_error(cli("data", "from-arrays", tmp_path / "ds", *args), "--view a=", "b.npy: view 'a' given twice")
+    assert not (tmp_path / "ds").exists()
+
+
 def test_from_arrays_takes_class_names_as_labels(cli, tmp_path):
     """String labels (what a CSV column or a folder of class names gives) used to fail with an internal UFuncTypeError:
     now their sorted names are the classes and an empty string marks an unlabeled row."""
