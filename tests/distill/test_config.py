@@ -63,6 +63,19 @@ def test_loss_params_refuse_out_of_range_values(kw, message):
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_must_fit_32_bits(seed):
+    with pytest.raises(UserError, match=f"^--seed {seed}: must be in \\[0, 4294967295\\]$"):
+        DistillConfig(**BASE, seed=seed)
+
+
+def test_select_teacher_checks_its_seed_before_loading_data():
+    from cmcd_edge.distill.select import rank_teachers
+
+    with pytest.raises(UserError, match="^--seed -2: must be in"):
+        rank_teachers("/nonexistent", "tgt", seed=-2)
+
+
 def test_defaults_and_a_saved_config_still_load():
     cfg = DistillConfig(**BASE, lr=1, loss=LossParams(kd_t=2))  # an int where a float is asked is fine
     assert DistillConfig.from_json(cfg.to_json()) == cfg
