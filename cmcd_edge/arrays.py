@@ -39,6 +39,11 @@ def load_array(spec: str, flag: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{flag} {spec}: no such file")
+    with p.open("rb") as fh:
+        head = fh.read(6)
+    if not head.startswith((b"\x93NUMPY", b"PK")):  # numpy would try it as a pickle, and say so
+        raise UserError(f"{flag} {spec}: not a .npy or .npz file (no numpy header); for a CSV: "
+                        "np.save(FILE, np.loadtxt(CSV, delimiter=',', dtype=np.float32))")
     try:
         loaded = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as exc:

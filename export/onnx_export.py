@@ -31,6 +31,13 @@ class LoadedRun:
     metrics: dict
 
 
+def _source_run(bundle: Path) -> str:
+    try:
+        return str(json.loads((bundle / "manifest.json").read_text())["source_run"]["path"])
+    except (ValueError, KeyError, TypeError):
+        return "the run folder that distill wrote (its --out)"
+
+
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Read a distill run: every missing or corrupt file is a one-line UserError naming it."""
     root = Path(run_dir)
@@ -38,6 +45,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise UserError(f"{root}: no such run folder")
     docs = {}
     run_json = root / "run.json"
+    if not run_json.is_file() and (root / "manifest.json").is_file():
+        raise UserError(f"{root}: a bundle, not a distill run; it was exported from {_source_run(root)}")
     if run_json.is_file():  # a killed or still-running distill: say so, not which of its files is missing
         try:
             status = json.loads(run_json.read_text())["status"]

@@ -157,6 +157,8 @@ def load_manifest(bundle: str | os.PathLike) -> Manifest:
     if not root.is_dir():
         raise BundleError(f"{root}: no such bundle folder")
     if not path.is_file():
+        if (root / "run.json").is_file():
+            raise BundleError(f"{root}: a distill run, not a bundle: export it first (cmcd-edge export {root} --out BUNDLE)")
         raise BundleError(f"{path}: missing (not a cmcd-edge bundle?)")
     try:
         raw = json.loads(path.read_text())

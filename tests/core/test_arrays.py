@@ -30,3 +30,15 @@ def test_parse_view_arg_refuses_a_misspelt_kind_and_bad_names(arg, needle):
     with pytest.raises(UserError) as err:
         parse_view_arg(arg)
     assert needle in str(err.value)
+
+
+def test_load_array_says_a_csv_is_no_npy_and_how_to_convert_it(tmp_path):
+    """numpy reads a file without its header as a pickle, so a CSV used to get numpy's advice to pass allow_pickle."""
+    from cmcd_edge.arrays import load_array
+
+    (tmp_path / "x.csv").write_text("1.0,2.0\n3.0,4.0\n")
+    with pytest.raises(UserError) as err:
+        load_array(str(tmp_path / "x.csv"), "--view")
+    msg = str(err.value)
+    assert msg.startswith(f"--view {tmp_path / 'x.csv'}: not a .npy or .npz file") and "np.loadtxt" in msg
+    assert "pickle" not in msg

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from cmcd_edge.errors import UserError
 from cmcd_edge.export import quantize, speed
 from cmcd_edge.export.bundle import ExportConfig, run_export
 from cmcd_edge.runtime.manifest import load_manifest, sha256_file
@@ -45,6 +46,15 @@ def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
 def test_export_bad_flags(toy_run, tmp_path, cli, args, needles):
     assert_one_line_error(cli("export", toy_run, "--out", tmp_path / "b", *args), 2, *needles)
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_export_of_a_bundle_folder_names_the_run_it_came_from(toy_run, toy_bundle):
+    """Was: 'BUNDLE/run.json: missing'. A bundle records the run it was exported from."""
+    from cmcd_edge.export.onnx_export import load_run
+
+    with pytest.raises(UserError, match=f"{toy_bundle}: a bundle, not a distill run; it was exported from "
+                                        f"{toy_run.resolve()}"):
+        load_run(toy_bundle)
 
 
 @pytest.mark.parametrize("damage", ["missing_student_json", "corrupt_safetensors", "unfinished", "killed_early"])

@@ -63,6 +63,13 @@ def test_load_refuses_a_bad_max_batch_or_thread_count(toy_bundle, kw, needle):
         Predictor.load(toy_bundle, **kw)
 
 
+def test_a_run_folder_given_for_a_bundle_gets_the_export_command(toy_run):
+    """Was: 'manifest.json: missing (not a cmcd-edge bundle?)', with no way forward."""
+    with pytest.raises(BundleError, match=re.escape(f"{toy_run}: a distill run, not a bundle: export it first "
+                                                    f"(cmcd-edge export {toy_run} --out BUNDLE)")):
+        Predictor.load(toy_run)
+
+
 def test_large_batches_are_split(toy_bundle):
     p = Predictor.load(toy_bundle, variant="fp32", max_batch=4)
     x = _x(p, 11)
