@@ -39,6 +39,13 @@ def _test_split(manifest, data: str | None):
     view = manifest.raw["input"].get("view")
     if view not in ds.views:
         raise UserError(f"--data {spec}: has no view {view!r} (the bundle's input view)")
+    shape = list(ds.views[view].shape[1:])
+    if shape != list(manifest.sample_shape):
+        raise UserError(f"--data {spec}: view {view!r} holds samples of shape {shape}; the bundle takes "
+                        f"{list(manifest.sample_shape)}")
+    if tuple(ds.classes) != tuple(manifest.classes):  # else top-1 would score labels the bundle does not mean
+        raise UserError(f"--data {spec}: classes {', '.join(ds.classes)} are not the bundle's "
+                        f"{', '.join(manifest.classes)}")
     datasets.validate(ds, [view])
     splits = make_splits(ds, int(src.get("seed", 0)), labeled_fraction=float(src.get("labeled_fraction", 1.0)))
     return datasets.SplitRows(ds.view(view), splits.test), np.asarray(ds.labels)[splits.test]

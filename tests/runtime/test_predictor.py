@@ -14,7 +14,7 @@ import pytest
 from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.errors import BundleError, InputShapeError, UserError
 from cmcd_edge.runtime.manifest import load_manifest
-from tests.helpers import assert_one_line_error
+from tests.helpers import assert_one_line_error, synthetic_paired
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +212,22 @@ def test_bench_refuses_repeated_variants_and_nonfinite_seconds(toy_bundle, tmp_p
     with pytest.raises(UserError, match=re.escape(needle)):
         run_bench(str(toy_bundle), **{**args, **kw})
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"target_kind": "sequence"}, "view 'tgt' holds samples of shape [3, 64]; the bundle takes [8]"),
+    ({"classes": 3}, "classes c0, c1, c2 are not the bundle's c0, c1, c2, c3"),
+])
+def test_bench_data_of_another_shape_or_classes_is_refused_naming_it(toy_bundle, tmp_path, kw, needle):
+    """Was: the Predictor's 'input shape [8, 3, 64] does not match', naming neither --data nor the view; other classes
+    gave an accuracy over labels the bundle does not mean."""
+    from cmcd_edge.benchcli import run_bench
+
+    other = synthetic_paired(tmp_path / "other", n=120, **kw).root
+    args = {"threads": [1], "batches": [1], "variants": "all", "backend": "cpu", "duration": 0.1, "warmup": 0.0,
+            "data": str(other), "no_accuracy": False, "torch_run": None, "out": None, "plot": None}
+    with pytest.raises(UserError, match=re.escape(f"--data {other}: {needle}")):
+        run_bench(str(toy_bundle), **args)
 
 
 def test_bench_cli_refuses_a_repeated_batch_in_one_line(toy_bundle, cli, tmp_path):
