@@ -68,8 +68,9 @@ def save_cache(path: Path, key: CalibKey, ranges: dict, rows: np.ndarray) -> Non
     write_json(path, {"key": asdict(key), "rows": [int(r) for r in rows], "ranges": ranges})
 
 
-def load_cache(path: Path, key: CalibKey) -> dict | None:
-    """The cached ranges when ``path`` exists and its key matches; a mismatch is an error that says how to fix it."""
+def load_cache(path: Path, key: CalibKey, ignore: tuple[str, ...] = ()) -> dict | None:
+    """The cached ranges when ``path`` exists and its key matches (but for the fields in ``ignore``); a mismatch is an
+    error that says how to fix it."""
     if not path.exists():
         return None
     try:
@@ -77,8 +78,9 @@ def load_cache(path: Path, key: CalibKey) -> dict | None:
         old = cached["key"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: unreadable calibration cache; pass --recalibrate (or delete it)") from exc
-    if old != asdict(key):
-        diff = ", ".join(f"{k}: cached {old.get(k)!r} vs now {v!r}" for k, v in asdict(key).items() if old.get(k) != v)
+    want = {k: v for k, v in asdict(key).items() if k not in ignore}
+    if any(k not in old or old[k] != v for k, v in want.items()):
+        diff = ", ".join(f"{k}: cached {old.get(k)!r} vs now {v!r}" for k, v in want.items() if old.get(k) != v)
         raise UserError(f"{path}: calibration cache was made for another model/data/method ({diff}); "
                         "pass --recalibrate to compute new ranges (or delete it)")
     return cached["ranges"]

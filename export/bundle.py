@@ -85,6 +85,11 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     out = Path(cfg.out)
     if Path(cfg.run).resolve() == out.resolve():
         raise UserError(f"--out {out}: must differ from the run folder")
+    if cfg.int8 and not cfg.recalibrate and (out / "calibration.json").exists():  # the flags' part of the cache key
+        # is checked before the export, not minutes into it; the model's part needs the exported graph
+        flags = calib_ranges.CalibKey("", ds.fingerprint(), cfg.calib_method, cfg.calib_select, calib_size,
+                                      preset.symmetric, cfg.seed)
+        calib_ranges.load_cache(out / "calibration.json", flags, ignore=("model_sha256",))
     variants = []
     with atomic_dir(out, force=cfg.force) as tmp:
         fp32 = tmp / "model.fp32.onnx"

@@ -122,6 +122,26 @@ def test_force_reexport_reuses_matching_calibration_and_refuses_a_mismatch(toy_r
     assert json.loads((out / "calibration.json").read_text())["key"]["method"] == "entropy"
 
 
+def test_a_calibration_cache_of_other_flags_is_refused_before_the_onnx_export(toy_run, toy_bundle, tmp_path,
+                                                                               monkeypatch):
+    """The flags' part of the cache key is checked up front (was: after the FP32 export and ONNX parity, seconds to
+    minutes in); the model's part needs the exported graph and is checked where it was."""
+    from cmcd_edge.export import onnx_export
+
+    out = tmp_path / "b"
+    shutil.copytree(toy_bundle, out)
+
+    def no_export(*args, **kw):
+        raise AssertionError("the FP32 export ran before the cache was checked")
+
+    monkeypatch.setattr(onnx_export, "export_fp32", no_export)
+    with pytest.raises(UserError, match="method: cached 'minmax' vs now 'entropy'.*pass --recalibrate"):
+        run_export(ExportConfig(run=str(toy_run), out=str(out), force=True, calib_method="entropy",
+                                max_accuracy_drop=5.0))
+    with pytest.raises(AssertionError, match="the FP32 export ran"):  # matching flags: on to the export
+        run_export(ExportConfig(run=str(toy_run), out=str(out), force=True, max_accuracy_drop=5.0))
+
+
 def test_entropy_and_percentile_calibration(toy_run, tmp_path):
     for method in ("entropy", "percentile"):
         res = run_export(ExportConfig(run=str(toy_run), out=str(tmp_path / method), calib_method=method,
