@@ -154,6 +154,12 @@ def check_splits(where: str | Path, splits: np.ndarray) -> None:
         raise DataError(f"{where}: values must be 0 (train), 1 (val) or 2 (test), got {int(splits[bad][0])}")
 
 
+def canonical_spec(spec: str) -> str:
+    """``spec`` as a run records it: ``builtin:NAME`` as it is, a folder as an absolute path (a relative one would
+    name another folder, or none, when export or bench runs from elsewhere)."""
+    return spec if spec.startswith("builtin:") else str(Path(spec).resolve())
+
+
 def resolve(spec: str | Path) -> Path:
     """Map ``builtin:NAME`` or a folder path to the dataset folder."""
     spec = str(spec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from cmcd_edge.datasets import Dataset
+from cmcd_edge.datasets import Dataset, canonical_spec
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, parse_recipe
 from cmcd_edge.distill.rows import PRELOAD
 from cmcd_edge.distill.students import STUDENTS
@@ -121,6 +121,7 @@ class DistillConfig:
         d = self.to_json()
         for key in ("device", "preload", "max_batch_bytes"):
             d.pop(key)
+        d["data"] = canonical_spec(d["data"])  # 'my-data' and /abs/my-data are one dataset
         return d
 
 

@@ -11,7 +11,7 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
                 capture: dict | None = None) -> RunResult:
     """One run. ``capture``, when given, receives the trained student (for in-process callers like select)."""
     t0 = time.perf_counter()
+    cfg = replace(cfg, data=datasets.canonical_spec(cfg.data))  # run.json holds a path valid anywhere
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
     datasets.validate(ds, [cfg.source, cfg.target] if teacher is None else [cfg.target])

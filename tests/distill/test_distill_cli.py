@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from cmcd_edge import datasets
 from tests.conftest import CLI
 from tests.helpers import INTERRUPTED, assert_one_line_error, kill_tree, save_exported, save_torchscript, synthetic_paired
 
@@ -424,3 +425,19 @@ def test_sequence_and_image_students_learn_and_export(kind, shape, tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
     check = parity(run.net, sess, x)
     assert check["top1_agreement"] == 1.0 and check["max_abs_rel"] < 1e-4, check
+
+
+def test_a_relative_data_path_is_recorded_absolute_so_export_runs_from_anywhere(toy, tmp_path, monkeypatch):
+    """run.json kept --data as typed: a run made with `--data my-data` from one folder could not be exported (or
+    benchmarked on its data) from another ('my-data: no such dataset folder')."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import resume_refusal, run_distill
+    from cmcd_edge.export.onnx_export import load_run
+
+    monkeypatch.chdir(toy.parent)
+    cfg = DistillConfig(data=toy.name, source="src", target="tgt", epochs=1, teacher_epochs=1, finetune_epochs=1)
+    run_distill(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data"] == str(toy.resolve())
+    assert resume_refusal(tmp_path / "run", cfg) is None  # the same data typed relatively still resumes
+    monkeypatch.chdir(tmp_path)
+    assert datasets.load(load_run(tmp_path / "run").run_json["config"]["data"]).root == toy.resolve()
