@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from cmcd_edge.errors import CmcdError, UserError
+from cmcd_edge.registry import check_unique
 
 
 class CmcdClickError(click.ClickException):
@@ -111,12 +112,9 @@ config_option = click.option("--config", type=click.Path(dir_okay=False), callba
 
 
 def csv_items(value: str, flag: str) -> list[str]:
-    """A comma-separated flag's items: stripped ("a, b" is a and b), empty ones dropped, each at most once (a repeat
-    is more likely a typo for another item than a wish to do the same work twice)."""
+    """A comma-separated flag's items: stripped ("a, b" is a and b), empty ones dropped, each at most once."""
     items = [v.strip() for v in value.split(",") if v.strip()]
-    for i, v in enumerate(items):
-        if v in items[:i]:
-            raise UserError(f"{flag}: {v!r} appears twice")
+    check_unique(flag, items)
     return items
 
 
@@ -128,9 +126,7 @@ def csv_ints(value: str, flag: str) -> list[int]:
         raise UserError(f"{flag} {value!r}: expected comma-separated integers") from None
     if not out or min(out) < 1:
         raise UserError(f"{flag} {value!r}: expected positive integers")
-    for i, v in enumerate(out):
-        if v in out[:i]:
-            raise UserError(f"{flag}: {v} appears twice")
+    check_unique(flag, out)
     return out
 
 

@@ -55,6 +55,14 @@ def check_choice(what: str, value: str, choices) -> str:
     return value
 
 
+def check_unique(what: str, items: list) -> None:
+    """A UserError naming the first item of ``items`` given twice (a repeat is more likely a typo for another item
+    than a wish to do the same work twice)."""
+    for i, v in enumerate(items):
+        if v in items[:i]:
+            raise UserError(f"{what}: {v!r} appears twice")
+
+
 def check_keys(d: dict, known, where: str) -> None:
     """Unknown keys of a config or spec dict: one UserError naming them, a close match, and the valid keys."""
     known = list(known)

@@ -21,7 +21,7 @@ from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distil
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json, write_text
-from cmcd_edge.registry import check_choice
+from cmcd_edge.registry import check_choice, check_unique
 from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,12 @@ def check_methods(methods: list[str]) -> None:
     """--methods: known methods, each once (a repeated one used to fail after every run had trained)."""
     if not methods:
         raise UserError(f"--methods: no method given; valid: {', '.join(METHODS)}")
-    for i, m in enumerate(methods):
+    for m in methods:
         try:
             check_choice("method", m, METHODS)
         except UserError as exc:
             raise UserError(f"--methods: {exc}") from None
-        if m in methods[:i]:
-            raise UserError(f"--methods: {m!r} appears twice")
+    check_unique("--methods", methods)
 
 
 def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, *, force: bool = False,
