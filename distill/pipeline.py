@@ -97,8 +97,9 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
         old_cfg = DistillConfig.from_json(record["config"])
     except UserError as exc:  # a config key this version does not know
         return str(exc)
-    if old_cfg.training_key() != cfg.training_key():
-        diff = sorted(k for k, v in cfg.training_key().items() if old_cfg.training_key().get(k) != v)
+    old_key, new_key = old_cfg.training_key(), cfg.training_key()
+    if old_key != new_key:
+        diff = sorted(k for k, v in new_key.items() if old_key.get(k) != v)
         return (f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
                 "rerun with the same flags, or use a new --out")
     why = recipe_change(record, cfg)
