@@ -87,9 +87,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         raise UserError(f"--out {out}: must differ from the run folder")
     if cfg.int8 and not cfg.recalibrate and (out / "calibration.json").exists():  # the flags' part of the cache key
         # is checked before the export, not minutes into it; the model's part needs the exported graph
-        flags = calib_ranges.CalibKey("", ds.fingerprint(), cfg.calib_method, cfg.calib_select, calib_size,
-                                      preset.symmetric, cfg.seed)
-        calib_ranges.load_cache(out / "calibration.json", flags, ignore=("model_sha256",))
+        calib_ranges.load_cache(out / "calibration.json", _calib_key(cfg, ds, calib_size, preset, model_sha256=""),
+                                ignore=("model_sha256",))
     variants = []
     with atomic_dir(out, force=cfg.force) as tmp:
         fp32 = tmp / "model.fp32.onnx"
@@ -140,6 +139,12 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     return ExportResult(manifest, report, gate_failed)
 
 
+def _calib_key(cfg: ExportConfig, ds, calib_size: int, preset, model_sha256: str) -> calib_ranges.CalibKey:
+    """What calibration ranges depend on: the graph, the data and the calibration flags."""
+    return calib_ranges.CalibKey(model_sha256, ds.fingerprint(), cfg.calib_method, cfg.calib_select, calib_size,
+                                 preset.symmetric, cfg.seed)
+
+
 def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val):
     pre = tmp / ".model.pre.onnx"
     quantize.preprocess(fp32, pre)
@@ -148,8 +153,7 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
     if cfg.calib_select == "coverage":
         emb = run_batched(make_session(fp32), datasets.SplitRows(x_all, train), output="embedding")
     rows = select_rows(train, calib_size, cfg.calib_select, labels=labels[train], embeddings=emb, seed=cfg.seed)
-    key = calib_ranges.CalibKey(sha256_file(pre), ds.fingerprint(), cfg.calib_method, cfg.calib_select,
-                                calib_size, preset.symmetric, cfg.seed)
+    key = _calib_key(cfg, ds, calib_size, preset, model_sha256=sha256_file(pre))
     # the cache is the calibration.json of the bundle that --force replaces (atomic_dir refuses an existing --out
     # without it): a re-export with other gate, fp16 or weight-granularity flags reuses its ranges
     cached = None if cfg.recalibrate else calib_ranges.load_cache(Path(cfg.out) / "calibration.json", key)
