@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,9 +26,61 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None =
                           env={**os.environ, **(env or {})})
 
 
+@dataclass
+class CliResult:
+    """What ``invoke_cli`` saw, named as subprocess.CompletedProcess names it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke_cli(*args: str, env: dict | None = None) -> CliResult:
+    """Run the CLI in this process (click's CliRunner): the user's argv, stdout, stderr and exit code, without the 2 s
+    of interpreter and torch start-up a subprocess costs. Its logging handler is the command's own, as in a fresh
+    process; an exception that escaped the CLI's error handling is appended to stderr as the traceback a user would
+    see. Behaviour only a real process has (kill -9, Ctrl-C, torchrun, a fresh venv, the entry point) is tested with
+    ``run_cli`` or Popen."""
+    from click.testing import CliRunner
+
+    from cmcd_edge.cli import main
+
+    argv = [str(a) for a in args]
+    root, pkg = logging.getLogger(), logging.getLogger("cmcd_edge")
+    handlers, level, pkg_level, threads = root.handlers[:], root.level, pkg.level, torch_threads()
+    root.handlers.clear()  # main's logging.basicConfig then installs its handler on this run's stderr
+    old_argv, sys.argv = sys.argv, ["cmcd-edge", *argv]  # --debug is read from argv
+    try:
+        res = CliRunner(env=env).invoke(main, argv, prog_name="cmcd-edge")
+    finally:
+        sys.argv = old_argv
+        for h in root.handlers:
+            h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        pkg.setLevel(pkg_level)
+        torch_threads(threads)
+    stderr = res.stderr
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(res.exception))
+    return CliResult(res.exit_code, res.stdout, stderr)
+
+
+def torch_threads(n: int | None = None) -> int | None:
+    """torch's intra-op thread count (bench --threads sets it), read, or set back; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if n is not None:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 @pytest.fixture
 def cli():
-    return run_cli
+    """The CLI in this process; ``run_cli`` where a test needs a real process (cwd, a signal, the entry point)."""
+    return invoke_cli
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""cli_base: the comma-separated flag values every command parses the same way."""
+"""cli_base: the comma-separated flag values every command parses the same way; the CLI run in-process as the suite
+runs it, against a real process."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from cmcd_edge.cli_base import csv_ints, csv_items
 from cmcd_edge.errors import UserError
+from tests.conftest import invoke_cli, run_cli
 
 
 def test_csv_items_strips_and_drops_empty_items():
@@ -28,3 +30,19 @@ def test_csv_flags_refuse_repeats_and_bad_numbers(parse, value, needle):
     with pytest.raises(UserError) as err:
         parse(value, "--x")
     assert str(err.value) == needle
+
+
+@pytest.mark.parametrize("argv", [
+    ["distill", "--data", "builtin:mfeat", "--source", "fac", "--target", "fac", "--out", "{tmp}/run"],  # UserError
+    ["export", "{tmp}/no-run", "--out", "{tmp}/b"],  # a missing path
+    ["bench", "{tmp}", "--batch", "0"],  # a flag's own check
+    ["--debug", "distill", "--data", "builtin:mfeat", "--source", "fac", "--target", "nope", "--out", "{tmp}/run"],
+])
+def test_cli_in_process_matches_a_real_process(argv, tmp_path):
+    """The suite runs most commands in-process (invoke_cli); here each way must give the same exit code and stderr,
+    traceback included, so the saving costs nothing in what the tests see."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    real, here = run_cli(*argv), invoke_cli(*argv)
+    assert real.returncode == here.returncode != 0
+    assert here.stderr.splitlines()[-1] == real.stderr.splitlines()[-1]
+    assert ("Traceback" in here.stderr) == ("Traceback" in real.stderr) == ("--debug" in argv)

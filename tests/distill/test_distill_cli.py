@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cmcd_edge import datasets
-from tests.conftest import CLI
+from tests.conftest import CLI, run_cli
 from tests.helpers import INTERRUPTED, assert_one_line_error, kill_tree, save_exported, save_torchscript, synthetic_paired
 
 FAST = ["--epochs", "3", "--config"]
@@ -235,16 +235,16 @@ def test_exported_program_teacher_with_a_fixed_batch_is_refused(cli, toy, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
-def test_factory_teacher_is_built_by_the_users_function(cli, toy, tmp_path, fast_cfg):
+def test_factory_teacher_is_built_by_the_users_function(toy, tmp_path, fast_cfg):
     torch.save(_class_means(toy), tmp_path / "means.pt")
     (tmp_path / "my_teacher.py").write_text(  # the user's own module, found on PYTHONPATH
         "import torch\n"
         "def make():\n"
         f"    means = torch.load({str(tmp_path / 'means.pt')!r}, weights_only=True)\n"
         "    return lambda x: {'embedding': x[:, :8], 'logits': x @ means.T - 0.5 * (means ** 2).sum(1)}\n")
-    res = cli("distill", "--data", toy, "--source", "src", "--target", "tgt", "--epochs", "3", "--method", "kd",
-              "--teacher", "my_teacher:make", "--out", tmp_path / "r", "--config", fast_cfg,
-              env={"PYTHONPATH": str(tmp_path)})
+    res = run_cli("distill", "--data", toy, "--source", "src", "--target", "tgt", "--epochs", "3", "--method", "kd",
+                  "--teacher", "my_teacher:make", "--out", tmp_path / "r", "--config", fast_cfg,
+                  env={"PYTHONPATH": str(tmp_path)})  # a real process: the user's module is found on PYTHONPATH
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "r" / "run.json").read_text())["teacher"] == {"kind": "factory", "ref": "my_teacher:make",
                                                                                "view": "src"}
