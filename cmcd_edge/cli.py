@@ -193,6 +193,9 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
 # ---------------------------------------------------------------------------------------------------------- export
 
 
+INT8_FLAGS = ("calib_size", "calib_method", "calib_select", "target", "stem", "per_channel", "recalibrate")
+
+
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
@@ -223,6 +226,13 @@ def export(run: str, engine: bool = False, **kw) -> None:
     require("onnx", "train")
     from cmcd_edge.export.bundle import ExportConfig, report_markdown, run_export
 
+    if not kw["int8"]:
+        gated = () if kw["fp16"] else ("max_accuracy_drop", "allow_accuracy_drop")  # the gate also judges FP16
+        cli_base.refuse_inert(INT8_FLAGS + gated, "they shape the INT8 variant, which --no-int8 leaves out; "
+                              "drop them or --no-int8")
+    if not kw["force"]:
+        cli_base.refuse_inert(("recalibrate",), "only with --force: it ignores the calibration.json of the bundle "
+                              "that --force replaces (a new bundle is always calibrated afresh)")
     cfg = ExportConfig(run=run, **kw)
     if engine:
         from cmcd_edge.runtime import trt
@@ -326,6 +336,8 @@ def bench(bundle: str, **kw) -> None:
     """
     from cmcd_edge.benchcli import run_bench
 
+    if kw["no_accuracy"]:
+        cli_base.refuse_inert(("data",), "names the accuracy run's dataset, which --no-accuracy skips; drop one")
     threads, batches = cli_base.csv_ints(kw.pop("threads"), "--threads"), cli_base.csv_ints(kw.pop("batches"), "--batch")
     run_bench(bundle, threads=threads, batches=batches, **kw)
 

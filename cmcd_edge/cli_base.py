@@ -130,6 +130,25 @@ def csv_ints(value: str, flag: str) -> list[int]:
     return out
 
 
+def refuse_inert(names: tuple[str, ...], why: str) -> None:
+    """Refuse flags typed on the command line that the rest of it leaves without effect (``why`` says which flag
+    does that and what to do): a user who typed ``--calib-method entropy`` expects entropy calibration, not a bundle
+    made without it. Keys of a ``--config`` file are left alone: one file may serve several commands."""
+    ctx = click.get_current_context()
+    typed = [p for p in ctx.command.params
+             if p.name in names and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if typed:
+        flags = [_typed_flag(p, ctx.params[p.name]) for p in typed]
+        raise UserError(f"{', '.join(flags)}: {why}")
+
+
+def _typed_flag(param: click.Parameter, value: Any) -> str:
+    """How the user wrote a flag: '--per-tensor' (a boolean's other spelling), '--calib-method entropy'."""
+    if isinstance(param, click.Option) and param.is_flag:
+        return param.opts[0] if value or not param.secondary_opts else param.secondary_opts[0]
+    return f"{param.opts[0]} {value}"
+
+
 def main_rank() -> bool:
     """False in torchrun's ranks other than 0: they train alongside rank 0 but only rank 0 reports progress and
     results (each line came once per rank), so theirs show warnings and errors only."""

@@ -42,10 +42,24 @@ def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
     (["--calib-method", "kl"], ["--calib-method 'kl'", "minmax, entropy, percentile"]),
     (["--target", "tpu"], ["--target 'tpu'", "auto, cpu, tensorrt"]),
     (["--max-accuracy-drop", "nan"], ["--max-accuracy-drop nan: must be >= 0"]),  # was: the whole export, then the gate
+    # flags the rest of the command leaves without effect (were: accepted, a bundle made without them)
+    (["--no-int8", "--calib-method", "entropy", "--per-tensor"], ["--calib-method entropy, --per-tensor: they shape the "
+                                                                  "INT8 variant, which --no-int8 leaves out"]),
+    (["--no-int8", "--max-accuracy-drop", "2"], ["--max-accuracy-drop 2.0: they shape the INT8 variant"]),
+    (["--recalibrate"], ["--recalibrate: only with --force"]),
 ])
 def test_export_bad_flags(toy_run, tmp_path, cli, args, needles):
     assert_one_line_error(cli("export", toy_run, "--out", tmp_path / "b", *args), 2, *needles)
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_export_no_int8_takes_the_gate_flags_with_fp16_and_any_flag_from_a_config_file(toy_run, tmp_path, cli):
+    """The gate also judges the FP16 variant; a --config file may serve exports with and without INT8."""
+    (tmp_path / "export.json").write_text(json.dumps({"calib_method": "entropy", "per_channel": False}))
+    res = cli("export", toy_run, "--out", tmp_path / "b", "--no-int8", "--fp16", "--max-accuracy-drop", "5",
+              "--config", tmp_path / "export.json")
+    assert res.returncode == 0, res.stderr
+    assert [v.name for v in load_manifest(tmp_path / "b").variants] == ["fp32", "fp16"]
 
 
 def test_export_of_a_bundle_folder_names_the_run_it_came_from(toy_run, toy_bundle):

@@ -236,6 +236,13 @@ def test_bench_cli_refuses_a_repeated_batch_in_one_line(toy_bundle, cli, tmp_pat
     assert not (tmp_path / "b.json").exists()
 
 
+def test_bench_refuses_data_with_no_accuracy(toy_bundle, cli, tmp_path):
+    res = cli("bench", toy_bundle, "--no-accuracy", "--data", tmp_path / "d", "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, f"--data {tmp_path / 'd'}: names the accuracy run's dataset, which --no-accuracy "
+                          "skips")  # was: --data ignored without a word
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_bench_plot_without_matplotlib_fails_before_benchmarking(toy_bundle, tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None; "
             "from cmcd_edge.cli import main; sys.argv = ['cmcd-edge'] + sys.argv[1:]; main()")
