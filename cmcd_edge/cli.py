@@ -228,8 +228,8 @@ def export(run: str, engine: bool = False, **kw) -> None:
 
     if not kw["int8"]:
         gated = () if kw["fp16"] else ("max_accuracy_drop", "allow_accuracy_drop")  # the gate also judges FP16
-        cli_base.refuse_inert(INT8_FLAGS + gated, "they shape the INT8 variant, which --no-int8 leaves out; "
-                              "drop them or --no-int8")
+        cli_base.refuse_inert(INT8_FLAGS + gated, "for the INT8 variant, which --no-int8 leaves out (drop one or "
+                              "the other)")
     if not kw["force"]:
         cli_base.refuse_inert(("recalibrate",), "only with --force: it ignores the calibration.json of the bundle "
                               "that --force replaces (a new bundle is always calibrated afresh)")

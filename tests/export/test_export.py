@@ -43,9 +43,9 @@ def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
     (["--target", "tpu"], ["--target 'tpu'", "auto, cpu, tensorrt"]),
     (["--max-accuracy-drop", "nan"], ["--max-accuracy-drop nan: must be >= 0"]),  # was: the whole export, then the gate
     # flags the rest of the command leaves without effect (were: accepted, a bundle made without them)
-    (["--no-int8", "--calib-method", "entropy", "--per-tensor"], ["--calib-method entropy, --per-tensor: they shape the "
-                                                                  "INT8 variant, which --no-int8 leaves out"]),
-    (["--no-int8", "--max-accuracy-drop", "2"], ["--max-accuracy-drop 2.0: they shape the INT8 variant"]),
+    (["--no-int8", "--calib-method", "entropy", "--per-tensor"], ["--calib-method entropy, --per-tensor: for the INT8 "
+                                                                  "variant, which --no-int8 leaves out"]),
+    (["--no-int8", "--max-accuracy-drop", "2"], ["--max-accuracy-drop 2.0: for the INT8 variant"]),
     (["--recalibrate"], ["--recalibrate: only with --force"]),
 ])
 def test_export_bad_flags(toy_run, tmp_path, cli, args, needles):
