@@ -49,8 +49,8 @@ class Group(click.Group):
         except MemoryError:
             raise click.ClickException("out of memory: lower --batch-size or the data size") from None
         except Exception as exc:  # noqa: BLE001  (last resort: never a traceback unless --debug)
-            if debug:
-                raise
+            if debug or (isinstance(exc, BrokenPipeError) and _stdout_gone()):
+                raise  # the traceback; or `cmcd-edge predict ... | head` closed stdout: click ends quietly, exit 1
             disk = _disk_error(exc)
             if disk is not None:  # raised inside a library (torch, onnx) that wrapped the OSError
                 raise click.ClickException(disk) from None
@@ -64,6 +64,18 @@ def on_interrupt(hint: Callable[[], str | None]) -> None:
     """Register what the running command tells a user who presses Ctrl-C: ``hint()`` is called then, so it can look at
     what is on disk (a run folder may not exist yet)."""
     click.get_current_context().find_root().meta[INTERRUPT_HINT] = hint
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports POLLERR); False where poll is missing."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file
+        return False
 
 
 def _disk_error(exc: BaseException) -> str | None:

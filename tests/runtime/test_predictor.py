@@ -14,6 +14,7 @@ import pytest
 from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.errors import BundleError, InputShapeError, UserError
 from cmcd_edge.runtime.manifest import load_manifest
+from tests.conftest import CLI
 from tests.helpers import assert_one_line_error, synthetic_paired
 
 
@@ -185,6 +186,18 @@ def test_predict_cli_and_errors(toy_bundle, cli, tmp_path):
     assert len(json.loads((tmp_path / "n.json").read_text())["predictions"]) == 3
     assert_one_line_error(cli("predict", toy_bundle, tmp_path / "x.npy", "--top", "0"), 2, "--top", "0 is not in the range")
     # was: a blank line per sample
+
+
+def test_predict_piped_into_head_ends_quietly(toy_bundle, tmp_path):
+    """`cmcd-edge predict B x.npy | head -1`: was 'Error: internal error: BrokenPipeError' once head had its line."""
+    p = Predictor.load(toy_bundle)
+    np.save(tmp_path / "x.npy", _x(p, 5000))  # ~150 KB of lines: more than a pipe holds
+    proc = subprocess.Popen([*CLI, "predict", str(toy_bundle), str(tmp_path / "x.npy")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("0: ")
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1 and err == "", err
 
 
 def test_bench_cli_json(toy_bundle, cli, tmp_path):
