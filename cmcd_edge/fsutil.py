@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,35 @@ def _fail(path: Path, exc: OSError) -> EnvironmentFailure:
     return EnvironmentFailure(f"cannot write {path}: {exc.strerror or exc}")
 
 
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` whose failure is one line naming the folder: a file in the way (a user error), or no permission,
+    a read-only or full disk (the environment's)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        block = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        where = "" if block == path else f" (on the way to {path})"
+        raise UserError(f"{block}: is a file where a folder is needed{where}") from None
+    except OSError as exc:
+        raise _fail(path, exc) from exc
+    return path
+
+
+def _temp_in(folder: Path, make: Callable[..., Any], name: str) -> Any:
+    """``tempfile.mkstemp``/``mkdtemp`` in ``folder`` (made first), a failure named by the output it was for."""
+    make_dir(folder)
+    try:
+        return make(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _fail(folder / name, exc) from exc
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; name a file to write")
+    fd, tmp = _temp_in(path.parent, tempfile.mkstemp, path.name)
     try:
         os.chmod(tmp, _umask_mode(0o666))
         with os.fdopen(fd, "wb") as f:
@@ -73,12 +98,14 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     complete, so a killed run leaves either the old or the new output, never a mix.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; name a folder to write")
     if out.exists() and not force:
         raise UserError(f"{out} already exists: pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out.parent)
     for stale in out.parent.glob(f".{out.name}.*.tmp"):  # litter of an earlier killed run
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(_temp_in(out.parent, tempfile.mkdtemp, out.name))
     os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp

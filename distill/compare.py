@@ -20,7 +20,7 @@ from cmcd_edge.distill.losses import METHODS
 from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import write_json, write_text
+from cmcd_edge.fsutil import make_dir, write_json, write_text
 from cmcd_edge.registry import check_choice, check_unique
 from cmcd_edge.splitting import make_splits
 
@@ -52,7 +52,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     cached = TeacherOutputs.load(folder)
     if cached is not None:
         return cached
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     write_json(key_file, key)
     cfg.check_against(ds)
     datasets.validate(ds, [cfg.source])

@@ -26,7 +26,7 @@ from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import remove_stale_temps, write_bytes, write_json, write_text
+from cmcd_edge.fsutil import make_dir, remove_stale_temps, write_bytes, write_json, write_text
 from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> Non
         for stale in remove_stale_temps(out):
             log.info("resume: removed %s, left by the killed run", stale.name)
         return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; name a folder for the run")
     if out.exists() and any(out.iterdir()):
         if not force:
             done = (out / "metrics.json").exists()
@@ -142,7 +144,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
         _check_logits(cfg, external)
     if out is not None and dist.main:
         prepare_out(out, cfg, resume, force)
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         if not resume:
             write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
     ddp.barrier(dist)  # rank 0 has checked and prepared --out before another rank reads it
