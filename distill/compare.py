@@ -86,7 +86,7 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
                 upper_bound: bool = True) -> dict:
     check_methods(methods)
     if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+        raise UserError(f"--seeds {seeds}: must be >= 1")
     if base.seed + seeds - 1 > MAX_SEED:
         raise UserError(f"--seed {base.seed} --seeds {seeds}: the last seed, {base.seed + seeds - 1}, passes {MAX_SEED}")
     if (out / "results.json").exists() and not force:

@@ -46,6 +46,7 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
     (["cmcd", "kd", "cmcd"], 0, 1, "--methods: 'cmcd' appears twice"),  # was: internal error after every run trained
     ([], 0, 1, "--methods: no method given; valid: cmcd, cmd"),
     (["kd"], 2**32 - 1, 2, "--seed 4294967295 --seeds 2: the last seed, 4294967296, passes 4294967295"),
+    (["kd"], 0, 0, "--seeds 0: must be >= 1"),  # as select-teacher words it (was: '--seeds must be >= 1, got 0')
 ])
 def test_compare_bad_input_is_refused_before_anything_is_made(base, tmp_path, methods, seed, seeds, needle):
     with pytest.raises(UserError) as err:
