@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -15,6 +16,12 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The Ctrl-C tests send SIGINT to a CLI child. A suite started in the background by a shell without job control
+# (`make test &` in a script) has SIGINT ignored, which every child would inherit: restore Python's handler here, as
+# a handler (unlike "ignored") resets to the default across exec
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "cmcd_edge"]

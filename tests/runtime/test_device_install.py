@@ -38,5 +38,7 @@ def test_fresh_venv_without_extras_runs_predict_and_bench(toy_bundle, tmp_path):
                           "--no-accuracy"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "jetson: no" in res.stdout and "int8" in res.stdout
+    res = subprocess.run([cli, "data", "info", "builtin:mfeat"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "rows 2000  views 6" in res.stdout, res.stderr[-2000:]  # the data is in the wheel
     res = subprocess.run([cli, "distill", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0  # help works without torch; running it says which extra to install
