@@ -40,8 +40,7 @@ def make_dir(path: str | os.PathLike) -> Path:
 
 
 def _temp_in(folder: Path, make: Callable[..., Any], name: str) -> Any:
-    """``tempfile.mkstemp``/``mkdtemp`` in ``folder`` (made first), a failure named by the output it was for."""
-    make_dir(folder)
+    """``tempfile.mkstemp``/``mkdtemp`` in ``folder`` (which exists), a failure named by the output it was for."""
     try:
         return make(prefix=f".{name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
@@ -52,7 +51,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; name a file to write")
-    fd, tmp = _temp_in(path.parent, tempfile.mkstemp, path.name)
+    fd, tmp = _temp_in(make_dir(path.parent), tempfile.mkstemp, path.name)
     try:
         os.chmod(tmp, _umask_mode(0o666))
         with os.fdopen(fd, "wb") as f:
