@@ -5,6 +5,7 @@ early stopping on val, a checkpoint after every epoch (resume continues bit-for-
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -40,7 +41,33 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+# The elementwise ops ATen hands to MKL's vector math library (VML) on x86 builds with MKL (aten/src/ATen/cpu/vml.h),
+# and a few neighbours; calling one that is not routed there costs a microsecond and does no harm.
+_VML_OPS = ("sqrt", "rsqrt", "exp", "expm1", "log", "log1p", "log2", "log10", "sin", "cos", "tan", "asin", "acos",
+            "atan", "tanh", "sigmoid", "erf", "erfc", "erfinv", "lgamma", "trunc", "abs")
+
+
+@functools.cache
+def settle_cpu_math() -> None:
+    """Call every VML-backed op once on a tiny tensor, on this thread, before any training.
+
+    On an Intel Xeon host (Sapphire Rapids, 2 cores, torch 2.13.0's MKL) the first multi-threaded VML call of a
+    process now and then runs the worker thread's half with a low-accuracy kernel: the first ``torch.sqrt`` of 8,192
+    floats came back with ~4,100 of them thousands of ulps off in 14 of 40 fresh processes (later calls are within
+    1 ulp; on the AMD hosts same-seed runs always repeated byte for byte). AdamW's first ``sqrt`` then nudges the
+    whole run, so two runs with one seed, or a run and its ``--resume``, ended with different weights. When any VML
+    op (even ``abs``) has run once first, no op showed it, so this is MKL's one-time set-up racing with the second
+    thread; a call below ATen's parallel grain runs on this thread alone. With it: 0 of 40 processes, and 12 of 12
+    toy distill runs wrote one teacher file (without it, 2 distinct). ``benchmarks/determinism.py`` measures both."""
+    tiny = torch.full((8,), 0.5)
+    for dtype in (torch.float32, torch.float64):
+        x = tiny.to(dtype)
+        for name in _VML_OPS:
+            getattr(torch, name)(x)
+
+
 def seed_everything(seed: int) -> None:
+    settle_cpu_math()
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -73,6 +73,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
         raise UserError(f"{data}: has no labels; I(H_S; Y) and the teachers need labels")
     datasets.validate(ds, [target, *cands])
     dev = engine.pick_device(device)
+    engine.settle_cpu_math()  # the MI critics train with Adam before any teacher when every teacher was measured
     key = {"data_fingerprint": ds.fingerprint(), "target": target, "labeled_fraction": labeled_fraction,
            "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "estimators": list(estimators),
            "max_heldout": MAX_HELDOUT}
