@@ -58,3 +58,5 @@ t eval-batch-speed $B/python benchmarks/eval_batch_speed.py --out $R/eval_batch_
 test -d /tmp/cmcd-base-6896904 || git worktree add -f /tmp/cmcd-base-6896904 6896904
 t ddp-teacher $B/python benchmarks/ddp_teacher.py --baseline /tmp/cmcd-base-6896904 --out $R/ddp_teacher.json \
   > $R/ddp_teacher.txt
+# session 18: run-to-run determinism with and without the warm-up of MKL's vector math (fresh processes)
+t determinism $B/python benchmarks/determinism.py --procs 40 --runs 12 --out $R/determinism.json > $R/determinism.txt
