@@ -3,6 +3,7 @@ so `cmcd-edge --help` and the device-side commands start fast and work without t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from cmcd_edge import __version__, cli_base
 from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, on_interrupt, require, single_process
 from cmcd_edge.cli_data import data, info_table
 from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import exclusive, write_json
 
 log = logging.getLogger("cmcd_edge")
 
@@ -180,14 +182,14 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
     progress = Path(out).with_suffix(".partial.json") if out else None
     on_interrupt(lambda: f"{progress} keeps the measured teachers: rerun the same command to continue" if progress
                  and progress.exists() else None)
-    res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
-                        teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device, progress=progress)
-    click.echo(table(res))
-    if out:
-        from cmcd_edge.fsutil import write_json
-
-        write_json(out, res)
-        progress.unlink(missing_ok=True)
+    with exclusive(out) if out else contextlib.nullcontext():  # one select-teacher per --out and progress file
+        res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
+                            teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device,
+                            progress=progress)
+        click.echo(table(res))
+        if out:
+            write_json(out, res)
+            progress.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -305,8 +307,6 @@ def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | 
             for n, pr in zip(names, probs, strict=True)]
     doc = {"bundle": bundle, "variant": p.variant.name, "backend": p.backend, "predictions": rows}
     if out:
-        from cmcd_edge.fsutil import write_json
-
         write_json(out, doc)
         click.echo(f"{len(rows)} predictions ({p.variant.name}, {p.backend}) -> {out}")
         return

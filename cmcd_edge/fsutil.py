@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cmcd_edge.errors import EnvironmentFailure, UserError
+
+log = logging.getLogger(__name__)
 
 
 def _umask_mode(mode: int) -> int:
@@ -90,6 +94,50 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
+def exclusive(out: str | os.PathLike) -> Iterator[None]:
+    """Hold the output ``out`` (a run, compare or bundle folder) for this process while it writes there.
+
+    A second cmcd-edge process naming the same output (``--resume`` while the run still trains in another terminal,
+    a second export) fails in one line instead of writing into it, or removing its temp files as a killed run's
+    litter. The lock is an flock on ``.<name>.lock`` beside ``out``: the kernel drops it when the holder dies, kill -9
+    included, so a killed run never blocks the next one; a clean exit removes the file. One process cannot hold one
+    output twice."""
+    out = Path(out)
+    path = make_dir(out.parent) / f".{out.name}.lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, _umask_mode(0o666))
+        except OSError as exc:
+            raise _fail(out, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise UserError(f"{out}: another cmcd-edge process{pid} is writing it; wait for it to end or stop it, "
+                            "then run again") from None
+        except OSError as exc:  # a filesystem without flock (some network mounts): said, not silent
+            log.warning("%s: cannot lock it (%s); make sure no other cmcd-edge process writes there", out,
+                        exc.strerror or exc)
+            break
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:  # not a file its last holder removed meanwhile
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``out``; on success it replaces ``out`` whole, on failure it is removed.
 
@@ -101,23 +149,23 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise UserError(f"{out}: is a file; name a folder to write")
     if out.exists() and not force:
         raise UserError(f"{out} already exists: pass --force to replace it")
-    make_dir(out.parent)
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # litter of an earlier killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(_temp_in(out.parent, tempfile.mkdtemp, out.name))
-    os.chmod(tmp, _umask_mode(0o777))
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.{os.getpid()}.old.tmp"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _fail(out, exc) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with exclusive(out):
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # litter of an earlier killed run (none is live)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(_temp_in(out.parent, tempfile.mkdtemp, out.name))
+        os.chmod(tmp, _umask_mode(0o777))
+        try:
+            yield tmp
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.{os.getpid()}.old.tmp"
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _fail(out, exc) from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

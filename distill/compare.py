@@ -20,7 +20,7 @@ from cmcd_edge.distill.losses import METHODS
 from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import make_dir, write_json, write_text
+from cmcd_edge.fsutil import exclusive, make_dir, write_json, write_text
 from cmcd_edge.registry import check_choice, check_unique
 from cmcd_edge.splitting import make_splits
 
@@ -89,6 +89,11 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
         raise UserError(f"--seeds {seeds}: must be >= 1")
     if base.seed + seeds - 1 > MAX_SEED:
         raise UserError(f"--seed {base.seed} --seeds {seeds}: the last seed, {base.seed + seeds - 1}, passes {MAX_SEED}")
+    with exclusive(out):  # a second compare into this folder would train its unfinished runs beside this one's
+        return _compare(base, methods, seeds, out, force, upper_bound)
+
+
+def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, force: bool, upper_bound: bool) -> dict:
     if (out / "results.json").exists() and not force:
         raise UserError(f"--out {out} already holds results.json: pass --force to recompute")
     if force and out.exists():

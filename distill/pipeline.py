@@ -3,6 +3,7 @@ labeled rows -> test evaluation -> run directory (run.json, student/teacher safe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -26,7 +27,7 @@ from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import make_dir, remove_stale_temps, write_bytes, write_json, write_text
+from cmcd_edge.fsutil import exclusive, make_dir, remove_stale_temps, write_bytes, write_json, write_text
 from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,13 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
 def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, force: bool = False,
                 teacher: TeacherOutputs | None = None, ranking: dict | None = None,
                 capture: dict | None = None) -> RunResult:
-    """One run. ``capture``, when given, receives the trained student (for in-process callers like select)."""
+    """One run. ``capture``, when given, receives the trained student (for in-process callers like select). Rank 0
+    holds ``out`` (:func:`~cmcd_edge.fsutil.exclusive`) from the check of the folder to the last write."""
+    with contextlib.ExitStack() as hold:
+        return _run(cfg, out, resume, force, teacher, ranking, capture, hold)
+
+
+def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.ExitStack) -> RunResult:
     t0 = time.perf_counter()
     cfg = replace(cfg, data=datasets.canonical_spec(cfg.data))  # run.json holds a path valid anywhere
     ds = datasets.load(cfg.data)
@@ -143,6 +150,7 @@ def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, f
         external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
         _check_logits(cfg, external)
     if out is not None and dist.main:
+        hold.enter_context(exclusive(out))
         prepare_out(out, cfg, resume, force)
         make_dir(out)
         if not resume:

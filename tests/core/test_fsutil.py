@@ -1,13 +1,18 @@
-"""fsutil: outputs that cannot be written are one line naming the path (was: an internal error with a temp name)."""
+"""fsutil: outputs that cannot be written are one line naming the path (was: an internal error with a temp name),
+and an output another process is writing is refused (was: both wrote into it)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 
 import pytest
 
 from cmcd_edge.errors import EnvironmentFailure, UserError
-from cmcd_edge.fsutil import atomic_dir, make_dir, write_json
+from cmcd_edge.fsutil import atomic_dir, exclusive, make_dir, write_json
+from tests.helpers import assert_one_line_error, synthetic_paired
 
 
 def test_make_dir_names_the_file_in_the_way(tmp_path):
@@ -44,3 +49,50 @@ def test_a_folder_that_takes_no_files_is_an_environment_failure_naming_the_outpu
             pass
     with pytest.raises(EnvironmentFailure, match=r"^cannot write /proc/p.json: "):
         write_json("/proc/p.json", {})
+
+
+def test_exclusive_refuses_a_second_holder_and_names_its_pid(tmp_path):
+    out = tmp_path / "run"
+    with exclusive(out):
+        assert (tmp_path / ".run.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(UserError, match=rf"/run: another cmcd-edge process \(pid {os.getpid()}\) is writing it; "):
+            with exclusive(out):
+                pass
+        with pytest.raises(UserError, match="another cmcd-edge process"):  # export and write_dataset take it too
+            with atomic_dir(out):
+                pass
+    assert not list(tmp_path.iterdir())  # the lock file goes with its holder; no folder was made
+    with exclusive(out):
+        pass
+
+
+def test_exclusive_is_free_again_when_its_holder_is_killed(tmp_path):
+    hold = "import sys, time; from cmcd_edge.fsutil import exclusive\nwith exclusive(sys.argv[1]):\n" \
+           "    print('held', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "b")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        with pytest.raises(UserError, match=rf"\(pid {proc.pid}\)"):
+            with exclusive(tmp_path / "b"):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / ".b.lock").exists()  # kill -9 leaves the file, not the lock
+    with exclusive(tmp_path / "b"):
+        pass
+    assert not (tmp_path / ".b.lock").exists()
+
+
+@pytest.mark.parametrize("command", ["distill", "distill --resume", "compare", "export", "select-teacher"])
+def test_a_command_refuses_an_out_another_process_is_writing(cli, toy_run, tmp_path, command):
+    data = synthetic_paired(tmp_path / "toy", n=200).root
+    flags = {"distill": ["distill", "--data", data, "--source", "src", "--target", "tgt"],
+             "compare": ["compare", "--data", data, "--source", "src", "--target", "tgt", "--methods", "kd"],
+             "export": ["export", toy_run],
+             "select-teacher": ["select-teacher", "--data", data, "--target", "tgt"]}[command.split()[0]]
+    out = tmp_path / ("out.json" if command == "select-teacher" else "out")
+    with exclusive(out):  # as a run in another terminal holds it (one process cannot hold one output twice)
+        res = cli(*flags, *command.split()[1:], "--out", out)
+    assert_one_line_error(res, 2, f"{out}: another cmcd-edge process (pid {os.getpid()}) is writing it")
+    assert not out.exists()
