@@ -5,6 +5,7 @@ group, gloo on CPU, nccl on CUDA). Outside torchrun every function here is a no-
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,30 @@ def barrier(dist: Dist) -> None:
         import torch.distributed as tdist
 
         tdist.barrier()
+
+
+def rank0_prepares(dist: Dist, prepare: Callable[[], None]) -> None:
+    """Run ``prepare`` (the check and set-up of the run folder) on rank 0 while the other ranks wait for it.
+
+    When it fails, rank 0 raises as usual (one line, its exit code) and every other rank ends quietly with the same
+    code. They used to go on and die in the next collective, each adding "internal error: RuntimeError: ... Connection
+    closed by peer" below rank 0's line."""
+    if dist.world == 1:
+        prepare()
+        return
+    import torch.distributed as tdist
+
+    code: list[int | None] = [None]
+    try:
+        if dist.main:
+            prepare()
+    except BaseException as exc:
+        code = [getattr(exc, "exit_code", 1)]
+        raise
+    finally:
+        tdist.broadcast_object_list(code, 0)
+    if code[0] is not None:
+        raise SystemExit(code[0])
 
 
 def agree_before_eval(model: nn.Module, dist: Dist) -> None:

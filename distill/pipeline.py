@@ -149,13 +149,15 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
         external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
         _check_logits(cfg, external)
-    if out is not None and dist.main:
-        hold.enter_context(exclusive(out))
-        prepare_out(out, cfg, resume, force)
-        make_dir(out)
-        if not resume:
-            write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
-    ddp.barrier(dist)  # rank 0 has checked and prepared --out before another rank reads it
+    def prepare() -> None:
+        if out is not None:
+            hold.enter_context(exclusive(out))
+            prepare_out(out, cfg, resume, force)
+            make_dir(out)
+            if not resume:
+                write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
+
+    ddp.rank0_prepares(dist, prepare)  # rank 0 has checked and prepared --out before another rank reads it
     ckpt_state = None
     if out is not None and resume:  # every rank continues from the same epoch (was: rank 0 alone)
         ckpt_state = engine.Checkpoint(out / "checkpoint.pt").load() or {}
