@@ -103,7 +103,8 @@ def exclusive(out: str | os.PathLike) -> Iterator[None]:
     included, so a killed run never blocks the next one; a clean exit removes the file. One process cannot hold one
     output twice."""
     out = Path(out)
-    path = make_dir(out.parent) / f".{out.name}.lock"
+    real = out.resolve()  # one lock for every spelling of the folder: relative, absolute, through a link, "."
+    path = make_dir(real.parent) / f".{real.name}.lock"
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, _umask_mode(0o666))

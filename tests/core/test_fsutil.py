@@ -61,6 +61,12 @@ def test_exclusive_refuses_a_second_holder_and_names_its_pid(tmp_path):
         with pytest.raises(UserError, match="another cmcd-edge process"):  # export and write_dataset take it too
             with atomic_dir(out):
                 pass
+        (tmp_path / "link").symlink_to(tmp_path / "run")
+        for spelling in (tmp_path / "link", tmp_path / "x" / ".." / "run"):
+            with pytest.raises(UserError, match="another cmcd-edge process"):
+                with exclusive(spelling):
+                    pass
+        (tmp_path / "link").unlink()
     assert not list(tmp_path.iterdir())  # the lock file goes with its holder; no folder was made
     with exclusive(out):
         pass
