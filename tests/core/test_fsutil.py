@@ -3,6 +3,8 @@ and an output another process is writing is refused (was: both wrote into it).""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -102,3 +104,14 @@ def test_a_command_refuses_an_out_another_process_is_writing(cli, toy_run, tmp_p
         res = cli(*flags, *command.split()[1:], "--out", out)
     assert_one_line_error(res, 2, f"{out}: another cmcd-edge process (pid {os.getpid()}) is writing it")
     assert not out.exists()
+
+
+def test_exclusive_on_a_filesystem_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = False
+    with exclusive(tmp_path / "run"):
+        ran = True
+    assert ran and "run: cannot lock it (No locks available); make sure no other cmcd-edge process" in caplog.text
