@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmcd_edge.errors import BundleError, EnvironmentFailure, UserError
-from cmcd_edge.fsutil import write_bytes, write_json
+from cmcd_edge.fsutil import exclusive, write_bytes, write_json
 from cmcd_edge.registry import check_choice
 from cmcd_edge.runtime import trt as rt
 from cmcd_edge.runtime.manifest import DeviceKey, EngineEntry, Manifest, Variant, load_manifest, sha256_file
@@ -91,6 +91,12 @@ def add_engine(bundle: Path, entry: EngineEntry) -> dict:
 
 def build_engine(cfg: EngineConfig) -> EngineEntry:
     bundle = Path(cfg.bundle)
+    load_manifest(bundle)  # a folder that is no bundle fails here, before a lock file is made beside it
+    with exclusive(bundle):  # another build's manifest entry would be lost, an export --force would swap the folder
+        return _build_into(bundle, cfg)
+
+
+def _build_into(bundle: Path, cfg: EngineConfig) -> EngineEntry:
     manifest = load_manifest(bundle)
     trt = rt.import_tensorrt()
     key = rt.current_device_key()

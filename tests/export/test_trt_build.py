@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 
 import pytest
 
 from cmcd_edge.errors import BundleError, UserError
 from cmcd_edge.export.trt_build import EngineConfig, add_engine, plan_build
+from cmcd_edge.fsutil import exclusive
 from cmcd_edge.runtime.manifest import DeviceKey, EngineEntry, load_manifest
 from tests.helpers import assert_one_line_error
 
@@ -71,6 +73,14 @@ def test_build_engine_without_tensorrt_is_one_line(cli, trt_bundle):
         pytest.skip("TensorRT is installed here")
     res = cli("build-engine", trt_bundle)
     assert_one_line_error(res, 1, "TensorRT is not importable here")
+
+
+def test_build_engine_refuses_a_bundle_another_process_is_writing(cli, trt_bundle):
+    """Two builds at once (fp16 in one terminal, int8 in another) each rewrote manifest.json from what they had read:
+    the later one dropped the other's engine entry."""
+    with exclusive(trt_bundle):
+        res = cli("build-engine", trt_bundle, "--precision", "fp16")
+    assert_one_line_error(res, 2, f"{trt_bundle}: another cmcd-edge process (pid {os.getpid()}) is writing it")
 
 
 def test_export_engine_needs_the_tensorrt_target(cli, toy_run, tmp_path):
