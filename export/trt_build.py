@@ -91,13 +91,12 @@ def add_engine(bundle: Path, entry: EngineEntry) -> dict:
 
 def build_engine(cfg: EngineConfig) -> EngineEntry:
     bundle = Path(cfg.bundle)
-    load_manifest(bundle)  # a folder that is no bundle fails here, before a lock file is made beside it
+    manifest = load_manifest(bundle)  # a folder that is no bundle fails here, before a lock file is made beside it
     with exclusive(bundle):  # another build's manifest entry would be lost, an export --force would swap the folder
-        return _build_into(bundle, cfg)
+        return _build_into(bundle, manifest, cfg)
 
 
-def _build_into(bundle: Path, cfg: EngineConfig) -> EngineEntry:
-    manifest = load_manifest(bundle)
+def _build_into(bundle: Path, manifest: Manifest, cfg: EngineConfig) -> EngineEntry:
     trt = rt.import_tensorrt()
     key = rt.current_device_key()
     major = int(str(trt.__version__).split(".")[0])
