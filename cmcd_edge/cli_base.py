@@ -54,6 +54,9 @@ class Group(click.Group):
             disk = _disk_error(exc)
             if disk is not None:  # raised inside a library (torch, onnx) that wrapped the OSError
                 raise click.ClickException(disk) from None
+            peer = _peer_gone(exc)
+            if peer is not None:
+                raise click.ClickException(peer) from None
             raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)") from None
 
 
@@ -90,6 +93,23 @@ def _disk_error(exc: BaseException) -> str | None:
             return f"no space left{where} ({exc.strerror}): free disk space and rerun; nothing partial was kept"
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+# What gloo, NCCL and the TCPStore say when the process at the other end of a collective is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "ncclRemoteError")
+
+
+def _peer_gone(exc: BaseException) -> str | None:
+    """Under torchrun, a collective that failed because another rank ended (its own error, a kill, a lost node), as one
+    line; else None. Without it a rank behind a failed one printed gloo's "internal error: RuntimeError:
+    [.../pair.cc:553] Connection closed by peer [...] GLHF!" as if it were a second fault."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    found = next((p for p in _PEER_GONE if p in str(exc)), None)
+    if found is None:
+        return None
+    return (f"rank {os.environ.get('RANK', '?')}: another process of this torchrun ended first, so this one stopped "
+            f"too ({found}); that process's error says why")
 
 
 def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

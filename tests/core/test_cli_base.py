@@ -46,3 +46,22 @@ def test_cli_in_process_matches_a_real_process(argv, tmp_path):
     assert real.returncode == here.returncode != 0
     assert here.stderr.splitlines()[-1] == real.stderr.splitlines()[-1]
     assert ("Traceback" in here.stderr) == ("Traceback" in real.stderr) == ("--debug" in argv)
+
+
+@pytest.mark.parametrize("world, rank, expected", [
+    ("2", "1", "rank 1: another process of this torchrun ended first, so this one stopped too (Connection closed by "
+               "peer); that process's error says why"),
+    (None, None, None),  # outside torchrun the same message is an internal error, shown as one
+    ("1", "0", None),
+])
+def test_peer_gone_names_the_other_rank_only_under_torchrun(monkeypatch, world, rank, expected):
+    from cmcd_edge.cli_base import _peer_gone
+
+    for key, value in (("WORLD_SIZE", world), ("RANK", rank)):
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5")
+    assert _peer_gone(gloo) == expected
+    assert _peer_gone(RuntimeError("shape mismatch")) is None
