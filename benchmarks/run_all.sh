@@ -42,6 +42,14 @@ done
 $B/python benchmarks/select_vs_gain.py $R/select-zer.json fac=$R/compare-zer pix=$R/gain-zer-pix kar=$R/gain-zer-kar \
   fou=$R/gain-zer-fou mor=$R/gain-zer-mor > $R/select_vs_gain.md
 t mi-synthetic $B/python benchmarks/mi_synthetic.py --reps 40 --out $R/mi_synthetic.json > $R/mi_synthetic.txt
+# session 19: the I(S;Y) probe against the truth, then what distilling from each source of its 600-row set gains
+rm -rf /tmp/cmcd-small
+t label-probe $B/python benchmarks/label_probe.py --reps 5 --data-out /tmp/cmcd-small --out $R/label_probe.json > $R/label_probe.txt
+for v in good weak; do
+  t gain-small-$v $B/cmcd-edge -q compare --data /tmp/cmcd-small --source $v --target tgt --methods cmcd,supervised --seeds 3 --no-upper-bound --out $R/gain-small-$v --force
+done
+t gain-small-noise $B/cmcd-edge -q compare --data /tmp/cmcd-small --source noise --target tgt --methods cmcd,kd,supervised --seeds 3 --out $R/gain-small-noise --force
+PYTHONPATH=benchmarks t gain-small-random $B/cmcd-edge -q compare --data /tmp/cmcd-small --source noise --target tgt --teacher random_teacher:factory --methods cmcd,kd,supervised --seeds 3 --no-upper-bound --out $R/gain-small-random --force
 # issue 5: export of the fac->zer CMCD student (seed 0), per-channel (default) and per-tensor weights
 for g in per-channel per-tensor; do
   t export-$g $B/cmcd-edge -q export $R/compare-zer/runs/cmcd-s0 --out $R/bundle-zer-$g --int8 --fp16 --$g --force > $R/export-$g.md

@@ -260,26 +260,60 @@ class _Critic(nn.Module):
         self.load_state_dict(best_state)
 
 
-def label_mi_probe(h: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) -> float:
-    """I(H; Y) = H(Y) - H(Y | H) >= H(Y) - CE, with CE the held-out cross-entropy of a logistic probe trained on the
-    other half (a variational bound: any probe's CE upper-bounds H(Y | H)). Assumes labels in 0..n_classes-1."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(h))
-    tr, te = perm[: len(h) // 2], perm[len(h) // 2:]
-    x = torch.tensor((h - h[tr].mean(0)) / (h[tr].std(0) + 1e-6), dtype=torch.float32)
-    yt = torch.tensor(y, dtype=torch.long)
+PROBE_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 strengths the probe chooses among (inner cross-validation)
+LABEL_PROBE = "crossfit-cv-l2"  # names label_mi_probe's method in select-teacher's progress key: a change re-measures
+
+
+def _fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, ridge: float) -> nn.Linear:
+    """A multinomial logistic probe, L2-penalised, fitted by L-BFGS (deterministic: zero start)."""
     lin = nn.Linear(x.shape[1], n_classes)
+    nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
     opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=200)
 
     def closure():
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(lin(x[tr]), yt[tr]) + 1e-3 * lin.weight.pow(2).sum()
+        loss = nn.functional.cross_entropy(lin(x), y) + ridge * lin.weight.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
+    return lin
+
+
+def _probe_ce(fit_x: np.ndarray, fit_y: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray, n_classes: int,
+              ridge: float) -> float:
+    """Held-out cross-entropy (nats) of a probe fitted on (fit_x, fit_y), features standardised on fit_x."""
+    mu, sd = fit_x.mean(0), fit_x.std(0) + 1e-6
+    lin = _fit_probe(torch.tensor((fit_x - mu) / sd, dtype=torch.float32), torch.tensor(fit_y, dtype=torch.long),
+                     n_classes, ridge)
     with torch.no_grad():
-        ce = float(nn.functional.cross_entropy(lin(x[te]), yt[te]))
-    p = np.bincount(y[te], minlength=n_classes) / len(te)
-    h_y = float(-(p[p > 0] * np.log(p[p > 0])).sum())
-    return max(0.0, h_y - ce)
+        return float(nn.functional.cross_entropy(lin(torch.tensor((eval_x - mu) / sd, dtype=torch.float32)),
+                                                 torch.tensor(eval_y, dtype=torch.long)))
+
+
+def _choose_ridge(x: np.ndarray, y: np.ndarray, n_classes: int, rng: np.random.Generator, folds: int = 3) -> float:
+    """The ridge of PROBE_RIDGES with the lowest cross-validated cross-entropy on (x, y) alone."""
+    part = rng.permutation(len(x)) % folds
+    scores = [np.mean([_probe_ce(x[part != f], y[part != f], x[part == f], y[part == f], n_classes, r)
+                       for f in range(folds)]) for r in PROBE_RIDGES]
+    return PROBE_RIDGES[int(np.argmin(scores))]
+
+
+def label_mi_probe(h: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) -> float:
+    """I(H; Y) = H(Y) - H(Y | H) >= H(Y) - CE, with CE the held-out cross-entropy of a logistic probe (a variational
+    bound: any probe's CE upper-bounds H(Y | H); Barber and Agakov 2003). Cross-fitted: the rows are halved, a probe
+    fitted on each half is scored on the other, and the two bounds are averaged. Each probe's L2 strength is chosen
+    by cross-validation inside its own half, so the scored half never picks it. (A fixed small L2 overfitted a
+    128-d embedding of a few hundred rows: on 240 held-out rows of a 4-class synthetic set with 0.64 nats it read
+    0.00, and 0.07 where the mixed KSG read 0.47.) Assumes labels in 0..n_classes-1."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(h))
+    halves = (perm[: len(h) // 2], perm[len(h) // 2:])
+    bounds = []
+    for fit, ev in (halves, halves[::-1]):
+        ridge = _choose_ridge(h[fit], y[fit], n_classes, rng)
+        ce = _probe_ce(h[fit], y[fit], h[ev], y[ev], n_classes, ridge)
+        p = np.bincount(y[ev], minlength=n_classes) / len(ev)
+        h_y = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+        bounds.append(h_y - ce)
+    return max(0.0, float(np.mean(bounds)))

@@ -76,7 +76,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     engine.settle_cpu_math()  # the MI critics train with Adam before any teacher when every teacher was measured
     key = {"data_fingerprint": ds.fingerprint(), "target": target, "labeled_fraction": labeled_fraction,
            "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "estimators": list(estimators),
-           "max_heldout": MAX_HELDOUT}
+           "max_heldout": MAX_HELDOUT, "label_probe": mi.LABEL_PROBE}
     store = Progress(progress, key) if progress is not None else None
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
