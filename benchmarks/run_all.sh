@@ -10,6 +10,12 @@ t() { local name=$1; shift; /usr/bin/time -f "$name wall %e s" -a -o $R/times.tx
 for tgt in zer fou mor; do
   t compare-$tgt $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt --seeds 3 --out $R/compare-$tgt --force
 done
+# session 19's control: the same protocol with a teacher on a pure-noise view (what the train labels alone pass on)
+rm -rf /tmp/mfeat-noise
+$B/python benchmarks/noise_source.py /tmp/mfeat-noise
+for tgt in zer fou; do
+  t noise-source-$tgt $B/cmcd-edge -q compare --data /tmp/mfeat-noise --source noise --target $tgt --methods cmcd,kd,fitnet,supervised --seeds 3 --out $R/noise-source-$tgt --force
+done
 t selection-study $B/python benchmarks/selection_study.py --out $R/selection_study.json > $R/selection_study.txt
 t recipe-sweep $B/python benchmarks/recipe_sweep.py --out $R/recipe_sweep.json > $R/recipe_sweep.txt
 t recipe-sweep-2 $B/python benchmarks/recipe_sweep.py --set weights-temps --reuse $R/recipe_sweep.json \

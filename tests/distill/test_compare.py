@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cmcd_edge.distill.compare import _paired, _verdict_lines, run_compare, seeds_to_decide, t975
+from cmcd_edge.distill.compare import _ceiling_lines, _paired, _verdict_lines, run_compare, seeds_to_decide, t975
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.errors import UserError
 from tests.conftest import CLI
@@ -37,6 +37,16 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
     assert "cmcd" in md and "supervised" in md
     val = r["methods"]["cmcd"]["val_accuracy"]
     assert "| val top-1 (%) |" in md and f"| {100 * val['mean']:.1f} +- {100 * val['std']:.1f} |" in md
+    # the ceiling is paired too: the built-in teacher learned every train label, so a distilled student that does not
+    # beat the student trained on those labels gained nothing from the source view (a noise-view teacher on mfeat
+    # lifts the 10%-label zer student by 5.6 points, to the ceiling)
+    ceil = r["paired"]["minus"]["supervised@100%"]
+    want = [a - b for a, b in zip(r["methods"]["cmcd"]["test_accuracy"]["runs"],
+                                  r["upper_bound"]["test_accuracy"]["runs"], strict=True)]
+    assert ceil["runs"] == pytest.approx(want) and "ci95" in ceil
+    assert f"| supervised@100% | {100 * r['upper_bound']['test_accuracy']['mean']:.1f}" in md
+    assert f"{100 * ceil['mean']:+.2f} +- {100 * ceil['std']:.2f}" in md
+    assert "The teacher learned from every train label of src; supervised@100% is the target student" in md
     with pytest.raises(UserError, match="--force"):
         run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
 
@@ -134,6 +144,17 @@ def test_verdict_sentence_names_each_group_and_the_seeds_undecided_gaps_need():
                     f"per-seed mean and spread.")
     one = {"seeds": [0], "paired": _paired(["cmcd", "kd"], {"cmcd": [0.8], "kd": [0.7]})}
     assert "one seed gives no interval" in _verdict_lines(one)[-1]
+
+
+@pytest.mark.parametrize("teacher,upper,says", [
+    ("train", True, True),
+    ("teachers/fac.pt2", True, False),  # a teacher of the user's: it need not have seen these labels
+    ("train", False, False),  # --no-upper-bound
+])
+def test_ceiling_line_only_for_a_built_in_teacher_beside_the_ceiling(teacher, upper, says):
+    acc = {"cmcd": [0.85, 0.84], "supervised": [0.75, 0.76], **({"supervised@100%": [0.83, 0.84]} if upper else {})}
+    r = {"source": "fac", "config": {"teacher": teacher}, "paired": _paired(list(acc), acc)}
+    assert bool(_ceiling_lines(r)) == says
 
 
 @pytest.mark.parametrize("df,want", [(1, 12.706), (2, 4.303), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980)])
