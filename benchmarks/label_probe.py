@@ -22,7 +22,7 @@ import numpy as np
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import mi
-from cmcd_edge.distill.mi import _probe_ce, label_mi_probe
+from cmcd_edge.distill.mi import label_mi_probe, probe_bound
 from cmcd_edge.distill.select import rank_teachers
 
 K, DIMS = 4, 128
@@ -49,9 +49,7 @@ def fixed_l2_probe(h: np.ndarray, y: np.ndarray, seed: int) -> float:
     """The probe up to session 18: fit on one half with L2 1e-3, score on the other."""
     perm = np.random.default_rng(seed).permutation(len(h))
     fit, ev = perm[: len(h) // 2], perm[len(h) // 2:]
-    p = np.bincount(y[ev], minlength=K) / len(ev)
-    h_y = float(-(p[p > 0] * np.log(p[p > 0])).sum())
-    return max(0.0, h_y - _probe_ce(h[fit], y[fit], h[ev], y[ev], K, 1e-3))
+    return max(0.0, probe_bound(h[fit], y[fit], h[ev], y[ev], K, 1e-3))
 
 
 def small_dataset(out: Path) -> str:

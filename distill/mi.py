@@ -267,7 +267,8 @@ LABEL_PROBE = "crossfit-cv-l2"  # names label_mi_probe's method in select-teache
 def _fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, ridge: float) -> nn.Linear:
     """A multinomial logistic probe, L2-penalised, fitted by L-BFGS (deterministic: zero start)."""
     lin = nn.Linear(x.shape[1], n_classes)
-    nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
     opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=200)
 
     def closure():
@@ -291,6 +292,14 @@ def _probe_ce(fit_x: np.ndarray, fit_y: np.ndarray, eval_x: np.ndarray, eval_y: 
                                                  torch.tensor(eval_y, dtype=torch.long)))
 
 
+def probe_bound(fit_x: np.ndarray, fit_y: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray, n_classes: int,
+                ridge: float) -> float:
+    """H(Y) - CE on the eval rows (nats), for a probe fitted on the fit rows: one variational lower bound on I(H; Y)."""
+    p = np.bincount(eval_y, minlength=n_classes) / len(eval_y)
+    h_y = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    return h_y - _probe_ce(fit_x, fit_y, eval_x, eval_y, n_classes, ridge)
+
+
 def _choose_ridge(x: np.ndarray, y: np.ndarray, n_classes: int, rng: np.random.Generator, folds: int = 3) -> float:
     """The ridge of PROBE_RIDGES with the lowest cross-validated cross-entropy on (x, y) alone."""
     part = rng.permutation(len(x)) % folds
@@ -309,11 +318,6 @@ def label_mi_probe(h: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) 
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(h))
     halves = (perm[: len(h) // 2], perm[len(h) // 2:])
-    bounds = []
-    for fit, ev in (halves, halves[::-1]):
-        ridge = _choose_ridge(h[fit], y[fit], n_classes, rng)
-        ce = _probe_ce(h[fit], y[fit], h[ev], y[ev], n_classes, ridge)
-        p = np.bincount(y[ev], minlength=n_classes) / len(ev)
-        h_y = float(-(p[p > 0] * np.log(p[p > 0])).sum())
-        bounds.append(h_y - ce)
+    bounds = [probe_bound(h[fit], y[fit], h[ev], y[ev], n_classes, _choose_ridge(h[fit], y[fit], n_classes, rng))
+              for fit, ev in (halves, halves[::-1])]
     return max(0.0, float(np.mean(bounds)))

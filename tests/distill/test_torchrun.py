@@ -43,8 +43,8 @@ def test_torchrun_two_processes_on_cpu(toy, tmp_path, fast_cfg):
     # rank 0 refuses the folder; rank 1 ends quietly (was: "Error: internal error: RuntimeError: ... Connection closed
     # by peer" below rank 0's line)
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert res.returncode != 0 and _errors(res.stderr) == [f"Error: --out {out} already holds a finished run: pass --force to "
-                                              "replace it"], res.stderr[-3000:]
+    refused = f"Error: --out {out} already holds a finished run: pass --force to replace it"
+    assert res.returncode != 0 and _errors(res.stderr) == [refused], res.stderr[-3000:]
 
 
 def test_torchrun_a_rank_that_fails_later_leaves_one_real_error_line(toy, tmp_path):
