@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from cmcd_edge.errors import CmcdError, UserError
+from cmcd_edge.launch import launched_as
 from cmcd_edge.registry import check_unique
 
 
@@ -103,12 +104,13 @@ def _peer_gone(exc: BaseException) -> str | None:
     """Under torchrun, a collective that failed because another rank ended (its own error, a kill, a lost node), as one
     line; else None. Without it a rank behind a failed one printed gloo's "internal error: RuntimeError:
     [.../pair.cc:553] Connection closed by peer [...] GLHF!" as if it were a second fault."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    here = launched_as()
+    if here is None or not here.distributed:
         return None
     found = next((p for p in _PEER_GONE if p in str(exc)), None)
     if found is None:
         return None
-    return (f"rank {os.environ.get('RANK', '?')}: another process of this torchrun ended first, so this one stopped "
+    return (f"rank {here.rank}: another process of this torchrun ended first, so this one stopped "
             f"too ({found}); that process's error says why")
 
 
@@ -184,14 +186,15 @@ def _typed_flag(param: click.Parameter, value: Any) -> str:
 def main_rank() -> bool:
     """False in torchrun's ranks other than 0: they train alongside rank 0 but only rank 0 reports progress and
     results (each line came once per rank), so theirs show warnings and errors only."""
-    return os.environ.get("RANK", "0") == "0"
+    here = launched_as()  # an unusable torchrun environment is reported by the command that needs it
+    return here is None or here.rank == 0
 
 
 def single_process(what: str, instead: str) -> None:
     """Refuse ``what`` under torchrun (WORLD_SIZE > 1): it trains one network after another, each rank on its own,
     writing into the same folder."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    if world not in ("", "1"):
         raise UserError(f"{what} does not run under torchrun (WORLD_SIZE={world}); {instead}")
 
 

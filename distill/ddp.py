@@ -4,12 +4,13 @@ group, gloo on CPU, nccl on CUDA). Outside torchrun every function here is a no-
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from cmcd_edge.launch import launch
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,7 @@ class Dist:
 
 def setup_distributed(device: torch.device) -> Dist:
     """Under torchrun (WORLD_SIZE > 1): init the process group, gloo on CPU, nccl on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not launch().distributed:  # raises, naming the variable, on a half-set torchrun environment
         return Dist()
     import torch.distributed as tdist
 

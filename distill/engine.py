@@ -8,7 +8,6 @@ import contextlib
 import functools
 import io
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from cmcd_edge.distill.ddp import Dist, agree_before_eval, rank0_figures
 from cmcd_edge.distill.rows import available_bytes
 from cmcd_edge.errors import EnvironmentFailure, UserError
 from cmcd_edge.fsutil import write_bytes
+from cmcd_edge.launch import launch
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", launch().local_rank)
     return torch.device("cpu")
 
 

@@ -57,7 +57,8 @@ def test_cli_in_process_matches_a_real_process(argv, tmp_path):
 def test_peer_gone_names_the_other_rank_only_under_torchrun(monkeypatch, world, rank, expected):
     from cmcd_edge.cli_base import _peer_gone
 
-    for key, value in (("WORLD_SIZE", world), ("RANK", rank)):
+    addr = None if world is None else "127.0.0.1"
+    for key, value in (("WORLD_SIZE", world), ("RANK", rank), ("MASTER_ADDR", addr), ("MASTER_PORT", addr and "29500")):
         if value is None:
             monkeypatch.delenv(key, raising=False)
         else:
