@@ -55,6 +55,7 @@ for v in good weak; do
   t gain-small-$v $B/cmcd-edge -q compare --data /tmp/cmcd-small --source $v --target tgt --methods cmcd,supervised --seeds 3 --no-upper-bound --out $R/gain-small-$v --force
 done
 t gain-small-noise $B/cmcd-edge -q compare --data /tmp/cmcd-small --source noise --target tgt --methods cmcd,kd,supervised --seeds 3 --out $R/gain-small-noise --force
+t select-small $B/cmcd-edge -q select-teacher --data /tmp/cmcd-small --target tgt --seeds 3 --out $R/select-small.json > $R/select-small.txt
 PYTHONPATH=benchmarks t gain-small-random $B/cmcd-edge -q compare --data /tmp/cmcd-small --source noise --target tgt --teacher random_teacher:factory --methods cmcd,kd,supervised --seeds 3 --no-upper-bound --out $R/gain-small-random --force
 # issue 5: export of the fac->zer CMCD student (seed 0), per-channel (default) and per-tensor weights
 for g in per-channel per-tensor; do

@@ -35,6 +35,9 @@ MAX_HELDOUT = 2000  # the k-NN estimators hold D x N^2 distances (N = 2000, 16 d
 
 
 def verdict(delta: float) -> str:
+    """The CCH call on a delta in nats. The ranking gives it for the mean over seeds and counts the seeds whose own
+    delta (that seed's teacher against that seed's student) gets the same call: a split count says the margin is
+    inside the seed spread (I(S;Y) on a few hundred held-out rows spreads by ~0.2 nats, BENCHMARKS.md)."""
     if delta > MARGIN:
         return "distill"
     if delta >= -MARGIN:
@@ -123,21 +126,27 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                     store.save(s, c, values)
             for k, v in values.items():
                 per[c].setdefault(k, []).append(v)
-    ranking = []
-    for c, row in per.items():
-        i_ts, i_sy = _agg(row["gaussian"]), _agg(row["i_sy"])
-        delta = i_ts["mean"] - i_sy["mean"]
-        ranking.append({"view": c, "mi_teacher_student": i_ts, "mi_student_label": i_sy, "delta": delta,
-                        "verdict": verdict(delta), "teacher_test_accuracy": _agg(row["teacher_acc"]),
-                        "estimators": {"mi_teacher_student": {e: _agg(row[e]) for e in estimators},
-                                       "mi_student_label": {"probe": i_sy, **({"ksg_mixed": _agg(row["i_sy_ksg"])}
-                                                                              if "i_sy_ksg" in row else {})}}})
+    ranking = [rank_row(c, row, estimators) for c, row in per.items()]
     ranking.sort(key=lambda r: -r["delta"])
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
             "primary_estimator": "gaussian", "margin_nats": MARGIN, "heldout_rows": heldout_rows,
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
             "warnings": disagreements(ranking),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
+
+
+def rank_row(view: str, row: dict[str, list[float]], estimators: tuple[str, ...]) -> dict:
+    """One candidate's ranking entry from its per-seed measurements (lists in seed order)."""
+    i_ts, i_sy = _agg(row["gaussian"]), _agg(row["i_sy"])
+    delta = i_ts["mean"] - i_sy["mean"]
+    per_seed = [a - b for a, b in zip(row["gaussian"], row["i_sy"], strict=True)]  # paired: one student per seed
+    return {"view": view, "mi_teacher_student": i_ts, "mi_student_label": i_sy, "delta": delta,
+            "verdict": verdict(delta), "delta_per_seed": per_seed,
+            "seeds_agreeing": sum(verdict(d) == verdict(delta) for d in per_seed),
+            "teacher_test_accuracy": _agg(row["teacher_acc"]),
+            "estimators": {"mi_teacher_student": {e: _agg(row[e]) for e in estimators},
+                           "mi_student_label": {"probe": i_sy, **({"ksg_mixed": _agg(row["i_sy_ksg"])}
+                                                                  if "i_sy_ksg" in row else {})}}}
 
 
 class Progress:
@@ -215,10 +224,16 @@ def table(result: dict) -> str:
     lines = [f"CCH ranking for target {result['target']} on {result['data']} (nats, mean +- std over seeds "
              f"{result['seeds']}; gaussian estimator ranks)", "",
              f"{'view':<8}{'I(T;S)':>16}{'I(S;Y)':>16}{'delta':>9}{'teacher top-1':>15}  verdict"]
+    n = len(result["seeds"])
     for r in result["ranking"]:
         a, b = r["mi_teacher_student"], r["mi_student_label"]
+        agree = f" ({r['seeds_agreeing']}/{n} seeds)" if n > 1 else ""
         lines.append(f"{r['view']:<8}{a['mean']:>9.3f} +-{a['std']:.3f}{b['mean']:>9.3f} +-{b['std']:.3f}"
-                     f"{r['delta']:>+9.3f}{100 * r['teacher_test_accuracy']['mean']:>14.1f}%  {r['verdict']}")
+                     f"{r['delta']:>+9.3f}{100 * r['teacher_test_accuracy']['mean']:>14.1f}%  {r['verdict']}{agree}")
+    split = [r["view"] for r in result["ranking"] if r["seeds_agreeing"] < n]
+    if split:
+        lines.append(f"note: the seeds' own deltas disagree with the mean's verdict for {', '.join(split)}: that "
+                     "verdict is not settled; more --seeds or held-out rows would settle it")
     lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
 

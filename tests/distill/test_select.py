@@ -143,6 +143,27 @@ def test_verdicts():
     assert verdict(0.5) == "distill" and verdict(0.0) == "marginal" and verdict(-1).startswith("skip")
 
 
+def test_verdict_counts_the_seeds_whose_own_delta_agrees_and_the_table_says_so():
+    """Each seed pairs its teacher with its own student: deltas +0.30, +0.05, +0.20 (mean +0.183, distill) hold one
+    seed inside the margin, so the call is 2/3; the unanimous view reads 3/3 and gets no note."""
+    from cmcd_edge.distill.select import rank_row, table
+
+    def row(i_ts, i_sy):
+        return {"gaussian": i_ts, "i_sy": i_sy, "teacher_acc": [0.9] * 3}
+
+    split = rank_row("a", row([0.5, 0.5, 0.5], [0.2, 0.45, 0.3]), ("gaussian",))
+    settled = rank_row("b", row([1.0, 1.2, 1.1], [0.2, 0.45, 0.3]), ("gaussian",))
+    assert split["delta_per_seed"] == pytest.approx([0.30, 0.05, 0.20])
+    assert (split["verdict"], split["seeds_agreeing"]) == ("distill", 2)
+    assert (settled["verdict"], settled["seeds_agreeing"]) == ("distill", 3)
+    text = table({"target": "t", "data": "d", "seeds": [0, 1, 2], "ranking": [settled, split], "warnings": []})
+    assert "distill (3/3 seeds)" in text and "distill (2/3 seeds)" in text
+    assert "note: the seeds' own deltas disagree with the mean's verdict for a:" in text
+    one = table({"target": "t", "data": "d", "seeds": [0], "warnings": [],
+                 "ranking": [rank_row("a", {k: v[:1] for k, v in row([0.5] * 3, [0.45] * 3).items()}, ("gaussian",))]})
+    assert one.splitlines()[-1].endswith("marginal")  # one seed: no count to show
+
+
 def test_select_teacher_bad_input(cli, tmp_path):
     ds = synthetic_paired(tmp_path / "d", n=200)
     assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", "--candidates", "tgt"), 2,
@@ -170,6 +191,7 @@ def test_select_ranks_on_a_capped_seeded_subsample_of_the_heldout_rows(tmp_path,
     assert set(est) == {"gaussian", "ksg", "infonce"} and est["ksg"]["mean"] > 0.1  # the source carries the class
     top = res["ranking"][0]
     assert top["delta"] == pytest.approx(top["mi_teacher_student"]["mean"] - top["mi_student_label"]["mean"])
+    assert top["delta_per_seed"] == pytest.approx([top["delta"]]) and top["seeds_agreeing"] == 1
 
 
 def test_disagreement_warning_names_the_view():
