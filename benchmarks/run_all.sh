@@ -32,6 +32,11 @@ for tgt in fou zer; do
 done
 t recipe-confirm $B/python benchmarks/recipe_sweep.py --set confirm --first-seed 3 --seeds 10 \
   --teachers 'compare-{t}-seeds3-12' --out $R/recipe_confirm.json > $R/recipe_confirm.txt
+# session 20: cmcd against the 100%-labels student on the same ten extra seeds
+for tgt in zer fou; do
+  t ceiling-$tgt-seeds3-12 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt \
+    --methods cmcd,supervised --seed 3 --seeds 10 --out $R/ceiling-$tgt-seeds3-12 --force
+done
 $B/python benchmarks/seed_study.py --out $R/seed_study.json > $R/seed_study.txt
 # a diagnostic: the same compare with a 12x wider student (benchmarks/width512.json), not an acceptance figure
 for tgt in zer fou; do
