@@ -32,6 +32,16 @@ for tgt in fou zer; do
 done
 t recipe-confirm $B/python benchmarks/recipe_sweep.py --set confirm --first-seed 3 --seeds 10 \
   --teachers 'compare-{t}-seeds3-12' --out $R/recipe_confirm.json > $R/recipe_confirm.txt
+# session 20: a label-free teacher (whitened PCA of fac, fitted on each seed's train rows) against the built-in one
+for tgt in zer fou; do
+  for s in 0 1 2; do
+    PYTHONPATH=benchmarks PCA_TEACHER_SEED=$s t labelfree-$tgt-s$s $B/cmcd-edge -q compare --data builtin:mfeat --source fac \
+      --target $tgt --teacher pca_teacher:factory --methods cmd,cmc,fitnet,supervised --seed $s --seeds 1 --no-upper-bound \
+      --out $R/labelfree-$tgt-s$s --force > /dev/null
+  done
+  PYTHONPATH=benchmarks $B/python benchmarks/pca_teacher.py --label-free "$R/labelfree-$tgt-s{seed}" --built-in $R/compare-$tgt
+  echo
+done > $R/labelfree.txt
 # session 20: cmcd against the 100%-labels student on the same ten extra seeds
 for tgt in zer fou; do
   t ceiling-$tgt-seeds3-12 $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt \
