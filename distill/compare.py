@@ -112,7 +112,9 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
         for m in extra_runs:
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
                 dataclasses.replace(cfg_s, method=m)
-            run_dir = out / "runs" / f"{m.replace('@100%', '-all-labels')}-s{seed}"
+            # at --labeled-fraction 1 the ceiling is the supervised run itself: one folder, trained once
+            same = m == UPPER and cfg == dataclasses.replace(cfg_s, method="supervised")
+            run_dir = out / "runs" / f"{'supervised' if same else m.replace('@100%', '-all-labels')}-s{seed}"
             res = _finished(run_dir, cfg) or _train(run_dir, cfg, teacher)
             runs[m].append(res)
             log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)", m, seed, res["test_accuracy"], res["wall_s"])

@@ -51,6 +51,14 @@ def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path)
         run_compare(base, ["cmcd"], 1, tmp_path / "cmp")
 
 
+def test_compare_at_all_labels_trains_the_ceiling_once_as_the_supervised_run(base, tmp_path):
+    """At --labeled-fraction 1 supervised@100% is the supervised run: it was trained a second time into its own
+    folder (same config, same figures, twice the time)."""
+    r = run_compare(dataclasses.replace(base, labeled_fraction=1.0), ["supervised"], 1, tmp_path / "cmp")
+    assert sorted(p.name for p in (tmp_path / "cmp" / "runs").iterdir()) == ["supervised-s0"]
+    assert r["upper_bound"]["test_accuracy"] == r["methods"]["supervised"]["test_accuracy"]
+
+
 @pytest.mark.parametrize("methods,seed,seeds,needle", [
     (["cmcd", "fitnett"], 0, 1, "--methods: unknown method 'fitnett' (did you mean 'fitnet'?); valid: cmcd, cmd"),
     (["cmcd", "kd", "cmcd"], 0, 1, "--methods: 'cmcd' appears twice"),  # was: internal error after every run trained
