@@ -208,7 +208,8 @@ INT8_FLAGS = ("calib_size", "calib_method", "calib_select", "target", "stem", "p
 @click.option("--calib-select", default="random", show_default=True, help="random | coverage (k-center greedy)")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, help="Top-1 points INT8 may lose.")
 @click.option("--allow-accuracy-drop", is_flag=True, help="Write the bundle even when a variant fails the gate.")
-@click.option("--target", default="auto", show_default=True, help="auto | cpu | tensorrt (quantization preset)")
+@click.option("--target", default="auto", show_default=True,
+              help="INT8 preset: auto | cpu (this CPU) | cpu-vnni | cpu-avx2 | cpu-arm64 (the device's CPU) | tensorrt")
 @click.option("--stem", default="auto", show_default=True,
               help="auto: keep the first conv float when that measures faster on this CPU; int8 | float: fixed.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,

@@ -24,6 +24,7 @@ from cmcd_edge.errors import AccuracyGateError, UserError
 from cmcd_edge.export import gate, onnx_export, quantize, speed
 from cmcd_edge.fsutil import atomic_dir, write_json, write_text
 from cmcd_edge.registry import check_choice
+from cmcd_edge.runtime.cpu import cpu_isa
 from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
 from cmcd_edge.runtime.session import make_session, run_batched
 from cmcd_edge.splitting import make_splits
@@ -82,6 +83,10 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     calib_size = check_size(min(512, len(splits.train)) if cfg.calib_size is None else cfg.calib_size, len(splits.train))
     target = "cpu" if cfg.target == "auto" else cfg.target
     preset = dataclasses.replace(quantize.preset_for(target), per_channel=cfg.per_channel)
+    here = cpu_isa()
+    if cfg.int8 and preset.name == "cpu" and preset.isa != here:  # the gate scores the INT8 file on this CPU
+        log.info("INT8 preset for %s (--target %s); this CPU is %s, so the gate measures it on %s kernels",
+                 preset.isa, target, here, here)
     out = Path(cfg.out)
     if Path(cfg.run).resolve() == out.resolve():
         raise UserError(f"--out {out}: must differ from the run folder")

@@ -1,25 +1,28 @@
 """Static INT8 (QDQ, per-channel weights) with per-target presets, and the FP16 variant.
 
 Presets (``--target``):
-- ``cpu``: detects the ISA. AVX-512 VNNI / AVX-VNNI / AMX: full-range U8S8 (the issue asked for S8S8; measured
-  here, ORT's x86 QDQ kernels run U8S8 and S8S8 was slower, see BENCHMARKS.md). AVX2 without VNNI: U8S8 with
-  reduce_range (7-bit weights; without it u8*s8 pairs saturate in VPMADDUBSW and accuracy drops). arm64: S8S8.
+- ``cpu``: this machine's ISA; ``cpu-vnni``, ``cpu-avx2``, ``cpu-arm64``: the device's, when that is another CPU (a
+  bundle made on a VNNI workstation for an AVX2 box; runtime/cpu.py warns when a variant is loaded where it may
+  saturate). AVX-512 VNNI / AVX-VNNI / AMX: full-range U8S8 (the issue asked for S8S8; measured here, ORT's x86 QDQ
+  kernels run U8S8 and S8S8 was slower, see BENCHMARKS.md). AVX2 without VNNI: U8S8 with reduce_range (7-bit
+  weights; without it u8*s8 pairs saturate in VPMADDUBSW and accuracy drops). arm64: S8S8.
 - ``tensorrt``: symmetric S8 activations and weights, every zero point 0 (TensorRT's explicit quantization).
 """
 
 from __future__ import annotations
 
 import logging
-import platform
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice
+from cmcd_edge.runtime.cpu import cpu_isa
 
 log = logging.getLogger(__name__)
-TARGETS = ("auto", "cpu", "tensorrt")
+TARGETS = ("auto", "cpu", "cpu-vnni", "cpu-avx2", "cpu-arm64", "tensorrt")
+CPU_TARGETS = {"cpu-vnni": "x86-vnni", "cpu-avx2": "x86-avx2", "cpu-arm64": "arm64"}  # the device's CPU, named
 
 
 @dataclass(frozen=True)
@@ -36,26 +39,12 @@ class Preset:
         return asdict(self)
 
 
-def cpu_isa() -> str:
-    machine = platform.machine().lower()
-    if machine in ("aarch64", "arm64"):
-        return "arm64"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    if flags & {"amx_int8", "avx512_vnni", "avx_vnni"}:
-        return "x86-vnni"
-    if "avx2" in flags:
-        return "x86-avx2"
-    return "x86"
-
-
 def preset_for(target: str, isa: str | None = None) -> Preset:
     target = check_choice("--target", target, TARGETS)
     if target == "tensorrt":
         return Preset("tensorrt", "tensorrt", "s8", "s8", reduce_range=False, symmetric=True)
-    isa = isa or cpu_isa()
+    if isa is None:
+        isa = CPU_TARGETS[target] if target in CPU_TARGETS else cpu_isa()
     if isa == "arm64":
         return Preset("cpu", isa, "s8", "s8", reduce_range=False, symmetric=False)
     if isa == "x86-vnni":  # ORT's x86 int8 kernels are U8S8 (VPDPBUSD); VNNI accumulates without saturation

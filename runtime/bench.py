@@ -10,11 +10,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from cmcd_edge.runtime import jetson
+from cmcd_edge.runtime import cpu, jetson
 
 
 @dataclass
@@ -71,19 +70,12 @@ def run_interleaved(cases: list[Case], duration_s: float = 3.0, warmup_s: float 
 def environment() -> dict:
     import onnxruntime as ort
 
-    flags: list[str] = []
+    name, have = cpu.read_cpuinfo()
     model = platform.processor() or platform.machine()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        for line in cpuinfo.splitlines():
-            if line.startswith("model name") and model in ("", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith(("flags", "Features")) and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = sorted(have & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "asimd",
-                                       "asimddp", "i8mm", "sve"})
-    except OSError:
-        pass
+    if name and model in ("", platform.machine()):
+        model = name
+    flags = sorted(have & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "asimd", "asimddp", "i8mm",
+                           "sve"})
     return {"cpu": model, "machine": platform.machine(), "cores": os.cpu_count(), "isa_flags": flags,
             "onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
             "python": platform.python_version(), **{"jetson": jetson.detect()}}

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from cmcd_edge.runtime import cpu
 from cmcd_edge.runtime.errors import BundleError, EngineMismatch, EnvironmentFailure, InputShapeError, UserError
 from cmcd_edge.runtime.manifest import Manifest, Variant, load_manifest
 from cmcd_edge.runtime.session import BACKENDS, available_backends, make_session
@@ -159,6 +160,10 @@ def _open(manifest: Manifest, variant: str, backend: str, threads: int | None):
         entry = trt.match_engine(manifest, trt.current_device_key(), precision)
         return manifest.variant(entry.source_variant), trt.TrtSession(manifest, entry)
     chosen = _choose_variant(manifest, variant, backend)
+    if backend == "cpu" and chosen.precision == "int8":
+        risk = cpu.int8_risk(chosen.extra["preset"] if "preset" in chosen.extra else None, cpu.cpu_isa())
+        if risk is not None:
+            log.warning("variant %s of %s: %s", chosen.name, manifest.root, risk)
     options = None
     if backend == "ort-tensorrt":
         from cmcd_edge.runtime import trt

@@ -40,7 +40,7 @@ def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
     (["--calib-size", "0"], ["--calib-size 0"]),
     (["--calib-size", "100000"], ["larger than"]),
     (["--calib-method", "kl"], ["--calib-method 'kl'", "minmax, entropy, percentile"]),
-    (["--target", "tpu"], ["--target 'tpu'", "auto, cpu, tensorrt"]),
+    (["--target", "tpu"], ["--target 'tpu'", "auto, cpu, cpu-vnni, cpu-avx2, cpu-arm64, tensorrt"]),
     (["--max-accuracy-drop", "nan"], ["--max-accuracy-drop nan: must be >= 0"]),  # was: the whole export, then the gate
     # flags the rest of the command leaves without effect (were: accepted, a bundle made without them)
     (["--no-int8", "--calib-method", "entropy", "--per-tensor"], ["--calib-method entropy, --per-tensor: for the INT8 "
@@ -185,6 +185,22 @@ def test_cpu_preset_is_asymmetric_and_flagged_by_tensorrt_check(toy_bundle):
 def test_cpu_presets_by_isa(isa, expect):
     p = quantize.preset_for("cpu", isa)
     assert (p.activation, p.reduce_range) == expect
+
+
+@pytest.mark.parametrize("target,expect", [("cpu-avx2", ("x86-avx2", "u8", True)),
+                                           ("cpu-vnni", ("x86-vnni", "u8", False)),
+                                           ("cpu-arm64", ("arm64", "s8", False))])
+def test_named_cpu_targets_quantize_for_that_cpu_not_this_one(target, expect):
+    """A bundle made on a VNNI workstation for an AVX2 box: --target cpu-avx2 gives it 7-bit weights whatever this
+    machine is (--target cpu means this machine's ISA)."""
+    p = quantize.preset_for(target)
+    assert (p.isa, p.activation, p.reduce_range) == expect
+
+
+def test_export_for_another_cpu_records_its_preset_in_the_manifest(toy_run, tmp_path):
+    res = run_export(ExportConfig(run=str(toy_run), out=str(tmp_path / "b"), target="cpu-avx2", max_accuracy_drop=5.0))
+    int8 = [v for v in res.manifest["variants"] if v["name"] == "int8"][0]
+    assert int8["target"] == "cpu" and (int8["preset"]["isa"], int8["preset"]["reduce_range"]) == ("x86-avx2", True)
 
 
 def test_fp16_variant(toy_run, tmp_path):
