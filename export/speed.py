@@ -54,6 +54,20 @@ def float_stem_if_faster(pre: Path, quantize: Callable[[list[str], Path], None],
     return ([stem] if probe["kept_float"] else []), probe
 
 
+def cpu_latency(files: dict[str, Path], sample: np.ndarray, duration_s: float = 0.6) -> dict[str, float]:
+    """p50 microseconds of each model at batch 1 on one thread, interleaved on this machine: what
+    ``Predictor.load(variant="auto")`` reads to skip an INT8 variant that is slower than FP32 (tiny MLPs: the
+    quantize/dequantize boundaries cost more than the int8 GEMMs save, BENCHMARKS.md)."""
+    x = np.ascontiguousarray(sample[:1], np.float32)
+    cases = []
+    for name, path in files.items():
+        sess = make_session(path, threads=1)
+        inp = sess.get_inputs()[0].name
+        cases.append(bench.Case(name, "cpu", 1, 1, lambda v, s=sess, i=inp: s.run(None, {i: v}), x))
+    bench.run_interleaved(cases, duration_s=duration_s, warmup_s=0.2, min_count=50)
+    return {r["variant"]: round(1e3 * r["p50_ms"], 2) for r in bench.results_of(cases)}
+
+
 def fold_input_normalization(path: Path) -> bool:
     """input -> Sub(mean) -> Div(std) -> QuantizeLinear(s, z)  becomes  input -> QuantizeLinear(s * std_c, z_c) with a
     per-channel (axis 1) scale and zero point z_c = round(z - mean_c / (s * std_c)). Two float passes over the input

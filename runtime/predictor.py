@@ -1,7 +1,8 @@
 """The Predictor a device app embeds: numpy + onnxruntime, never torch.
 
     from cmcd_edge.runtime import Predictor
-    p = Predictor.load("bundle/")                 # best variant that passed the gate, fastest backend
+    p = Predictor.load("bundle/")                 # a variant that passed the gate (INT8 first, unless the export
+                                                  # timed another >= 10% faster on this kind of CPU), fastest backend
     names, probs = p.classify(sample)             # one sample (C, ...) or a batch (B, C, ...)
 
 One ONNX Runtime session is shared by every thread (``InferenceSession.run`` is thread-safe); session options are set
@@ -12,6 +13,7 @@ size is an error naming the expected shape, NaN/Inf are refused (``allow_nonfini
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import numpy as np
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 VARIANT_PREFERENCE = {"cpu": ("int8", "fp32", "fp16"), "cuda": ("fp16", "int8", "fp32"),
                       "ort-tensorrt": ("int8", "fp16", "fp32")}
 # which variant targets each backend can run: the CPU presets' asymmetric uint8 QDQ is not for TensorRT
+MIN_SPEEDUP = 1.10  # auto leaves the precision preference only for a variant this much faster where it was timed
 RUNS_TARGET = {"cpu": ("any", "cpu"), "cuda": ("any", "cpu", "cuda", "tensorrt"), "ort-tensorrt": ("any", "cuda", "tensorrt")}
 
 
@@ -47,7 +50,10 @@ class Predictor:
         """Open a bundle: manifest checked, file sha256 checked, session created once.
 
         ``backend="auto"`` tries tensorrt (an engine built for this device), ort-tensorrt, cuda, cpu in that order,
-        as far as this machine has them, and logs a warning for each one it falls back past."""
+        as far as this machine has them, and logs a warning for each one it falls back past. ``variant="auto"`` takes
+        the backend's precision preference among the variants that passed the gate; on the CPU backend it takes
+        another instead when the export timed that one at least 10% faster on a CPU of this kind (``cpu_timed_on``
+        and each variant's ``cpu_p50_us`` in the manifest)."""
         if max_batch < 1:
             raise UserError(f"max_batch {max_batch}: must be >= 1")
         if threads is not None and threads < 0:
@@ -172,6 +178,25 @@ def _open(manifest: Manifest, variant: str, backend: str, threads: int | None):
     return chosen, make_session(manifest.verified_path(chosen), backend=backend, threads=threads, provider_options=options)
 
 
+def _faster_on_this_cpu(manifest: Manifest, ok: list[Variant], first: Variant) -> Variant:
+    """``first`` (the precision preference), unless the export timed the CPU variants on a CPU of this kind and
+    another that passed the gate ran at least MIN_SPEEDUP faster there (an INT8 MLP is slower than its FP32 twin)."""
+    timed_on = manifest.raw["cpu_timed_on"] if "cpu_timed_on" in manifest.raw else None
+    if not (isinstance(timed_on, dict) and timed_on.get("isa") == cpu.cpu_isa()):
+        return first
+    times = {v.name: v.extra["cpu_p50_us"] for v in ok if v.target in RUNS_TARGET["cpu"] and "cpu_p50_us" in v.extra}
+    times = {k: float(t) for k, t in times.items()
+             if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0}
+    if first.name not in times or len(times) < 2:
+        return first
+    best = min(times, key=times.__getitem__)
+    if times[best] * MIN_SPEEDUP > times[first.name]:
+        return first
+    log.debug("variant auto: %s, which ran %.1f us against %s's %.1f us at export on a CPU of this kind (%s)", best,
+             times[best], first.name, times[first.name], timed_on.get("cpu"))
+    return next(v for v in ok if v.name == best)
+
+
 def _backend_order(backend: str) -> list[str]:
     have = available_backends()
     if backend == "auto":
@@ -194,7 +219,7 @@ def _choose_variant(manifest: Manifest, variant: str, backend: str) -> Variant:
     for precision in VARIANT_PREFERENCE[backend]:  # onnxruntime backends only: the native one picks an engine
         for v in ok:
             if v.precision == precision and v.target in RUNS_TARGET[backend]:
-                return v
+                return _faster_on_this_cpu(manifest, ok, v) if backend == "cpu" else v
     if not ok:
         raise BundleError(f"{manifest.root}: every variant failed the accuracy gate; pass variant= explicitly")
     return ok[0]

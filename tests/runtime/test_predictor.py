@@ -20,15 +20,61 @@ from tests.helpers import assert_one_line_error, synthetic_paired
 
 @pytest.fixture(scope="module")
 def pred(toy_bundle):
-    return Predictor.load(toy_bundle, threads=1)
+    return Predictor.load(toy_bundle, variant="int8", threads=1)  # auto may pick fp32 here: see the timing tests
 
 
 def _x(pred, n=5, seed=0):
     return np.random.default_rng(seed).normal(size=(n, *pred.input_shape)).astype(np.float32)
 
 
-def test_auto_picks_int8_that_passed_the_gate(pred):
-    assert pred.variant.name == "int8" and pred.backend == "cpu"
+def _timed(toy_bundle, tmp_path, p50: dict, isa: str | None = None, gate_int8: str = "passed"):
+    """A copy of the toy bundle whose manifest says the export timed its CPU variants at ``p50`` (us) on ``isa``."""
+    from cmcd_edge.runtime import cpu
+
+    b = tmp_path / "b"
+    shutil.copytree(toy_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["cpu_timed_on"] = {"isa": isa or cpu.cpu_isa(), "cpu": "test CPU", "batch": 1, "threads": 1}
+    for v in m["variants"]:
+        v.pop("cpu_p50_us", None)
+        if v["name"] in p50:
+            v["cpu_p50_us"] = p50[v["name"]]
+        if v["name"] == "int8":
+            v["gate"] = gate_int8
+    (b / "manifest.json").write_text(json.dumps(m))
+    return b
+
+
+@pytest.mark.parametrize("p50,isa,picked", [
+    ({"fp32": 10.0, "int8": 15.0}, None, "fp32"),  # an INT8 MLP slower than FP32 where it was timed
+    ({"fp32": 60.0, "int8": 49.0}, None, "int8"),  # a conv student: INT8 faster
+    ({"fp32": 10.0, "int8": 10.5}, None, "int8"),  # within 10%: the precision preference (the smaller file) stands
+    ({"fp32": 10.0, "int8": 15.0}, "arm64", "int8"),  # timed on another kind of CPU: says nothing about this one
+    ({"fp32": 10.0}, None, "int8"),  # INT8 not timed
+    ({"fp32": True, "int8": 15.0}, None, "int8"),  # not a number of microseconds: ignored
+    ({"fp32": float("nan"), "int8": 15.0}, None, "int8"),
+    ({"fp32": "10", "int8": 15.0}, None, "int8"),
+])
+def test_auto_takes_the_cpu_variant_that_ran_faster_at_export_on_this_kind_of_cpu(toy_bundle, tmp_path, p50, isa,
+                                                                                   picked):
+    """A tiny MLP runs slower in INT8 than in FP32 (the quantize/dequantize boundaries cost more than the int8 GEMMs
+    save: mfeat zer FP32 10.3 us, INT8 14.9 us); auto used to load the INT8 one anyway."""
+    p = Predictor.load(_timed(toy_bundle, tmp_path, p50, isa), backend="cpu", threads=1)
+    assert p.variant.name == picked and p.backend == "cpu"
+
+
+def test_auto_never_takes_a_faster_variant_that_failed_the_gate(toy_bundle, tmp_path):
+    b = _timed(toy_bundle, tmp_path, {"fp32": 20.0, "int8": 10.0}, gate_int8="failed")
+    assert Predictor.load(b, backend="cpu", threads=1).variant.name == "fp32"
+
+
+def test_export_times_its_cpu_variants_for_auto(toy_bundle):
+    from cmcd_edge.runtime import cpu
+
+    m = json.loads((toy_bundle / "manifest.json").read_text())
+    assert m["cpu_timed_on"]["isa"] == cpu.cpu_isa() and (m["cpu_timed_on"]["batch"], m["cpu_timed_on"]["threads"]) == (1, 1)
+    timed = {v["name"]: v["cpu_p50_us"] for v in m["variants"] if "cpu_p50_us" in v}
+    assert set(timed) == {"fp32", "int8"} and all(0 < t < 1e5 for t in timed.values())
 
 
 def test_predict_single_and_batch_agree(pred):
