@@ -184,9 +184,9 @@ def _faster_on_this_cpu(manifest: Manifest, ok: list[Variant], first: Variant) -
     timed_on = manifest.raw["cpu_timed_on"] if "cpu_timed_on" in manifest.raw else None
     if not (isinstance(timed_on, dict) and timed_on.get("isa") == cpu.cpu_isa()):
         return first
-    times = {v.name: v.extra["cpu_p50_us"] for v in ok if v.target in RUNS_TARGET["cpu"] and "cpu_p50_us" in v.extra}
-    times = {k: float(t) for k, t in times.items()
-             if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0}
+    times = {v.name: _microseconds(v.extra["cpu_p50_us"]) for v in ok
+             if v.target in RUNS_TARGET["cpu"] and "cpu_p50_us" in v.extra}
+    times = {k: t for k, t in times.items() if t is not None}
     if first.name not in times or len(times) < 2:
         return first
     best = min(times, key=times.__getitem__)
@@ -195,6 +195,17 @@ def _faster_on_this_cpu(manifest: Manifest, ok: list[Variant], first: Variant) -
     log.debug("variant auto: %s, which ran %.1f us against %s's %.1f us at export on a CPU of this kind (%s)", best,
              times[best], first.name, times[first.name], timed_on.get("cpu"))
     return next(v for v in ok if v.name == best)
+
+
+def _microseconds(value) -> float | None:
+    """A manifest's timing as a positive finite float; None for anything else (it comes from an untrusted file)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        t = float(value)
+    except OverflowError:  # a JSON integer past float's range
+        return None
+    return t if math.isfinite(t) and t > 0 else None
 
 
 def _backend_order(backend: str) -> list[str]:

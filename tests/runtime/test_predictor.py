@@ -54,6 +54,7 @@ def _timed(toy_bundle, tmp_path, p50: dict, isa: str | None = None, gate_int8: s
     ({"fp32": True, "int8": 15.0}, None, "int8"),  # not a number of microseconds: ignored
     ({"fp32": float("nan"), "int8": 15.0}, None, "int8"),
     ({"fp32": "10", "int8": 15.0}, None, "int8"),
+    ({"fp32": 10**400, "int8": 15.0}, None, "int8"),  # past float's range (was an OverflowError)
 ])
 def test_auto_takes_the_cpu_variant_that_ran_faster_at_export_on_this_kind_of_cpu(toy_bundle, tmp_path, p50, isa,
                                                                                    picked):
