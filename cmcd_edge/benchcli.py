@@ -15,7 +15,7 @@ from cmcd_edge.errors import EngineMismatch, UserError
 from cmcd_edge.fsutil import write_json
 from cmcd_edge.runtime import bench as rb
 from cmcd_edge.runtime.manifest import load_manifest
-from cmcd_edge.runtime.predictor import Predictor
+from cmcd_edge.runtime.predictor import Predictor, auto_variant
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,9 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
     for o in overhead:
         click.echo(f"Predictor overhead over raw session.run ({o['variant']}, batch {o['batch']}, {o['threads']} thr): "
                    f"{o['overhead_us']:+.1f} us ({o['overhead_pct']:+.1f}%)")
+    if any(c.backend == "cpu" for c in cases):
+        doc["auto_variant_cpu"] = auto_variant(manifest, "cpu")
+        click.echo(f"Predictor.load(variant='auto') on cpu here: {doc['auto_variant_cpu']}")
     click.echo(f"jetson: {'yes (' + str(env['jetson'].get('model')) + ')' if env['jetson']['jetson'] else 'no'}  "
                f"cpu: {env['cpu']}  isa: {' '.join(env['isa_flags'])}  onnxruntime {env['onnxruntime']}")
     if out:

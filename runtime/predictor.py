@@ -219,6 +219,11 @@ def _backend_order(backend: str) -> list[str]:
     return [backend]
 
 
+def auto_variant(manifest: Manifest, backend: str = "cpu") -> str:
+    """The variant ``Predictor.load(variant="auto")`` would take on this onnxruntime ``backend`` here."""
+    return _choose_variant(manifest, "auto", backend).name
+
+
 def _choose_variant(manifest: Manifest, variant: str, backend: str) -> Variant:
     if variant != "auto":
         v = manifest.variant(variant)

@@ -256,6 +256,8 @@ def test_bench_cli_json(toy_bundle, cli, tmp_path):
     assert doc["results"] and all(keys <= set(r) for r in doc["results"])
     assert all(r["test_accuracy"] is not None for r in doc["results"])
     assert doc["predictor_overhead"] and "environment" in doc
+    auto = Predictor.load(toy_bundle, backend="cpu").variant.name  # what a device app gets, said beside the timings
+    assert doc["auto_variant_cpu"] == auto and f"Predictor.load(variant='auto') on cpu here: {auto}" in res.stdout
 
 
 @pytest.mark.parametrize("kw,needle", [
