@@ -129,8 +129,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                                      "passed" if passed16 else "failed", "cuda",
                                      {"agreement_with_fp32": agree16, "cosine_with_fp32": cos16, "macs": macs}))
         timed_on = None
-        if cfg.int8:  # which of the CPU variants is faster here: Predictor's auto pick reads it on a CPU of this kind
-            cpu_variants = [v for v in variants if v["target"] in ("any", "cpu")]
+        cpu_variants = [v for v in variants if v["target"] in ("any", "cpu")]
+        if len(cpu_variants) > 1:  # which CPU variant is faster here: Predictor's auto pick reads it on a CPU of this kind
             p50 = speed.cpu_latency({v["name"]: tmp / v["file"] for v in cpu_variants}, test[0])
             for v in cpu_variants:
                 v["cpu_p50_us"] = p50[v["name"]]
