@@ -26,6 +26,7 @@ from cmcd_edge.fsutil import atomic_dir, write_json, write_text
 from cmcd_edge.registry import check_choice
 from cmcd_edge.runtime.cpu import cpu_isa, read_cpuinfo
 from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
+from cmcd_edge.runtime.predictor import RUNS_TARGET
 from cmcd_edge.runtime.session import make_session, run_batched
 from cmcd_edge.splitting import make_splits
 
@@ -128,17 +129,15 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             variants.append(_variant(tmp, "fp16", "fp16", tmp / "model.fp16.onnx", acc16,
                                      "passed" if passed16 else "failed", "cuda",
                                      {"agreement_with_fp32": agree16, "cosine_with_fp32": cos16, "macs": macs}))
-        timed_on = None
-        cpu_variants = [v for v in variants if v["target"] in ("any", "cpu")]
+        manifest = _manifest(run, ds, view, variants, calibration, cfg)
+        cpu_variants = [v for v in variants if v["target"] in RUNS_TARGET["cpu"]]
         if len(cpu_variants) > 1:  # which CPU variant is faster here: Predictor's auto pick reads it on a CPU of this kind
             p50 = speed.cpu_latency({v["name"]: tmp / v["file"] for v in cpu_variants}, test[0])
-            for v in cpu_variants:
-                v["cpu_p50_us"] = p50[v["name"]]
-            timed_on = {"isa": cpu_isa(), "cpu": read_cpuinfo()[0] or platform.machine(), "batch": 1, "threads": 1}
+            for v in cpu_variants:  # the manifest's and the report's variant entries
+                v["cpu_p50_us"] = round(p50[v["name"]], 2)
+            manifest["cpu_timed_on"] = {"isa": here, "cpu": read_cpuinfo()[0] or platform.machine(), "batch": 1,
+                                        "threads": 1}
             log.info("CPU latency at batch 1, 1 thread: %s", ", ".join(f"{k} {v:.1f} us" for k, v in p50.items()))
-        manifest = _manifest(run, ds, view, variants, calibration, cfg)
-        if timed_on is not None:
-            manifest["cpu_timed_on"] = timed_on
         report = {"variants": variants, "fp32_parity": par, "wall_s": round(time.perf_counter() - t0, 2),
                   "source_run": str(Path(cfg.run).resolve()), "max_accuracy_drop_points": cfg.max_accuracy_drop}
         write_json(tmp / "manifest.json", manifest)

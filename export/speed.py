@@ -37,27 +37,21 @@ def float_stem_if_faster(pre: Path, quantize: Callable[[list[str], Path], None],
     a, b = tmp / ".probe.int8.onnx", tmp / ".probe.stem.onnx"
     quantize([], a)
     quantize([stem], b)
-    x = np.ascontiguousarray(sample[:1], np.float32)
-    sa, sb = make_session(a, threads=1), make_session(b, threads=1)
-    name = sa.get_inputs()[0].name
-    cases = [bench.Case("int8", "cpu", 1, 1, lambda v, s=sa: s.run(None, {name: v}), x),
-             bench.Case("float-stem", "cpu", 1, 1, lambda v, s=sb: s.run(None, {name: v}), x)]
-    bench.run_interleaved(cases, duration_s=duration_s, warmup_s=0.2, min_count=50)
-    p50 = {r["variant"]: r["p50_ms"] for r in bench.results_of(cases)}
+    p50 = cpu_latency({"int8": a, "float-stem": b}, sample, duration_s)
     a.unlink()
     b.unlink()
     gain = p50["int8"] / p50["float-stem"] - 1
-    probe = {"node": stem, "int8_p50_us": round(1e3 * p50["int8"], 2),
-             "float_stem_p50_us": round(1e3 * p50["float-stem"], 2), "kept_float": gain >= MIN_GAIN}
+    probe = {"node": stem, "int8_p50_us": round(p50["int8"], 2), "float_stem_p50_us": round(p50["float-stem"], 2),
+             "kept_float": gain >= MIN_GAIN}
     log.info("stem probe: %s int8 %.1f us, float stem %.1f us -> %s", stem, probe["int8_p50_us"],
              probe["float_stem_p50_us"], "float" if probe["kept_float"] else "int8")
     return ([stem] if probe["kept_float"] else []), probe
 
 
 def cpu_latency(files: dict[str, Path], sample: np.ndarray, duration_s: float = 0.6) -> dict[str, float]:
-    """p50 microseconds of each model at batch 1 on one thread, interleaved on this machine: what
-    ``Predictor.load(variant="auto")`` reads to skip an INT8 variant that is slower than FP32 (tiny MLPs: the
-    quantize/dequantize boundaries cost more than the int8 GEMMs save, BENCHMARKS.md)."""
+    """p50 microseconds of each model at batch 1 on one thread, interleaved on this machine: the stem probe's
+    figures, and what ``Predictor.load(variant="auto")`` reads to skip an INT8 variant that is slower than FP32 (tiny
+    MLPs: the quantize/dequantize boundaries cost more than the int8 GEMMs save, BENCHMARKS.md)."""
     x = np.ascontiguousarray(sample[:1], np.float32)
     cases = []
     for name, path in files.items():
@@ -65,7 +59,7 @@ def cpu_latency(files: dict[str, Path], sample: np.ndarray, duration_s: float = 
         inp = sess.get_inputs()[0].name
         cases.append(bench.Case(name, "cpu", 1, 1, lambda v, s=sess, i=inp: s.run(None, {i: v}), x))
     bench.run_interleaved(cases, duration_s=duration_s, warmup_s=0.2, min_count=50)
-    return {r["variant"]: round(1e3 * r["p50_ms"], 2) for r in bench.results_of(cases)}
+    return {r["variant"]: 1e3 * r["p50_ms"] for r in bench.results_of(cases)}
 
 
 def fold_input_normalization(path: Path) -> bool:
