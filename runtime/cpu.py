@@ -8,6 +8,7 @@ with full-range weights on a VNNI CPU can lose accuracy on an older one, and 7-b
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -15,9 +16,11 @@ VNNI_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
 ISAS = ("x86-vnni", "x86-avx2", "x86", "arm64")
 
 
-def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str | None, set[str]]:
-    """(model name, flags) of the first CPU listed; (None, empty) where the file is missing (macOS, Windows)."""
-    model, flags = None, set()
+@functools.lru_cache(maxsize=4)
+def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str | None, frozenset[str]]:
+    """(model name, flags) of the first CPU listed; (None, empty) where the file is missing (macOS, Windows). Read
+    once per process: a Predictor load asks twice (the INT8 check and the auto pick), bench once more."""
+    model, flags = None, frozenset()
     try:
         text = path.read_text()
     except OSError:
@@ -26,11 +29,11 @@ def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str | None, set[st
         if line.startswith("model name") and model is None:
             model = line.split(":", 1)[1].strip()
         if line.startswith(("flags", "Features")) and not flags:
-            flags = set(line.split(":", 1)[1].split())
+            flags = frozenset(line.split(":", 1)[1].split())
     return model, flags
 
 
-def cpu_isa(machine: str | None = None, flags: set[str] | None = None) -> str:
+def cpu_isa(machine: str | None = None, flags: frozenset[str] | set[str] | None = None) -> str:
     """This CPU's int8 class, one of ISAS (``machine`` and ``flags`` default to this machine's)."""
     machine = (machine or platform.machine()).lower()
     if machine in ("aarch64", "arm64"):
