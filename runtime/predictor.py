@@ -193,7 +193,7 @@ def _faster_on_this_cpu(manifest: Manifest, ok: list[Variant], first: Variant) -
     if times[best] * MIN_SPEEDUP > times[first.name]:
         return first
     log.debug("variant auto: %s, which ran %.1f us against %s's %.1f us at export on a CPU of this kind (%s)", best,
-             times[best], first.name, times[first.name], timed_on.get("cpu"))
+              times[best], first.name, times[first.name], timed_on.get("cpu"))
     return next(v for v in ok if v.name == best)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +107,13 @@ def toy_dataset(tmp_path, n=60, **kw):
     views = {"a": ViewSpec(rng.normal(size=(n, 5)).astype(np.float32), "vector"),
              "b": ViewSpec(rng.normal(size=(n, 2, 8)).astype(np.float32), "sequence")}
     return datasets.write_dataset(tmp_path / "toy", views, np.arange(n) % 3, ["x", "y", "z"], **kw)
+
+
+def edited_bundle(src: Path, out: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of bundle ``src`` at ``out`` whose manifest.json ``edit`` changed in place (the model files, and so
+    their sha256, untouched)."""
+    shutil.copytree(src, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

@@ -15,7 +15,7 @@ from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.errors import BundleError, InputShapeError, UserError
 from cmcd_edge.runtime.manifest import load_manifest
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error, synthetic_paired
+from tests.helpers import assert_one_line_error, edited_bundle, synthetic_paired
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +31,16 @@ def _timed(toy_bundle, tmp_path, p50: dict, isa: str | None = None, gate_int8: s
     """A copy of the toy bundle whose manifest says the export timed its CPU variants at ``p50`` (us) on ``isa``."""
     from cmcd_edge.runtime import cpu
 
-    b = tmp_path / "b"
-    shutil.copytree(toy_bundle, b)
-    m = json.loads((b / "manifest.json").read_text())
-    m["cpu_timed_on"] = {"isa": isa or cpu.cpu_isa(), "cpu": "test CPU", "batch": 1, "threads": 1}
-    for v in m["variants"]:
-        v.pop("cpu_p50_us", None)
-        if v["name"] in p50:
-            v["cpu_p50_us"] = p50[v["name"]]
-        if v["name"] == "int8":
-            v["gate"] = gate_int8
-    (b / "manifest.json").write_text(json.dumps(m))
-    return b
+    def timed(m: dict) -> None:
+        m["cpu_timed_on"] = {"isa": isa or cpu.cpu_isa(), "cpu": "test CPU", "batch": 1, "threads": 1}
+        for v in m["variants"]:
+            v.pop("cpu_p50_us", None)
+            if v["name"] in p50:
+                v["cpu_p50_us"] = p50[v["name"]]
+            if v["name"] == "int8":
+                v["gate"] = gate_int8
+
+    return edited_bundle(toy_bundle, tmp_path / "b", timed)
 
 
 @pytest.mark.parametrize("p50,isa,picked", [
