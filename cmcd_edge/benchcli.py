@@ -47,6 +47,10 @@ def _test_split(manifest, data: str | None):
         raise UserError(f"--data {spec}: classes {', '.join(ds.classes)} are not the bundle's "
                         f"{', '.join(manifest.classes)}")
     datasets.validate(ds, [view])
+    if not data and datasets.changed_since(ds, src.get("data_fingerprint")):
+        log.warning("accuracy: %s changed since the run trained on it (its files differ from the bundle's "
+                    "data_fingerprint), so its test split may hold rows the student trained on: top-1 may read high",
+                    spec)
     splits = make_splits(ds, int(src.get("seed", 0)), labeled_fraction=float(src.get("labeled_fraction", 1.0)))
     return datasets.SplitRows(ds.view(view), splits.test), np.asarray(ds.labels)[splits.test]
 

@@ -201,6 +201,8 @@ INT8_FLAGS = ("calib_size", "calib_method", "calib_select", "target", "stem", "p
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--data", default=None, help="The run's dataset where it is now [default: the path in run.json]; it "
+              "must hold the same files.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Add the calibrated static INT8 variant.")
 @click.option("--fp16", is_flag=True, help="Add an FP16 variant (float32 IO), for GPUs.")
 @click.option("--calib-size", type=int, default=None, help="Calibration rows [default: 512, capped by the data].")
@@ -395,7 +397,7 @@ def _demo(root: Path, quick: bool) -> None:
     click.echo("== 5. export --int8 --per-tensor: ONNX FP32 + calibrated static INT8 + accuracy gate")
     ctx.invoke(export, run=str(root / "run"), out=str(root / "bundle"), int8=True, fp16=False, calib_size=None,
                calib_method="minmax", calib_select="random", max_accuracy_drop=1.0, allow_accuracy_drop=False,
-               target="auto", stem="auto", per_channel=False, force=False, recalibrate=False, engine=False)
+               target="auto", stem="auto", per_channel=False, force=False, recalibrate=False, engine=False, data=None)
     click.echo("\n== 6. bench: latency with accuracy beside it (torch-free runtime)")
     ctx.invoke(bench, bundle=str(root / "bundle"), variants="all", batches="1,8", threads="1", backend="cpu",
                duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None, out=str(root / "bench.json"),

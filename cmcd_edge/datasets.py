@@ -116,6 +116,12 @@ class Dataset:
         }
 
 
+def changed_since(ds: Dataset, recorded: str | None) -> bool:
+    """Whether ``ds``'s files differ from those a run recorded as its ``data_fingerprint`` (a copy elsewhere of the
+    same files does not; a record without one, from an older version, is taken as unchanged)."""
+    return recorded is not None and ds.fingerprint() != recorded
+
+
 @functools.lru_cache(maxsize=16)
 def _fingerprint(files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()

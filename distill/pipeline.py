@@ -101,6 +101,9 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
     except UserError as exc:  # a config key this version does not know
         return str(exc)
     old_key, new_key = old_cfg.training_key(), cfg.training_key()
+    recorded = record.get("data_fingerprint")
+    if recorded is not None:  # the data is known by its files, wherever they are now (a run moved between machines)
+        old_key.pop("data"), new_key.pop("data")
     if old_key != new_key:
         diff = sorted(k for k, v in new_key.items() if old_key.get(k) != v)
         return (f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
@@ -108,6 +111,12 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
     why = recipe_change(record, cfg)
     if why:
         return f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, or use a new --out"
+    if datasets.changed_since(datasets.load(cfg.data), recorded):  # else its splits move
+        if datasets.canonical_spec(cfg.data) != datasets.canonical_spec(old_cfg.data):
+            return (f"--resume: --data {cfg.data} is not the data {out} was started on ({old_cfg.data}): its files "
+                    "differ from run.json's data_fingerprint; name that data, or use a new --out")
+        return (f"--resume: {out} was started on {cfg.data}, which changed since (its files differ from run.json's "
+                "data_fingerprint): restore that data, rerun with --force, or use a new --out")
     return None
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 class ExportConfig:
     run: str
     out: str
+    data: str | None = None  # the run's dataset where it is now (None: where run.json says); the same files either way
     int8: bool = True
     fp16: bool = False
     calib_size: int | None = None  # None: min(512, train rows)
@@ -73,9 +74,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     t0 = time.perf_counter()
     run = onnx_export.load_run(cfg.run)
     dcfg = run.run_json["config"]
-    ds = datasets.load(dcfg["data"])
     view = run.student_json["view"]
-    datasets.validate(ds, [view])
+    ds = _run_data(cfg, run.run_json, view)
     splits = make_splits(ds, int(dcfg["seed"]), labeled_fraction=float(dcfg["labeled_fraction"]))
     x_all = ds.view(view)
     labels = np.asarray(ds.labels)
@@ -153,6 +153,26 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     return ExportResult(manifest, report, gate_failed)
 
 
+def _run_data(cfg: ExportConfig, run_json: dict, view: str) -> datasets.Dataset:
+    """The dataset the run trained on: at ``--data``, or where run.json says. Its files must be the ones the run
+    recorded (data_fingerprint), or the split by the run's seed would put rows the student trained on in the test and
+    calibration rows."""
+    recorded = run_json["config"]["data"]
+    if cfg.data is None and not recorded.startswith("builtin:") and not Path(recorded).is_dir():
+        raise UserError(f"{cfg.run}: its data {recorded} is not there (a run moved from another machine?): pass --data "
+                        "with where that dataset is now")
+    ds = datasets.load(cfg.data or recorded)
+    datasets.validate(ds, [view])
+    if not datasets.changed_since(ds, run_json.get("data_fingerprint")):
+        return ds
+    why = "so its test split may hold rows the student trained on"
+    if cfg.data is None:
+        raise UserError(f"{cfg.run}: its data {recorded} changed since distill (its files differ from run.json's "
+                        f"data_fingerprint), {why}: restore that data, or distill again")
+    raise UserError(f"--data {cfg.data}: its files differ from those {cfg.run} trained on (run.json's data_fingerprint), "
+                    f"{why}: name that run's own data")
+
+
 def _calib_key(cfg: ExportConfig, ds, calib_size: int, preset, model_sha256: str) -> calib_ranges.CalibKey:
     """What calibration ranges depend on: the graph, the data and the calibration flags."""
     return calib_ranges.CalibKey(model_sha256, ds.fingerprint(), cfg.calib_method, cfg.calib_select, calib_size,
@@ -222,7 +242,7 @@ def _manifest(run, ds, view, variants, calibration, cfg) -> dict:
         "calibration": calibration,
         "student": {**run.spec.to_json(), "params": run.metrics.get("params"), "macs": run.metrics.get("macs")},
         "source_run": {"path": str(Path(cfg.run).resolve()), "method": run.metrics.get("method"),
-                       "test_accuracy": run.metrics.get("test_accuracy"), "data": run.run_json["config"]["data"],
+                       "test_accuracy": run.metrics.get("test_accuracy"), "data": datasets.canonical_spec(ds.spec),
                        "data_fingerprint": run.run_json.get("data_fingerprint"),
                        "seed": run.run_json["config"]["seed"],
                        "labeled_fraction": run.run_json["config"]["labeled_fraction"]},

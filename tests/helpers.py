@@ -117,3 +117,25 @@ def edited_bundle(src: Path, out: Path, edit: Callable[[dict], None]) -> Path:
     edit(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def run_on_copied_data(run: Path, out: Path, edit: Callable[[Path], None] | None = None) -> tuple[Path, Path]:
+    """A copy of distill run ``run`` at ``out/run`` whose run.json names a copy of its dataset at ``out/data``, which
+    ``edit`` (given the copy's folder) may change."""
+    data = out / "data"
+    shutil.copytree(json.loads((run / "run.json").read_text())["config"]["data"], data)
+    if edit is not None:
+        edit(data)
+    shutil.copytree(run, out / "run")
+    doc = json.loads((out / "run" / "run.json").read_text())
+    doc["config"]["data"] = str(data)
+    (out / "run" / "run.json").write_text(json.dumps(doc))
+    return out / "run", data
+
+
+def permute_rows(data: Path) -> None:
+    """Reorder every row-aligned array of dataset folder ``data`` alike (a dataset rebuilt in another row order)."""
+    files = [*data.glob("*.npy"), *data.glob("views/*.npy")]
+    perm = np.random.default_rng(5).permutation(len(np.load(data / "labels.npy")))
+    for f in files:
+        np.save(f, np.load(f)[perm])

@@ -16,7 +16,16 @@ import torch
 
 from cmcd_edge import datasets
 from tests.conftest import CLI, run_cli
-from tests.helpers import INTERRUPTED, assert_one_line_error, kill_tree, save_exported, save_torchscript, synthetic_paired
+from tests.helpers import (
+    INTERRUPTED,
+    assert_one_line_error,
+    kill_tree,
+    permute_rows,
+    run_on_copied_data,
+    save_exported,
+    save_torchscript,
+    synthetic_paired,
+)
 
 FAST = ["--epochs", "3", "--config"]
 
@@ -430,3 +439,26 @@ def test_a_relative_data_path_is_recorded_absolute_so_export_runs_from_anywhere(
     assert resume_refusal(tmp_path / "run", cfg) is None  # the same data typed relatively still resumes
     monkeypatch.chdir(tmp_path)
     assert datasets.load(load_run(tmp_path / "run").run_json["config"]["data"]).root == toy.resolve()
+
+
+def test_resume_refuses_a_run_whose_data_changed_since_it_started(toy_run, tmp_path, cli):
+    """Was: --resume checked the flags only, so a run continued on a dataset rebuilt in another row order (its split
+    then mixes rows it trained on into val and test). A moved copy of the same data still resumes, named by --data at
+    its new place (was: refused, 'data differ')."""
+    from dataclasses import replace
+
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import resume_refusal
+
+    run, data = run_on_copied_data(toy_run, tmp_path / "changed", permute_rows)
+    cfg = DistillConfig.from_json(json.loads((run / "run.json").read_text())["config"])
+    why = resume_refusal(run, cfg)
+    assert why and why.startswith(f"--resume: {run} was started on {data}, which changed since") and "--force" in why
+    moved, data = run_on_copied_data(toy_run, tmp_path / "moved")
+    cfg = DistillConfig.from_json(json.loads((moved / "run.json").read_text())["config"])
+    assert resume_refusal(moved, cfg) is None
+    shutil.move(data, tmp_path / "elsewhere")
+    assert resume_refusal(moved, replace(cfg, data=str(tmp_path / "elsewhere"))) is None
+    why = resume_refusal(moved, replace(cfg, data=str(tmp_path / "changed" / "data")))
+    assert why and why.startswith(f"--resume: --data {tmp_path / 'changed' / 'data'} is not the data {moved} was "
+                                  f"started on ({data})"), why

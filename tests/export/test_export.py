@@ -11,7 +11,7 @@ from cmcd_edge.errors import UserError
 from cmcd_edge.export import quantize, speed
 from cmcd_edge.export.bundle import ExportConfig, run_export
 from cmcd_edge.runtime.manifest import load_manifest, sha256_file
-from tests.helpers import assert_one_line_error
+from tests.helpers import assert_one_line_error, permute_rows, run_on_copied_data
 
 
 def test_bundle_has_manifest_variants_and_reports(toy_bundle):
@@ -95,19 +95,47 @@ def test_export_bad_run_dir(toy_run, tmp_path, cli, damage):
 
 
 def test_export_and_bench_refuse_nan_in_the_data(toy_run, toy_bundle, tmp_path, cli):
-    data = tmp_path / "data"
-    shutil.copytree(json.loads((toy_run / "run.json").read_text())["config"]["data"], data)
-    arr = np.load(data / "views" / "tgt.npy")
-    arr[3, 0] = np.nan
-    np.save(data / "views" / "tgt.npy", arr)
-    run = tmp_path / "run"
-    shutil.copytree(toy_run, run)
-    doc = json.loads((run / "run.json").read_text())
-    doc["config"]["data"] = str(data)
-    (run / "run.json").write_text(json.dumps(doc))
+    def nan_at_row_3(data):
+        arr = np.load(data / "views" / "tgt.npy")
+        arr[3, 0] = np.nan
+        np.save(data / "views" / "tgt.npy", arr)
+
+    run, data = run_on_copied_data(toy_run, tmp_path, nan_at_row_3)
     assert_one_line_error(cli("export", run, "--out", tmp_path / "b", "--int8"), 2, "tgt.npy: NaN or Inf at row 3")
     assert not (tmp_path / "b").exists()  # calibration ranges from a NaN row would be NaN
     assert_one_line_error(cli("bench", toy_bundle, "--data", data, "--duration", "0.1"), 2, "tgt.npy: NaN or Inf")
+
+
+def test_export_refuses_a_run_whose_data_changed_since_distill(toy_run, tmp_path, cli):
+    """Was: export scored the run's data as it is now. Rows reordered after distill put rows the student trained on
+    in the test split, and the gate and manifest recorded that figure (mfeat fac -> fou: 93.5% for a student whose
+    test top-1 is 83.5%). A moved copy of the same data still exports."""
+    run, data = run_on_copied_data(toy_run, tmp_path / "changed", permute_rows)
+    res = cli("export", run, "--out", tmp_path / "b", "--no-int8")
+    assert_one_line_error(res, 2, f"{run}: its data {data} changed since distill", "restore")
+    assert not (tmp_path / "b").exists()
+    moved, _ = run_on_copied_data(toy_run, tmp_path / "moved")
+    res = cli("export", moved, "--out", tmp_path / "b", "--no-int8")
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_export_data_says_where_the_runs_data_is_now(toy_run, tmp_path, cli):
+    """Was: a run copied to another machine, its data at another path, could not be exported (`DATA: no such dataset
+    folder`, no flag to name the data's new place, short of editing run.json). --data must hold the same files."""
+    run, data = run_on_copied_data(toy_run, tmp_path)
+    doc = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**doc, "config": {**doc["config"], "data": str(tmp_path / "gone")}}))
+    res = cli("export", run, "--out", tmp_path / "b", "--no-int8")
+    assert_one_line_error(res, 2, f"{run}: its data {tmp_path / 'gone'} is not there", "pass --data")
+    changed = tmp_path / "changed"
+    shutil.copytree(data, changed)
+    permute_rows(changed)
+    res = cli("export", run, "--out", tmp_path / "b", "--no-int8", "--data", changed)
+    assert_one_line_error(res, 2, f"--data {changed}: its files differ from those {run} trained on")
+    assert not (tmp_path / "b").exists()
+    res = cli("export", run, "--out", tmp_path / "b", "--no-int8", "--data", data)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert load_manifest(tmp_path / "b").raw["source_run"]["data"] == str(data)  # where bench finds it
 
 
 def test_force_reexport_reuses_matching_calibration_and_refuses_a_mismatch(toy_run, toy_bundle, tmp_path, cli):

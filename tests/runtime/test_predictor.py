@@ -15,7 +15,7 @@ from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.errors import BundleError, InputShapeError, UserError
 from cmcd_edge.runtime.manifest import load_manifest
 from tests.conftest import CLI
-from tests.helpers import assert_one_line_error, edited_bundle, synthetic_paired
+from tests.helpers import assert_one_line_error, edited_bundle, permute_rows, run_on_copied_data, synthetic_paired
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +259,21 @@ def test_bench_cli_json(toy_bundle, cli, tmp_path):
     assert doc["predictor_overhead"] and "environment" in doc
     auto = Predictor.load(toy_bundle, backend="cpu").variant.name  # what a device app gets, said beside the timings
     assert doc["auto_variant_cpu"] == auto and f"Predictor.load(variant='auto') on cpu here: {auto}" in res.stdout
+
+
+def test_bench_warns_when_the_bundles_data_changed_since_distill(toy_run, toy_bundle, cli, tmp_path):
+    """Was: bench scored the test split of the bundle's data as it is now, without a word, though rows reordered after
+    distill put rows the student trained on in it (top-1 read high)."""
+    _, data = run_on_copied_data(toy_run, tmp_path, permute_rows)
+    bundle = edited_bundle(toy_bundle, tmp_path / "b", lambda m: m["source_run"].update(data=str(data)))
+    args = ("bench", bundle, "--duration", "0.05", "--warmup", "0.01", "--batch", "1", "--variants", "fp32")
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert f"{data} changed since the run trained on it" in res.stderr, res.stderr
+    shutil.rmtree(data)  # the run's own data, moved: no warning
+    shutil.copytree(json.loads((toy_run / "run.json").read_text())["config"]["data"], data)
+    res = cli(*args)
+    assert res.returncode == 0 and "changed since" not in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("kw,needle", [
