@@ -13,7 +13,7 @@ import numpy as np
 
 from cmcd_edge import __version__, cli_base
 from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, on_interrupt, require, single_process
-from cmcd_edge.cli_data import data, info_table
+from cmcd_edge.cli_data import data
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, write_json
 
@@ -358,48 +358,13 @@ def demo(out: str, quick: bool) -> None:
 
     Example: cmcd-edge demo --out demo-out
     """
+    from cmcd_edge.cli_demo import run_demo
+
     single_process("demo", "launch it as a plain command")
     require("torch", "train")
     root = Path(out)
     try:
-        _demo(root, quick)
+        run_demo(root, quick)
     except KeyboardInterrupt:  # each stage registered its own advice; a rerun demo replaces --out and starts over
         on_interrupt(lambda: f"`cmcd-edge demo` starts over when rerun (it replaces {root})")
         raise
-
-
-def _demo(root: Path, quick: bool) -> None:
-    import shutil
-
-    from cmcd_edge import datasets
-
-    if root.exists():
-        shutil.rmtree(root)
-    ds = datasets.load("builtin:mfeat")
-    click.echo("== 1. data: builtin:mfeat (UCI Multiple Features, CC BY 4.0)")
-    click.echo(info_table(ds.summary()))
-    ctx = click.get_current_context()
-    data = {"data": "builtin:mfeat", "target": "zer"}
-    click.echo("\n== 2. select-teacher: which source view should teach the zer student?")
-    ctx.invoke(select_teacher, candidates="fac,pix,kar,fou,mor", seeds=1, out=str(root / "select.json"), **data)
-    click.echo("\n== 3. distill: CMCD student on zer from a frozen fac teacher")
-    ctx.invoke(distill, source="fac", out=str(root / "run"), resume=False, force=False, method="cmcd", recipe=None,
-               labeled_fraction=0.1, teacher="train", epochs=60, finetune="head", student="auto", batch_size=128,
-               device="auto", seed=0, **data)
-    click.echo("\n== 4. compare: CMCD against baselines under one protocol")
-    methods = "cmcd,kd,supervised" if quick else "cmcd,cmd,cmc,kd,fitnet,rkd,crd,supervised"
-    ctx.invoke(compare, source="fac", methods=methods, seeds=1 if quick else 3, out=str(root / "compare"), force=True,
-               upper_bound=True,
-               labeled_fraction=0.1, teacher="train", epochs=60, finetune="head", student="auto", batch_size=128,
-               device="auto", seed=0, **data)
-    # per-tensor weights: for this 28k-parameter MLP the per-channel scales and zero points cost 6% of the INT8 file
-    # and no accuracy on val (BENCHMARKS.md); conv students keep the per-channel default
-    click.echo("== 5. export --int8 --per-tensor: ONNX FP32 + calibrated static INT8 + accuracy gate")
-    ctx.invoke(export, run=str(root / "run"), out=str(root / "bundle"), int8=True, fp16=False, calib_size=None,
-               calib_method="minmax", calib_select="random", max_accuracy_drop=1.0, allow_accuracy_drop=False,
-               target="auto", stem="auto", per_channel=False, force=False, recalibrate=False, engine=False, data=None)
-    click.echo("\n== 6. bench: latency with accuracy beside it (torch-free runtime)")
-    ctx.invoke(bench, bundle=str(root / "bundle"), variants="all", batches="1,8", threads="1", backend="cpu",
-               duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None, out=str(root / "bench.json"),
-               plot=None)
-    click.echo(f"\nEverything is in {root}/: run/, compare/results.md, bundle/, bench.json")
