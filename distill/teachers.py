@@ -209,6 +209,19 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     return TeacherOutputs(emb, lo, acc, {**info, "view": source})
 
 
+def teacher_file_sha256(ref: str) -> str | None:
+    """sha256 of a ``--teacher`` .pt/.pt2 file (what a cache of its outputs is keyed by: a file saved over the old one
+    is another teacher); None for 'train', a factory, or a file that is not there (loading it says so)."""
+    path = Path(ref)
+    if path.suffix not in (".pt", ".pt2") or not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _load_external(ref: str, device: torch.device = torch.device("cpu")):
     """The user's teacher, on ``device`` (the batches are read there): a file is loaded onto it, a factory's
     ``nn.Module`` moved to it; a factory returning a plain callable gets device batches and must handle them."""
@@ -216,7 +229,7 @@ def _load_external(ref: str, device: torch.device = torch.device("cpu")):
     if path.suffix in (".pt", ".pt2"):
         if not path.is_file():
             raise UserError(f"--teacher {ref}: no such file")
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha = teacher_file_sha256(ref)
         try:
             model = _load_torchscript(path, device) if path.suffix == ".pt" else _load_exported(path, device)
         except UserError:

@@ -462,3 +462,20 @@ def test_resume_refuses_a_run_whose_data_changed_since_it_started(toy_run, tmp_p
     why = resume_refusal(moved, replace(cfg, data=str(tmp_path / "changed" / "data")))
     assert why and why.startswith(f"--resume: --data {tmp_path / 'changed' / 'data'} is not the data {moved} was "
                                   f"started on ({data})"), why
+
+
+def test_resume_refuses_a_teacher_file_replaced_since_the_run_started(toy, tmp_path, cli):
+    """Was: --resume took the run's cached outputs of the old --teacher file after the file was replaced, and the run
+    ended with a student of the old teacher."""
+    path = tmp_path / "teacher.pt2"
+    save_exported(_NearestMean(_class_means(toy)).eval(), path)
+    args = ("distill", "--data", toy, "--source", "src", "--target", "tgt", "--teacher", path, "--epochs", "2",
+            "--out", tmp_path / "run")
+    assert cli(*args).returncode == 0
+    (tmp_path / "run" / "metrics.json").unlink()  # as if killed before its last write
+    res = cli(*args, "--resume")  # the same file: the run goes on with its cached outputs
+    assert res.returncode == 0 and (tmp_path / "run" / "metrics.json").exists(), res.stderr[-2000:]
+    (tmp_path / "run" / "metrics.json").unlink()
+    save_exported(_NearestMean(_class_means(toy) + 1.0).eval(), path)
+    res = cli(*args, "--resume")
+    assert_one_line_error(res, 2, f"--resume: --teacher {path} changed since {tmp_path / 'run'} started", "--force")
