@@ -17,7 +17,7 @@ from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS
-from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill
+from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill, training_diff
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_file_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, write_json, write_text
@@ -230,13 +230,14 @@ def _train(run_dir: Path, cfg: DistillConfig, teacher) -> dict:
 
 
 def _same_config(run_dir: Path, cfg: DistillConfig) -> bool:
-    """Whether the run in ``run_dir`` was made with ``cfg``'s training settings (where it ran, device and preload,
-    does not matter)."""
+    """Whether the run in ``run_dir`` was made with ``cfg``'s training settings and data files (where it ran, device
+    and preload, and where the data lies do not matter)."""
     try:
-        made = DistillConfig.from_json(json.loads((run_dir / "run.json").read_text())["config"]).training_key()
+        record = json.loads((run_dir / "run.json").read_text())
+        return not training_diff(record, cfg) and not datasets.changed_since(datasets.load(cfg.data),
+                                                                             record.get("data_fingerprint"))
     except (OSError, ValueError, KeyError, UserError):  # no run.json, or a config key this version does not know
         return False
-    return json.loads(json.dumps(made)) == json.loads(json.dumps(cfg.training_key()))
 
 
 def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:

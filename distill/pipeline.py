@@ -89,6 +89,18 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> Non
         shutil.rmtree(out)
 
 
+def training_diff(record: dict, cfg: DistillConfig) -> list[str]:
+    """The training settings (:meth:`DistillConfig.training_key`) in which the run that wrote run.json ``record``
+    differs from ``cfg``. Its data counts by its files where the record holds their fingerprint (a copy moved between
+    machines is the same data; whether the files changed is for the caller to check), else by its path. Raises
+    UserError for a config key this version does not know."""
+    old, new = DistillConfig.from_json(record["config"]).training_key(), cfg.training_key()
+    if record.get("data_fingerprint") is not None:
+        old.pop("data"), new.pop("data")
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))  # tuples and lists alike
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
 def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
     """Why ``--resume`` cannot continue the run in ``out`` with ``cfg`` (another config or recipe, or no run); None
     when it can."""
@@ -97,17 +109,13 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
         return f"--resume: {out} holds no run to resume (no run.json)"
     record = json.loads(run_json.read_text())
     try:
-        old_cfg = DistillConfig.from_json(record["config"])
+        diff = training_diff(record, cfg)
     except UserError as exc:  # a config key this version does not know
         return str(exc)
-    old_key, new_key = old_cfg.training_key(), cfg.training_key()
-    recorded = record.get("data_fingerprint")
-    if recorded is not None:  # the data is known by its files, wherever they are now (a run moved between machines)
-        old_key.pop("data"), new_key.pop("data")
-    if old_key != new_key:
-        diff = sorted(k for k, v in new_key.items() if old_key.get(k) != v)
+    if diff:
         return (f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
                 "rerun with the same flags, or use a new --out")
+    old_cfg, recorded = DistillConfig.from_json(record["config"]), record.get("data_fingerprint")
     why = recipe_change(record, cfg)
     if why:
         return f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, or use a new --out"

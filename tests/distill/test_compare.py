@@ -270,6 +270,22 @@ def test_compare_resume_keeps_runs_from_another_preload_and_teachers_cached_befo
     assert sup.stat().st_mtime_ns == mtime  # where a run reads its rows from is not part of what it trained
 
 
+def test_compare_resume_keeps_runs_whose_data_moved(base, tmp_path):
+    """A killed compare rerun with --data at the data's new place keeps its finished runs, as --resume keeps a run
+    (was: each was trained again, 'made with another config', its data path being part of the key)."""
+    import shutil
+
+    shutil.copytree(base.data, tmp_path / "here")
+    out = tmp_path / "cmp"
+    run_compare(dataclasses.replace(base, data=str(tmp_path / "here")), ["supervised"], 1, out, upper_bound=False)
+    (out / "results.json").unlink()
+    sup = out / "runs" / "supervised-s0" / "metrics.json"
+    mtime = sup.stat().st_mtime_ns
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    run_compare(dataclasses.replace(base, data=str(tmp_path / "there")), ["supervised"], 1, out, upper_bound=False)
+    assert sup.stat().st_mtime_ns == mtime
+
+
 def test_ctrl_c_during_compare_says_finished_runs_are_kept(base, tmp_path):
     """Ctrl-C used to end in click's bare "Aborted!": nothing told the user that rerunning continues the comparison."""
     out = tmp_path / "cmp"
