@@ -87,6 +87,8 @@ for tgt in zer fou kar mor pix seq; do
   for p in vnni avx2; do $B/cmcd-edge -q export /tmp/sat/run-$tgt --out /tmp/sat/$tgt-$p --target cpu-$p > /dev/null; done
 done
 $B/python benchmarks/saturation.py /tmp/sat/{zer,fou,kar,mor,pix,seq}-{vnni,avx2} --out $R/saturation.json > $R/saturation.txt
+# session 21: a device app's first request after Predictor.load, with and without the warm-up (fresh processes)
+$B/python benchmarks/first_call.py /tmp/sat/{zer,pix,seq}-avx2 --out $R/first_call.json > $R/first_call.txt
 # issue 6: latency suite (INT8 vs FP32 vs torch) and the Predictor's overhead
 t latency-suite $B/python benchmarks/latency_suite.py --out $R/latency_suite.json > $R/latency_suite.txt
 $B/cmcd-edge -q bench $R/bundle-zer-per-channel --batch 1,8 --out $R/bench-zer.json > $R/bench-zer.txt

@@ -298,7 +298,7 @@ def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | 
     from cmcd_edge.runtime import Predictor
     from cmcd_edge.runtime.errors import InputShapeError
 
-    p = Predictor.load(bundle, variant=variant, backend=backend, allow_nonfinite=allow_nonfinite)
+    p = Predictor.load(bundle, variant=variant, backend=backend, allow_nonfinite=allow_nonfinite, warmup=())  # runs once
     x = load_array(input_npy, "INPUT.npy")
     try:
         names, probs = p.classify(x)

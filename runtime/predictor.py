@@ -2,7 +2,8 @@
 
     from cmcd_edge.runtime import Predictor
     p = Predictor.load("bundle/")                 # a variant that passed the gate (INT8 first, unless the export
-                                                  # timed another >= 10% faster on this kind of CPU), fastest backend
+                                                  # timed another >= 10% faster on this kind of CPU), fastest backend,
+                                                  # warmed up at batch 1
     names, probs = p.classify(sample)             # one sample (C, ...) or a batch (B, C, ...)
 
 One ONNX Runtime session is shared by every thread (``InferenceSession.run`` is thread-safe); session options are set
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,21 +44,28 @@ class Predictor:
         outs = [o.name for o in session.get_outputs()]
         self._logits = "logits" if "logits" in outs else outs[0]
         self._embedding = "embedding" if "embedding" in outs else None
+        self.warmup_batches: list[int] = []
+        self.warmup_s = 0.0
 
     # ------------------------------------------------------------------------------------------------ loading
 
     @classmethod
     def load(cls, bundle: str | os.PathLike, variant: str = "auto", backend: str = "auto", threads: int | None = None,
-             max_batch: int = 256, allow_nonfinite: bool = False) -> Predictor:
+             max_batch: int = 256, allow_nonfinite: bool = False, warmup: Sequence[int] = (1,)) -> Predictor:
         """Open a bundle: manifest checked, file sha256 checked, session created once.
 
         ``backend="auto"`` tries tensorrt (an engine built for this device), ort-tensorrt, cuda, cpu in that order,
         as far as this machine has them, and logs a warning for each one it falls back past. ``variant="auto"`` takes
         the backend's precision preference among the variants that passed the gate; on the CPU backend it takes
         another instead when the export timed that one at least 10% faster on a CPU of this kind (``cpu_timed_on``
-        and each variant's ``cpu_p50_us`` in the manifest)."""
+        and each variant's ``cpu_p50_us`` in the manifest). ``warmup``: batch sizes run (twice) on zeros before this
+        returns, so the session's first-run work (memory arenas, kernel choice, a TensorRT context's buffers) is not
+        paid by the app's first request; ``()`` skips it."""
         if max_batch < 1:
             raise UserError(f"max_batch {max_batch}: must be >= 1")
+        for b in warmup:
+            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= max_batch:
+                raise UserError(f"warmup batch {b!r}: must be an integer in [1, {max_batch}] (max_batch)")
         if threads is not None and threads < 0:
             raise UserError(f"threads {threads}: must be >= 0 (0: onnxruntime's default)")
         manifest = load_manifest(bundle)
@@ -72,8 +82,26 @@ class Predictor:
                 log.warning("backend %s skipped (%s)%s", b, exc, f"; falling back to {nxt}" if nxt else "")
                 continue
             limit = min(max_batch, session.max_batch) if b == "tensorrt" else max_batch
-            return cls(manifest, chosen, b, session, limit, allow_nonfinite)
+            p = cls(manifest, chosen, b, session, limit, allow_nonfinite)
+            p.warm_up(warmup)
+            return p
         raise EnvironmentFailure(f"no backend could load {manifest.root}: {' | '.join(skipped)}")
+
+    def warm_up(self, batches: Sequence[int] = (1,)) -> None:
+        """Run zeros twice at each batch size (one above ``max_batch`` runs in its chunks), timed into ``warmup_s``:
+        the first run makes the session's buffers, the second settles what is left. mfeat zer bundle, a fresh process:
+        the app's first call 271 us without it, 62 us with it (0.35 ms at load), 11 us steady (BENCHMARKS.md)."""
+        t0 = time.perf_counter()
+        for b in batches:
+            try:
+                for _ in range(2):
+                    self._run(np.zeros((b, *self._shape), np.float32), self._logits)
+            except Exception as exc:  # noqa: BLE001  (onnxruntime's and TensorRT's errors share no base class)
+                raise BundleError(f"{self.manifest.root}: variant {self.variant.name} fails on a batch of {b} in the "
+                                  f"manifest's input shape {list(self._shape)} ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); re-export the bundle") from exc
+        self.warmup_batches += list(batches)
+        self.warmup_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------------ inference
 
@@ -148,7 +176,8 @@ class Predictor:
         """What was loaded, as JSON-ready facts (for a device app's log or health endpoint)."""
         return {"bundle": str(self.manifest.root), "variant": self.variant.name, "precision": self.variant.precision,
                 "gate": self.variant.gate, "backend": self.backend, "input_shape": list(self.input_shape),
-                "max_batch": self.max_batch, "classes": list(self.classes)}
+                "max_batch": self.max_batch, "classes": list(self.classes), "warmup_batches": self.warmup_batches,
+                "warmup_ms": round(1e3 * self.warmup_s, 3)}
 
     def __repr__(self) -> str:
         v = self.variant

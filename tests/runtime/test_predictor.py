@@ -144,7 +144,10 @@ def test_transposed_axes_get_a_hint(toy_bundle, tmp_path):
     man = json.loads((b / "manifest.json").read_text())
     man["input"].update(shape=["batch", 2, 4], layout="NCT")
     (b / "manifest.json").write_text(json.dumps(man))
-    p = Predictor.load(b, variant="fp32")
+    with pytest.raises(BundleError, match=r"variant fp32 fails on a batch of 1 in the manifest's input shape \[2, 4\] "
+                                          r"\(InvalidArgument: .*re-export the bundle"):
+        Predictor.load(b, variant="fp32")  # the warm-up finds the manifest and the model at odds (was: the first call)
+    p = Predictor.load(b, variant="fp32", warmup=())
     with pytest.raises(InputShapeError, match=r"\[3, 4, 2\] does not match .* another order \(NCT expected\): axes "
                                               r"transposed\?"):
         p.predict(np.zeros((3, 4, 2), np.float32))
@@ -259,6 +262,48 @@ def test_bench_cli_json(toy_bundle, cli, tmp_path):
     assert doc["predictor_overhead"] and "environment" in doc
     auto = Predictor.load(toy_bundle, backend="cpu").variant.name  # what a device app gets, said beside the timings
     assert doc["auto_variant_cpu"] == auto and f"Predictor.load(variant='auto') on cpu here: {auto}" in res.stdout
+
+
+def test_load_warms_the_session_up_at_the_given_batch_sizes(toy_bundle, monkeypatch):
+    """Was: a device app's first request paid the session's first-run work (fresh processes here, medians: a cnn1d
+    bundle's first call 325 us without a warm-up, 83 us with; BENCHMARKS.md). ``warmup=()`` skips it (the predict
+    command runs once). A manifest at odds with its model now fails at load, in the warm-up."""
+    from cmcd_edge.runtime import predictor as pr
+
+    seen: list[int] = []
+
+    class Recording:  # the real session, its runs' batch sizes noted
+        def __init__(self, session):
+            self._session = session
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+        def run(self, names, feed):
+            seen.append(next(iter(feed.values())).shape[0])
+            return self._session.run(names, feed)
+
+    real_open, opened = pr._open, []
+
+    def recording_open(*args):
+        chosen, session = real_open(*args)
+        opened.append(chosen.name)
+        return chosen, Recording(session)
+
+    monkeypatch.setattr(pr, "_open", recording_open)
+    p = Predictor.load(toy_bundle, backend="cpu")
+    assert seen == [1, 1] and p.describe()["warmup_batches"] == [1] and p.describe()["warmup_ms"] > 0
+    seen.clear()
+    Predictor.load(toy_bundle, backend="cpu", warmup=(1, 8))
+    assert seen == [1, 1, 8, 8]
+    seen.clear()
+    Predictor.load(toy_bundle, backend="cpu", warmup=())
+    assert seen == []
+    opened.clear()
+    for bad in (0, 300, 2.0):
+        with pytest.raises(UserError, match=re.escape(f"warmup batch {bad!r}: must be an integer in [1, 256]")):
+            Predictor.load(toy_bundle, backend="cpu", warmup=(bad,))
+    assert opened == []  # refused before a session was made
 
 
 def test_bench_warns_when_the_bundles_data_changed_since_distill(toy_run, toy_bundle, cli, tmp_path):
