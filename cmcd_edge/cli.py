@@ -91,14 +91,7 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
     require("torch", "train")
     from cmcd_edge.distill.pipeline import run_distill
 
-    ranking = None
-    if source == "auto":
-        single_process("--source auto", "run `cmcd-edge select-teacher` once without torchrun and pass its pick as "
-                        "--source")
-        from cmcd_edge.distill.select import best_source
-
-        source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"], device=kw["device"])
-        click.echo(f"--source auto: {source} (top of the CCH ranking)")
+    source, ranking = _source(source, kw)
     cfg = _make_config(kw.pop("method"), source=source, **kw)
     on_interrupt(lambda: f"{out} keeps its last finished epoch: rerun the same command with --resume to continue"
                  if (Path(out) / "run.json").exists() else f"nothing was written to {out}")
@@ -111,6 +104,18 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
     click.echo(f"{recipe}{cfg.method}: {cfg.source} -> {cfg.target}  test top-1 {100 * m['test_accuracy']:.1f}%  "
                f"macro-F1 {100 * m['test_macro_f1']:.1f}%  teacher {100 * (m['teacher_test_accuracy'] or 0):.1f}%  "
                f"params {m['params']:,}  MACs {m['macs']:,}  ({m['wall_s']:.1f}s{_speed(m)}) -> {out}")
+
+
+def _source(source: str, kw: dict) -> tuple[str, dict | None]:
+    """--source, or with 'auto' the top of select-teacher's ranking (one seed) and the ranking itself."""
+    if source != "auto":
+        return source, None
+    single_process("--source auto", "run `cmcd-edge select-teacher` once without torchrun and pass its pick as --source")
+    from cmcd_edge.distill.select import best_source
+
+    source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"], device=kw["device"])
+    click.echo(f"--source auto: {source} (top of the CCH ranking)")
+    return source, ranking
 
 
 def _speed(m: dict) -> str:
@@ -129,7 +134,7 @@ def _speed(m: dict) -> str:
 @click.option("--force", is_flag=True, help="Recompute an existing comparison.")
 @click.option("--upper-bound/--no-upper-bound", default=True, show_default=True,
               help="Also train the 100%-labels student (the ceiling).")
-def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, **kw) -> None:
+def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, source: str, **kw) -> None:
     """Compare methods over seeds under one protocol (teachers shared per seed).
 
     Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
@@ -141,8 +146,9 @@ def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, 
 
     on_interrupt(lambda: f"{out} keeps its finished runs and the last epoch of the one it was in: rerun the same "
                  "command (without --force) to continue")
-    res = run_compare(_make_config("cmcd", **kw), cli_base.csv_items(methods, "--methods"), seeds,
-                      Path(out), force=force, upper_bound=upper_bound)
+    source, ranking = _source(source, kw)
+    res = run_compare(_make_config("cmcd", source=source, **kw), cli_base.csv_items(methods, "--methods"), seeds,
+                      Path(out), force=force, upper_bound=upper_bound, ranking=ranking)
     click.echo(results_markdown(res))
 
 

@@ -86,17 +86,20 @@ def check_methods(methods: list[str]) -> None:
 
 
 def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, *, force: bool = False,
-                upper_bound: bool = True) -> dict:
+                upper_bound: bool = True, ranking: dict | None = None) -> dict:
+    """Every method over every seed, each seed's teacher shared; results.json and results.md in ``out``.
+    ``ranking``: select-teacher's, when it picked ``base.source`` (``--source auto``), kept in results.json."""
     check_methods(methods)
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: must be >= 1")
     if base.seed + seeds - 1 > MAX_SEED:
         raise UserError(f"--seed {base.seed} --seeds {seeds}: the last seed, {base.seed + seeds - 1}, passes {MAX_SEED}")
     with exclusive(out):  # a second compare into this folder would train its unfinished runs beside this one's
-        return _compare(base, methods, seeds, out, force, upper_bound)
+        return _compare(base, methods, seeds, out, force, upper_bound, ranking)
 
 
-def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, force: bool, upper_bound: bool) -> dict:
+def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, force: bool, upper_bound: bool,
+             ranking: dict | None) -> dict:
     if (out / "results.json").exists() and not force:
         raise UserError(f"--out {out} already holds results.json: pass --force to recompute")
     if force and out.exists():
@@ -129,6 +132,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
         "confused_pairs": _confused_pairs([r for m in methods for r in runs[m]]),
         "upper_bound": {"method": UPPER, **_summary(runs[UPPER])} if upper_bound else None,
         "config": base.to_json(),
+        "source_ranking": ranking,
     }
     write_json(out / "results.json", results)
     write_text(out / "results.md", results_markdown(results))

@@ -262,3 +262,28 @@ def test_select_progress_file_that_is_not_one_is_refused_with_the_fix(tmp_path):
         Progress(path, {"target": "tgt", "label_probe": mi.LABEL_PROBE})  # left by a select-teacher before session 19
     Progress(tmp_path / "new.partial.json", {"target": "tgt"}).save(3, "src", {"gaussian": 0.5})
     assert Progress(tmp_path / "new.partial.json", {"target": "tgt"}).measured(3) == {"src": {"gaussian": 0.5}}
+
+
+def test_source_auto_takes_the_top_of_the_ranking_in_distill_and_compare(tmp_path, cli):
+    """`--source auto` ran select-teacher and distilled from its pick, but had no test; compare's help offered it
+    too, and compare ended in `--source 'auto': no such view`."""
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+
+    toy = synthetic_paired(tmp_path / "toy", n=400)
+    rng = np.random.default_rng(1)
+    views = {name: ViewSpec(np.asarray(toy.view(name)), toy.views[name].kind) for name in ("src", "tgt")}
+    views["noise"] = ViewSpec(rng.normal(size=(400, 16)).astype(np.float32), "vector")  # says nothing of the class
+    data = datasets.write_dataset(tmp_path / "three", views, np.asarray(toy.labels), list(toy.classes)).root
+    common = ("--data", data, "--source", "auto", "--target", "tgt", "--epochs", "2")
+    res = cli("distill", *common, "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "--source auto: src (top of the CCH ranking)" in res.stdout
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["config"]["source"] == "src" and [r["view"] for r in run["source_ranking"]["ranking"]][0] == "src"
+    res = cli("compare", *common, "--methods", "cmcd,supervised", "--seeds", "1", "--no-upper-bound",
+              "--out", tmp_path / "cmp")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "--source auto: src (top of the CCH ranking)" in res.stdout
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert results["source"] == "src" and results["source_ranking"]["ranking"][0]["view"] == "src"
