@@ -72,7 +72,8 @@ def _make_config(method: str, **kw):
 
     meta = click.get_current_context().meta
     where = f"--config {meta['config_path']}" if "config_path" in meta else "config"
-    return DistillConfig.from_json({**meta.get("config_extra", {}), **kw, "method": kw.get("method", method)}, where)
+    with cli_base.naming_config_file_values():
+        return DistillConfig.from_json({**meta.get("config_extra", {}), **kw, "method": kw.get("method", method)}, where)
 
 
 @main.command()
@@ -244,7 +245,8 @@ def export(run: str, engine: bool = False, **kw) -> None:
     if not kw["force"]:
         cli_base.refuse_inert(("recalibrate",), "only with --force: it ignores the calibration.json of the bundle "
                               "that --force replaces (a new bundle is always calibrated afresh)")
-    cfg = ExportConfig(run=run, **kw)
+    with cli_base.naming_config_file_values():
+        cfg = ExportConfig(run=run, **kw)
     if engine:
         from cmcd_edge.runtime import trt
 

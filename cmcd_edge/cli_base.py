@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -139,6 +141,28 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
     ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
     ctx.meta["config_path"] = str(path)
     ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names}}
+
+
+_LEADING_KEY = re.compile(r"(--)?([a-z][a-z0-9_-]*)")  # the flag or key a config error starts by naming
+
+
+@contextlib.contextmanager
+def naming_config_file_values():
+    """Around building a stage's config from flags and a --config file: an error about a value the file set names the
+    file and its key (the stage names the flag, which the user did not type, or which does not exist)."""
+    try:
+        yield
+    except UserError as exc:
+        ctx = click.get_current_context()
+        path, text = ctx.meta.get("config_path"), str(exc)
+        m = _LEADING_KEY.match(text)
+        key = m.group(2).replace("-", "_") if m else None
+        from_file = set(ctx.meta.get("config_extra", {})) | {
+            p.name for p in ctx.command.params
+            if p.name and ctx.get_parameter_source(p.name) == click.core.ParameterSource.DEFAULT_MAP}
+        if path is None or key not in from_file:
+            raise
+        raise UserError(f"--config {path}: {key}{text[m.end(2):]}") from exc
 
 
 config_option = click.option("--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True,

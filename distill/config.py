@@ -73,13 +73,14 @@ class DistillConfig:
             raise UserError(f"--finetune {self.finetune!r}; valid: {', '.join(FINETUNE)}")
         for name in ("epochs", "teacher_epochs", "batch_size", "labeled_batch_size", "teacher_batch_size", "embed_dim",
                      "patience"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            if getattr(self, name) < 1:  # named as the flag where there is one, else as the config key
+                shown = f"--{name.replace('_', '-')}" if name in ("epochs", "batch_size") else name
+                raise UserError(f"{shown} must be >= 1, got {getattr(self, name)}")
         if self.select_window < 1 or self.select_window % 2 == 0:
             raise UserError(f"select_window must be an odd number >= 1 (a centred window of epochs), "
                             f"got {self.select_window}")
         if self.finetune_epochs < 0:
-            raise UserError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+            raise UserError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

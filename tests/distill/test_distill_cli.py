@@ -123,14 +123,29 @@ def test_distill_bad_input(cli, toy, tmp_path, args, needles):
                                                      "did you mean 'finetune_epochs'"]),
     ("c.json", '{"loss": {"tau": 1}}', ["c.json: loss: unknown key 'tau'", "did you mean 'tau_t'", "valid: cmc_"]),
     ("c.json", '{"lr": "0.01"}', ["--config ", "c.json: lr must be a number, got '0.01'"]),  # was: internal TypeError
+    # a bad value from the file names the file and the key (was: '--teacher-epochs must be >= 1', a flag that does not
+    # exist; '--labeled-fraction 2.0 is outside (0, 1]', not typed; 'loss.tau_s must be ...', no file)
+    ("c.json", '{"teacher_epochs": 0}', ["--config ", "c.json: teacher_epochs must be >= 1, got 0"]),
+    ("c.toml", "labeled_fraction = 2.0\n", ["--config ", "c.toml: labeled_fraction 2.0 is outside (0, 1]"]),
+    ("c.json", '{"loss": {"tau_s": 0}}', ["--config ", "c.json: loss.tau_s must be a finite number > 0"]),
 ])
-def test_config_file_with_an_unknown_key_names_the_file_and_the_key(cli, toy, tmp_path, name, text, needles):
+def test_config_file_with_an_unknown_key_or_a_bad_value_names_the_file_and_the_key(cli, toy, tmp_path, name, text,
+                                                                                  needles):
     cfg = tmp_path / name
     cfg.write_text(text)
     for cmd in ("distill", "compare"):
         res = cli(cmd, "--data", toy, "--source", "src", "--target", "tgt", "--config", cfg, "--out", tmp_path / "r")
         assert_one_line_error(res, 2, *needles)
         assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_flag_beside_a_config_file_is_named_as_the_flag(cli, toy, tmp_path):
+    (tmp_path / "c.json").write_text('{"teacher_epochs": 2}')
+    res = cli("distill", "--data", toy, "--source", "src", "--target", "tgt", "--config", tmp_path / "c.json",
+              "--labeled-fraction", "2", "--out", tmp_path / "r")
+    assert_one_line_error(res, 2, "Error: --labeled-fraction 2.0 is outside (0, 1]")
+    res = cli("distill", "--data", toy, "--source", "src", "--target", "tgt", "--epochs", "0", "--out", tmp_path / "r")
+    assert_one_line_error(res, 2, "Error: --epochs must be >= 1, got 0")
 
 
 @pytest.mark.parametrize("view", ["src", "tgt"])

@@ -62,6 +62,13 @@ def test_export_no_int8_takes_the_gate_flags_with_fp16_and_any_flag_from_a_confi
     assert [v.name for v in load_manifest(tmp_path / "b").variants] == ["fp32", "fp16"]
 
 
+def test_export_config_file_with_a_bad_value_names_the_file_and_the_key(toy_run, tmp_path, cli):
+    (tmp_path / "e.json").write_text('{"calib_size": 0}')
+    res = cli("export", toy_run, "--out", tmp_path / "b", "--config", tmp_path / "e.json")
+    assert_one_line_error(res, 2, f"Error: --config {tmp_path / 'e.json'}: calib_size 0: must be >= 1")  # was: '--calib-size 0'
+    assert not (tmp_path / "b").exists()
+
+
 def test_export_of_a_bundle_folder_names_the_run_it_came_from(toy_run, toy_bundle):
     """Was: 'BUNDLE/run.json: missing'. A bundle records the run it was exported from."""
     from cmcd_edge.export.onnx_export import load_run
