@@ -183,20 +183,21 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
     require("torch", "train")
     from cmcd_edge.distill.select import rank_teachers, table
 
-    if not 0 < labeled_fraction <= 1:
-        raise UserError(f"--labeled-fraction {labeled_fraction} is outside (0, 1]")
-    cands = cli_base.csv_items(candidates, "--candidates") if candidates else None
     progress = Path(out).with_suffix(".partial.json") if out else None
     on_interrupt(lambda: f"{progress} keeps the measured teachers: rerun the same command to continue" if progress
                  and progress.exists() else None)
-    with exclusive(out) if out else contextlib.nullcontext():  # one select-teacher per --out and progress file
-        res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
-                            teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device,
-                            progress=progress)
-        click.echo(table(res))
-        if out:
-            write_json(out, res)
-            progress.unlink(missing_ok=True)
+    with cli_base.naming_config_file_values():
+        if not 0 < labeled_fraction <= 1:
+            raise UserError(f"--labeled-fraction {labeled_fraction} is outside (0, 1]")
+        cands = cli_base.csv_items(candidates, "--candidates") if candidates else None
+        with exclusive(out) if out else contextlib.nullcontext():  # one select-teacher per --out and progress file
+            res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
+                                teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device,
+                                progress=progress)
+            click.echo(table(res))
+            if out:
+                write_json(out, res)
+                progress.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -349,8 +350,10 @@ def bench(bundle: str, **kw) -> None:
 
     if kw["no_accuracy"]:
         cli_base.refuse_inert(("data",), "names the accuracy run's dataset, which --no-accuracy skips; drop one")
-    threads, batches = cli_base.csv_ints(kw.pop("threads"), "--threads"), cli_base.csv_ints(kw.pop("batches"), "--batch")
-    run_bench(bundle, threads=threads, batches=batches, **kw)
+    with cli_base.naming_config_file_values():
+        threads = cli_base.csv_ints(kw.pop("threads"), "--threads")
+        batches = cli_base.csv_ints(kw.pop("batches"), "--batch")
+        run_bench(bundle, threads=threads, batches=batches, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------------ demo

@@ -133,14 +133,25 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
         raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path}: expected an object of flag names", param_hint="--config")
-    names = {p.name for p in ctx.command.params}
-    norm = {k.replace("-", "_"): v for k, v in data.items()}
-    extra = {k: v for k, v in norm.items() if k not in names}
+    names = _param_names(ctx)
+    norm = {names.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
+    extra = {k: v for k, v in norm.items() if k not in names.values()}
     if extra and not getattr(ctx.command, "takes_config_extras", False):
         raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(sorted(extra))}", param_hint="--config")
     ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
     ctx.meta["config_path"] = str(path)
-    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names}}
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names.values()}}
+
+
+def _param_names(ctx: click.Context) -> dict[str, str]:
+    """Each name a --config key may give a flag by (its long option, `--batch` as batch, or its parameter, batches),
+    with dashes as underscores, mapped to the parameter's name."""
+    names = {}
+    for p in ctx.command.params:
+        if p.name:
+            names.update({o[2:].replace("-", "_"): p.name for o in getattr(p, "opts", []) if o.startswith("--")})
+            names[p.name] = p.name
+    return names
 
 
 _LEADING_KEY = re.compile(r"(--)?([a-z][a-z0-9_-]*)")  # the flag or key a config error starts by naming
@@ -160,7 +171,7 @@ def naming_config_file_values():
         from_file = set(ctx.meta.get("config_extra", {})) | {
             p.name for p in ctx.command.params
             if p.name and ctx.get_parameter_source(p.name) == click.core.ParameterSource.DEFAULT_MAP}
-        if path is None or key not in from_file:
+        if path is None or _param_names(ctx).get(key, key) not in from_file:
             raise
         raise UserError(f"--config {path}: {key}{text[m.end(2):]}") from exc
 

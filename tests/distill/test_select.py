@@ -287,3 +287,10 @@ def test_source_auto_takes_the_top_of_the_ranking_in_distill_and_compare(tmp_pat
     assert "--source auto: src (top of the CCH ranking)" in res.stdout
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert results["source"] == "src" and results["source_ranking"]["ranking"][0]["view"] == "src"
+
+
+def test_select_teacher_config_file_with_a_bad_value_names_the_file_and_the_key(cli, tmp_path):
+    data = synthetic_paired(tmp_path / "d", n=200).root
+    (tmp_path / "s.json").write_text('{"seeds": 0}')
+    res = cli("select-teacher", "--data", data, "--target", "tgt", "--config", tmp_path / "s.json")
+    assert_one_line_error(res, 2, f"Error: --config {tmp_path / 's.json'}: seeds 0: must be >= 1")  # was: '--seeds 0'

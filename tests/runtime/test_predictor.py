@@ -353,6 +353,15 @@ def test_bench_data_of_another_shape_or_classes_is_refused_naming_it(toy_bundle,
         run_bench(str(toy_bundle), **args)
 
 
+def test_bench_config_file_with_a_bad_value_names_the_file_and_the_key(toy_bundle, cli, tmp_path):
+    (tmp_path / "b.json").write_text('{"duration": -1, "batch": "1,x"}')
+    res = cli("bench", toy_bundle, "--config", tmp_path / "b.json")
+    assert_one_line_error(res, 2, f"Error: --config {tmp_path / 'b.json'}: batch '1,x': expected comma-separated")
+    (tmp_path / "b.json").write_text('{"duration": -1}')
+    res = cli("bench", toy_bundle, "--config", tmp_path / "b.json")
+    assert_one_line_error(res, 2, f"Error: --config {tmp_path / 'b.json'}: duration -1.0: must be a finite number > 0")
+
+
 def test_bench_cli_refuses_a_repeated_batch_in_one_line(toy_bundle, cli, tmp_path):
     res = cli("bench", toy_bundle, "--duration", "0.1", "--batch", "1,4,1", "--out", tmp_path / "b.json")
     assert_one_line_error(res, 2, "--batch: 1 appears twice")  # was: the same case benchmarked twice, two rows
