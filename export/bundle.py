@@ -147,7 +147,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         if gate_failed and not cfg.allow_accuracy_drop:
             failed = [v["name"] for v in variants if v["gate"] == "failed"]
             raise AccuracyGateError(f"accuracy gate failed for {', '.join(failed)} (more than {cfg.max_accuracy_drop} "
-                                    "points below FP32 even with the most sensitive nodes left float); nothing was "
+                                    "points below FP32 even with each node that wins accuracy back on val left float); nothing was "
                                     "written: raise --max-accuracy-drop, try --calib-method entropy, or pass "
                                     "--allow-accuracy-drop to write the bundle with the variant marked failed")
     return ExportResult(manifest, report, gate_failed)
