@@ -115,13 +115,13 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
     if diff:
         return (f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
                 "rerun with the same flags, or use a new --out")
-    old_cfg, recorded = DistillConfig.from_json(record["config"]), record.get("data_fingerprint")
+    started_on, recorded = record["config"]["data"], record.get("data_fingerprint")
     why = recipe_change(record, cfg)
     if why:
         return f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, or use a new --out"
     if datasets.changed_since(datasets.load(cfg.data), recorded):  # else its splits move
-        if datasets.canonical_spec(cfg.data) != datasets.canonical_spec(old_cfg.data):
-            return (f"--resume: --data {cfg.data} is not the data {out} was started on ({old_cfg.data}): its files "
+        if datasets.canonical_spec(cfg.data) != datasets.canonical_spec(started_on):
+            return (f"--resume: --data {cfg.data} is not the data {out} was started on ({started_on}): its files "
                     "differ from run.json's data_fingerprint; name that data, or use a new --out")
         return (f"--resume: {out} was started on {cfg.data}, which changed since (its files differ from run.json's "
                 "data_fingerprint): restore that data, rerun with --force, or use a new --out")

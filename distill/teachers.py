@@ -4,7 +4,6 @@ logits) of every row are computed once and cached, so distillation costs only th
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -23,6 +22,7 @@ from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_text
+from cmcd_edge.runtime.manifest import sha256_file
 from cmcd_edge.splitting import Splits
 
 log = logging.getLogger(__name__)
@@ -213,13 +213,7 @@ def teacher_file_sha256(ref: str) -> str | None:
     """sha256 of a ``--teacher`` .pt/.pt2 file (what a cache of its outputs is keyed by: a file saved over the old one
     is another teacher); None for 'train', a factory, or a file that is not there (loading it says so)."""
     path = Path(ref)
-    if path.suffix not in (".pt", ".pt2") or not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path) if path.suffix in (".pt", ".pt2") and path.is_file() else None
 
 
 def _load_external(ref: str, device: torch.device = torch.device("cpu")):
