@@ -18,7 +18,7 @@ from cmcd_edge.distill import ddp, engine
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS
 from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill, training_diff
-from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_file_sha256, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, write_json, write_text
 from cmcd_edge.registry import check_choice, check_unique
@@ -41,7 +41,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
     ds = datasets.load(cfg.data)
     key = {"data": ds.fingerprint(), "source": cfg.source, "seed": cfg.seed, "teacher": cfg.teacher,
            "teacher_epochs": cfg.teacher_epochs, "teacher_batch_size": cfg.teacher_batch_size}
-    sha = teacher_file_sha256(cfg.teacher)
+    sha = teacher_sha256(cfg.teacher)
     if sha is not None:  # a file saved over the old one at the same path is another teacher
         key["teacher_sha256"] = sha
     key_file = folder / "teacher_key.json"

@@ -25,7 +25,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
-from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_file_sha256, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, remove_stale_temps, write_bytes, write_json, write_text
 from cmcd_edge.splitting import make_splits
@@ -125,10 +125,11 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
                     "differ from run.json's data_fingerprint; name that data, or use a new --out")
         return (f"--resume: {out} was started on {cfg.data}, which changed since (its files differ from run.json's "
                 "data_fingerprint): restore that data, rerun with --force, or use a new --out")
-    cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher file it started with
-    if cached.exists() and json.loads(cached.read_text()).get("sha256") not in (None, teacher_file_sha256(cfg.teacher)):
-        return (f"--resume: --teacher {cfg.teacher} changed since {out} started (its sha256 differs from "
-                "teacher_outputs.json's): rerun with --force to distill from the new file, or use a new --out")
+    cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher it started with
+    if cached.exists() and json.loads(cached.read_text()).get("sha256") not in (None, teacher_sha256(cfg.teacher)):
+        what = "its factory's module" if ":" in cfg.teacher else "its file"
+        return (f"--resume: --teacher {cfg.teacher} changed since {out} started (the sha256 of {what} differs from "
+                "teacher_outputs.json's): rerun with --force to distill from the new teacher, or use a new --out")
     return None
 
 

@@ -5,6 +5,7 @@ logits) of every row are computed once and cached, so distillation costs only th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import warnings
@@ -209,11 +210,22 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     return TeacherOutputs(emb, lo, acc, {**info, "view": source})
 
 
-def teacher_file_sha256(ref: str) -> str | None:
-    """sha256 of a ``--teacher`` .pt/.pt2 file (what a cache of its outputs is keyed by: a file saved over the old one
-    is another teacher); None for 'train', a factory, or a file that is not there (loading it says so)."""
+def teacher_sha256(ref: str) -> str | None:
+    """sha256 of what a ``--teacher`` names, which a cache of its outputs is keyed by: a .pt/.pt2 file (a file saved
+    over the old one is another teacher), or a ``pkg.module:factory``'s module source file (an edited factory is
+    another teacher; what that module reads or imports in turn, such as a weights file, is not covered). None for
+    'train', or for a file or module that is not there (loading it says so)."""
     path = Path(ref)
-    return sha256_file(path) if path.suffix in (".pt", ".pt2") and path.is_file() else None
+    if path.suffix in (".pt", ".pt2"):
+        return sha256_file(path) if path.is_file() else None
+    if ":" not in ref:
+        return None
+    try:
+        spec = importlib.util.find_spec(ref.partition(":")[0])
+    except (ImportError, ValueError):  # a parent package that does not import; loading the teacher reports it
+        return None
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    return sha256_file(origin) if origin is not None and origin.is_file() else None
 
 
 def _load_external(ref: str, device: torch.device = torch.device("cpu")):
@@ -223,7 +235,7 @@ def _load_external(ref: str, device: torch.device = torch.device("cpu")):
     if path.suffix in (".pt", ".pt2"):
         if not path.is_file():
             raise UserError(f"--teacher {ref}: no such file")
-        sha = teacher_file_sha256(ref)
+        sha = teacher_sha256(ref)
         try:
             model = _load_torchscript(path, device) if path.suffix == ".pt" else _load_exported(path, device)
         except UserError:
@@ -241,7 +253,7 @@ def _load_external(ref: str, device: torch.device = torch.device("cpu")):
             raise UserError(f"--teacher {ref}: cannot build the model ({type(exc).__name__}: {exc})") from exc
         if isinstance(model, nn.Module):
             model.to(device).eval()
-        return model, {"kind": "factory", "ref": ref}
+        return model, {"kind": "factory", "ref": ref, "sha256": teacher_sha256(ref)}
     raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2 file or pkg.module:factory")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 from collections.abc import Callable
@@ -99,6 +100,22 @@ def save_exported(module, path, dynamic: bool = True) -> None:
     torch.manual_seed(0)
     shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
     torch.export.save(torch.export.export(module, (torch.randn(4, 16),), dynamic_shapes=shapes), str(path))
+
+
+def teacher_of_kind(kind: str, folder: Path, seed: int, monkeypatch) -> str:
+    """A ``--teacher`` of ``kind`` taking (B, 16) rows, in ``folder``, made with ``seed``: a .pt2 file, or a
+    ``pkg.module:factory`` whose module is (re)written. A second call with another seed replaces the first teacher."""
+    import torch
+
+    torch.manual_seed(seed)
+    if kind == "pt2":
+        save_exported(torch.nn.Linear(16, 8).eval(), folder / "teacher.pt2")
+        return str(folder / "teacher.pt2")
+    name = "teacher_" + re.sub(r"\W", "_", folder.name)  # one per test: a module imported stays in sys.modules
+    (folder / f"{name}.py").write_text(f"import torch\ndef make():\n    torch.manual_seed({seed})\n"
+                                       "    return torch.nn.Linear(16, 8)\n")
+    monkeypatch.syspath_prepend(str(folder))
+    return f"{name}:make"
 
 
 def toy_dataset(tmp_path, n=60, **kw):

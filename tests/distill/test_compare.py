@@ -15,7 +15,7 @@ from cmcd_edge.distill.compare import _ceiling_lines, _paired, _verdict_lines, r
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.errors import UserError
 from tests.conftest import CLI
-from tests.helpers import INTERRUPTED, assert_one_line_error, save_exported, synthetic_paired
+from tests.helpers import INTERRUPTED, assert_one_line_error, synthetic_paired, teacher_of_kind
 
 
 @pytest.fixture(scope="module")
@@ -236,21 +236,17 @@ def test_compare_resume_refuses_a_cached_teacher_made_with_other_settings(base, 
         run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
 
 
-def test_compare_resume_refuses_a_teacher_file_replaced_since(base, tmp_path):
-    """Was: the key named the --teacher file by its path, so a killed compare rerun after the file was replaced (a
-    retrained teacher saved over the old one) went on with the old model's cached outputs without a word."""
-    import torch
-
-    teacher = tmp_path / "teacher.pt2"
-    torch.manual_seed(0)
-    save_exported(torch.nn.Linear(16, 8).eval(), teacher)
-    cfg = dataclasses.replace(base, teacher=str(teacher))
+@pytest.mark.parametrize("kind", ["pt2", "factory"])
+def test_compare_resume_refuses_a_teacher_replaced_since(kind, base, tmp_path, monkeypatch):
+    """Was: the key named the --teacher by its path or factory name, so a killed compare rerun after the file was
+    replaced (a retrained teacher saved over the old one), or the factory's module edited, went on with the old
+    model's cached outputs without a word."""
+    cfg = dataclasses.replace(base, teacher=teacher_of_kind(kind, tmp_path, 0, monkeypatch))
     out = tmp_path / "cmp"
     run_compare(cfg, ["cmd"], 1, out, upper_bound=False)
     (out / "results.json").unlink()
-    run_compare(cfg, ["cmd"], 1, out, upper_bound=False)  # the same file: its cached outputs are reused
-    torch.manual_seed(1)
-    save_exported(torch.nn.Linear(16, 8).eval(), teacher)
+    run_compare(cfg, ["cmd"], 1, out, upper_bound=False)  # the same teacher: its cached outputs are reused
+    teacher_of_kind(kind, tmp_path, 1, monkeypatch)
     (out / "results.json").unlink()
     with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_sha256: "
                                         r"cached '[0-9a-f]{64}' vs now '[0-9a-f]{64}'\); pass --force"):

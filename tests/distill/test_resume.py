@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import CLI
-from tests.helpers import INTERRUPTED, assert_one_line_error, kill_tree, permute_rows, run_on_copied_data, save_exported
+from tests.helpers import INTERRUPTED, assert_one_line_error, kill_tree, permute_rows, run_on_copied_data, teacher_of_kind
 
 
 @pytest.fixture(scope="module")
@@ -163,20 +163,20 @@ def test_resume_refuses_a_run_whose_data_changed_since_it_started(toy_run, tmp_p
                                   f"started on ({data})"), why
 
 
-def test_resume_refuses_a_teacher_file_replaced_since_the_run_started(toy, tmp_path, cli):
-    """Was: --resume took the run's cached outputs of the old --teacher file after the file was replaced, and the run
-    ended with a student of the old teacher."""
-    path = tmp_path / "teacher.pt2"
-    torch.manual_seed(0)
-    save_exported(torch.nn.Linear(16, 8).eval(), path)
-    args = ("distill", "--data", toy, "--source", "src", "--target", "tgt", "--teacher", path, "--method", "cmd",
+@pytest.mark.parametrize("kind", ["pt2", "factory"])
+def test_resume_refuses_a_teacher_replaced_since_the_run_started(kind, toy, tmp_path, cli, monkeypatch):
+    """Was: --resume took the run's cached outputs of the old --teacher after the file was replaced, or the factory's
+    module edited, and the run ended with a student of the old teacher."""
+    ref = teacher_of_kind(kind, tmp_path, 0, monkeypatch)
+    args = ("distill", "--data", toy, "--source", "src", "--target", "tgt", "--teacher", ref, "--method", "cmd",
             "--epochs", "2", "--out", tmp_path / "run")
     assert cli(*args).returncode == 0
     (tmp_path / "run" / "metrics.json").unlink()  # as if killed before its last write
-    res = cli(*args, "--resume")  # the same file: the run goes on with its cached outputs
+    res = cli(*args, "--resume")  # the same teacher: the run goes on with its cached outputs
     assert res.returncode == 0 and (tmp_path / "run" / "metrics.json").exists(), res.stderr[-2000:]
     (tmp_path / "run" / "metrics.json").unlink()
-    torch.manual_seed(1)
-    save_exported(torch.nn.Linear(16, 8).eval(), path)
+    teacher_of_kind(kind, tmp_path, 1, monkeypatch)
     res = cli(*args, "--resume")
-    assert_one_line_error(res, 2, f"--resume: --teacher {path} changed since {tmp_path / 'run'} started", "--force")
+    what = "its file" if kind == "pt2" else "its factory's module"
+    assert_one_line_error(res, 2, f"--resume: --teacher {ref} changed since {tmp_path / 'run'} started (the sha256 "
+                          f"of {what}", "--force")
