@@ -85,3 +85,10 @@ def sample_labeled(train: np.ndarray, labels: np.ndarray, fraction: float, seed:
     if not picked:
         raise DataError("the train split has no labeled rows")
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def classes_raised_to_one(train: np.ndarray, labels: np.ndarray, fraction: float) -> int:
+    """How many classes ``sample_labeled`` gives one labeled row although ``fraction`` of their train rows rounds to
+    none: each such row is a label the fraction did not ask for."""
+    y = labels[train]
+    return sum(1 for cls in np.unique(y[y >= 0]) if int(round(fraction * int((y == cls).sum()))) == 0)

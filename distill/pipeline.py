@@ -28,7 +28,7 @@ from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, remove_stale_temps, write_bytes, write_json, write_text
-from cmcd_edge.splitting import make_splits
+from cmcd_edge.splitting import classes_raised_to_one, make_splits
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,13 @@ def _warn_fraction_of_few_labels(spec: str, unlabeled: int, fraction: float) -> 
     log.warning("%s: %d rows are unlabeled, and --labeled-fraction %g keeps only that share of the labeled train rows "
                 "(the benchmark protocol's few labels); pass --labeled-fraction 1 to train on every label you have",
                 spec, unlabeled, fraction)
+
+
+@functools.cache  # once per dataset and fraction, not once per run of a compare
+def _warn_labels_raised(spec: str, fraction: float, raised: int, classes: int, picked: int, train: int) -> None:
+    log.warning("%s: --labeled-fraction %g rounds to no labeled row in %d of %d classes of the train split; each takes "
+                "one, so %d rows are labeled: %.2f%% of %d, not %g%%", spec, fraction, raised, classes, picked,
+                100 * picked / train, train, 100 * fraction)
 
 
 def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> None:
@@ -152,6 +159,11 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     unlabeled = int((np.asarray(ds.labels) < 0).sum())
     if unlabeled and cfg.labeled_fraction < 1.0:
         _warn_fraction_of_few_labels(ds.spec, unlabeled, cfg.labeled_fraction)
+    y_train = np.asarray(ds.labels)[splits.train]
+    raised = classes_raised_to_one(splits.train, np.asarray(ds.labels), cfg.labeled_fraction)
+    if raised:
+        _warn_labels_raised(ds.spec, cfg.labeled_fraction, raised, len(np.unique(y_train[y_train >= 0])),
+                            len(splits.labeled), int((y_train >= 0).sum()))
     info = ds.views[cfg.target]
     arch = students.ARCH_FOR_KIND[info.kind] if cfg.student == "auto" else cfg.student
     spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, arch=arch, embed_dim=cfg.embed_dim,

@@ -9,7 +9,7 @@ import pytest
 from cmcd_edge import datasets
 from cmcd_edge.datasets import ViewSpec
 from cmcd_edge.errors import DataError
-from cmcd_edge.splitting import make_splits
+from cmcd_edge.splitting import classes_raised_to_one, make_splits
 from tests.helpers import toy_dataset
 
 
@@ -81,6 +81,18 @@ def test_labeled_fraction_stratified_with_every_class():
     assert set(ds.labels[s.labeled]) == set(range(10))
     assert set(s.labeled) <= set(s.train)
     assert len(make_splits(ds, seed=0, labeled_fraction=0.1).labeled) == 120
+
+
+@pytest.mark.parametrize("frac,raised,rows", [(0.1, 0, 120), (0.01, 0, 10), (0.004, 10, 10), (0.002, 10, 10)])
+def test_classes_raised_to_one_counts_the_labels_a_fraction_did_not_ask_for(frac, raised, rows):
+    """mfeat has 120 train rows per class: 1% rounds to one row of each, 0.4% to none, yet each class takes one.
+    With half the labels gone (about 60 a class), 2% still asks for a row of each, 0.5% for none."""
+    ds = datasets.load("builtin:mfeat")
+    s = make_splits(ds, seed=0, labeled_fraction=frac)
+    assert (classes_raised_to_one(s.train, ds.labels, frac), len(s.labeled)) == (raised, rows)
+    labels = np.where(np.arange(len(ds.labels)) % 2, -1, ds.labels)  # unlabeled rows count for no class
+    s = make_splits(datasets.load("builtin:mfeat"), seed=0)
+    assert classes_raised_to_one(s.train, labels, 0.005) == 10 and classes_raised_to_one(s.train, labels, 0.02) == 0
 
 
 @pytest.mark.parametrize("frac", [0.0, -0.1, 1.5])

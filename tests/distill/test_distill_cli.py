@@ -84,6 +84,18 @@ def test_distill_on_mostly_unlabeled_rows_scores_labeled_rows_only(cli, tmp_path
     assert "--labeled-fraction 0.1 keeps only that share" in res.stderr and "--labeled-fraction 1" in res.stderr
 
 
+def test_distill_warns_when_the_labeled_fraction_is_raised_to_a_row_per_class(cli, toy, tmp_path, fast_cfg):
+    """Was: --labeled-fraction 0.002 on 90 train rows per class (0.18 of a row each) labeled one row of each class,
+    4 rows where 0 were asked for, without a word; metrics.json's labeled_rows was the only trace."""
+    res = _distill(cli, toy, tmp_path / "run", "--labeled-fraction", "0.002", "--method", "supervised", cfg=fast_cfg)
+    assert res.returncode == 0, res.stderr
+    assert ("--labeled-fraction 0.002 rounds to no labeled row in 4 of 4 classes of the train split; each takes one, "
+            "so 4 rows are labeled: 1.11% of 360, not 0.2%") in res.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["labeled_rows"] == 4
+    res = _distill(cli, toy, tmp_path / "run2", "--labeled-fraction", "0.02", "--method", "supervised", cfg=fast_cfg)
+    assert res.returncode == 0 and "rounds to no labeled row" not in res.stderr, res.stderr
+
+
 def test_distill_refuses_a_fixed_val_split_without_labeled_rows(cli, tmp_path):
     from cmcd_edge import datasets
 
