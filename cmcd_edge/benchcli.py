@@ -20,12 +20,17 @@ from cmcd_edge.runtime.predictor import Predictor, auto_variant
 log = logging.getLogger(__name__)
 
 
-def _test_split(manifest, data: str | None):
-    """The bundle's test rows (the run's data and seed), or those of --data."""
+def _scored_rows(manifest, data: str | None, rows: str = "test"):
+    """The rows top-1 is measured on: the test split of the bundle's data (the run's seed) or of ``--data``; with
+    ``rows="all"``, every labeled row of ``--data``, new data the run never saw (refused for the run's own data, whose
+    other rows the student trained on). Returns (rows, labels, what) or None when accuracy is skipped."""
     from cmcd_edge import datasets
     from cmcd_edge.splitting import make_splits
 
     src = manifest.raw.get("source_run") or {}
+    if rows == "all" and not data:
+        raise UserError("--rows all: needs --data, the new labeled data to score (the bundle's own data holds the "
+                        "rows its student trained on)")
     spec = data or src.get("data")
     if not spec:
         return None
@@ -47,12 +52,27 @@ def _test_split(manifest, data: str | None):
         raise UserError(f"--data {spec}: classes {', '.join(ds.classes)} are not the bundle's "
                         f"{', '.join(manifest.classes)}")
     datasets.validate(ds, [view])
-    if not data and datasets.changed_since(ds, src.get("data_fingerprint")):
-        log.warning("accuracy: %s changed since the run trained on it (its files differ from the bundle's "
-                    "data_fingerprint), so its test split may hold rows the student trained on: top-1 may read high",
-                    spec)
-    splits = make_splits(ds, int(src.get("seed", 0)), labeled_fraction=float(src.get("labeled_fraction", 1.0)))
-    return datasets.SplitRows(ds.view(view), splits.test), np.asarray(ds.labels)[splits.test]
+    changed = datasets.changed_since(ds, src.get("data_fingerprint"))
+    labels = np.asarray(ds.labels)
+    if rows == "all":
+        if not changed and src.get("data_fingerprint"):
+            raise UserError(f"--rows all: --data {spec} is the data the run trained on (its files match the bundle's "
+                            "data_fingerprint), so all of it would score rows the student trained on; use --rows test")
+        picked = np.flatnonzero(labels >= 0)
+        if not len(picked):
+            raise UserError(f"--data {spec}: no labeled rows to score")
+    else:
+        if changed and not data:
+            log.warning("accuracy: %s changed since the run trained on it (its files differ from the bundle's "
+                        "data_fingerprint), so its test split may hold rows the student trained on: top-1 may read "
+                        "high", spec)
+        elif changed:
+            log.info("accuracy: the test split of --data %s (the run's seed); if it is new data the run never saw, "
+                     "--rows all scores every labeled row", spec)
+        picked = make_splits(ds, int(src.get("seed", 0)),
+                             labeled_fraction=float(src.get("labeled_fraction", 1.0))).test
+    what = {"data": spec, "rows": rows, "scored": int(len(picked))}
+    return datasets.SplitRows(ds.view(view), picked), labels[picked], what
 
 
 def _torch_fn(run: str, threads: int):
@@ -72,7 +92,7 @@ def _torch_fn(run: str, threads: int):
 
 def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: str, backend: str, duration: float,
               warmup: float, data: str | None, no_accuracy: bool, torch_run: str | None, out: str | None,
-              plot: str | None) -> dict:
+              plot: str | None, rows: str = "test") -> dict:
     manifest = load_manifest(bundle)
     names = [v.name for v in manifest.variants] if variants == "all" else csv_items(variants, "--variants")
     for n in names:
@@ -83,7 +103,8 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
         raise UserError(f"--warmup {warmup}: must be a finite number >= 0 (seconds)")
     if plot:
         _pyplot()  # before the benchmark runs, not after minutes of it
-    test = None if no_accuracy else _test_split(manifest, data)
+    scored = None if no_accuracy else _scored_rows(manifest, data, rows)
+    test, accuracy_on = (None, None) if scored is None else (scored[:2], scored[2])
     rng = np.random.default_rng(0)
     macs = (manifest.raw.get("student") or {}).get("macs")
     cases: list[rb.Case] = []
@@ -131,7 +152,7 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
                          "overhead_us": 1e3 * (a["p50_ms"] - r["p50_ms"]),
                          "overhead_pct": 100 * (a["p50_ms"] - r["p50_ms"]) / r["p50_ms"]})
     doc = {"bundle": str(bundle), "environment": env, "results": [r for r in results if not r["variant"].endswith(":raw")],
-           "predictor_overhead": overhead}
+           "predictor_overhead": overhead, "accuracy_on": accuracy_on}
     if sampler is not None:
         samples = sampler.stop()
         power = [rb.jetson.total_power_mw(s) for s in samples if rb.jetson.total_power_mw(s)]
@@ -139,6 +160,9 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
         if not env["jetson"].get("clocks_locked"):
             log.warning("jetson clocks are not locked: run sudo jetson_clocks for stable latency")
     click.echo(rb.table(doc["results"]))
+    if accuracy_on is not None:
+        split = "the test split" if rows == "test" else "every labeled row"
+        click.echo(f"top-1 on {split} of {accuracy_on['data']}: {accuracy_on['scored']} rows")
     for o in overhead:
         click.echo(f"Predictor overhead over raw session.run ({o['variant']}, batch {o['batch']}, {o['threads']} thr): "
                    f"{o['overhead_us']:+.1f} us ({o['overhead_pct']:+.1f}%)")

@@ -336,6 +336,9 @@ def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | 
 @click.option("--duration", type=float, default=2.0, show_default=True, help="Timed seconds per case.")
 @click.option("--warmup", type=float, default=0.5, show_default=True, help="Warm-up seconds (all cases).")
 @click.option("--data", default=None, help="Dataset for accuracy beside latency (default: the bundle's own data).")
+@click.option("--rows", type=click.Choice(["test", "all"]), default="test", show_default=True,
+              help="Rows top-1 is measured on: the data's test split (the run's seed), or all labeled rows of "
+                   "--data (new data the run never saw).")
 @click.option("--no-accuracy", is_flag=True, help="Skip the accuracy run.")
 @click.option("--compare-torch", "torch_run", default=None, type=click.Path(), help="Add torch eager of this run.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write JSON results here.")
@@ -349,7 +352,7 @@ def bench(bundle: str, **kw) -> None:
     from cmcd_edge.benchcli import run_bench
 
     if kw["no_accuracy"]:
-        cli_base.refuse_inert(("data",), "names the accuracy run's dataset, which --no-accuracy skips; drop one")
+        cli_base.refuse_inert(("data", "rows"), "says what the accuracy run scores, which --no-accuracy skips; drop one")
     with cli_base.naming_config_file_values():
         threads = cli_base.csv_ints(kw.pop("threads"), "--threads")
         batches = cli_base.csv_ints(kw.pop("batches"), "--batch")

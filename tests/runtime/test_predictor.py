@@ -370,8 +370,45 @@ def test_bench_cli_refuses_a_repeated_batch_in_one_line(toy_bundle, cli, tmp_pat
 
 def test_bench_refuses_data_with_no_accuracy(toy_bundle, cli, tmp_path):
     res = cli("bench", toy_bundle, "--no-accuracy", "--data", tmp_path / "d", "--out", tmp_path / "b.json")
-    assert_one_line_error(res, 2, f"--data {tmp_path / 'd'}: names the accuracy run's dataset, which --no-accuracy "
+    assert_one_line_error(res, 2, f"--data {tmp_path / 'd'}: says what the accuracy run scores, which --no-accuracy "
                           "skips")  # was: --data ignored without a word
+    res = cli("bench", toy_bundle, "--no-accuracy", "--rows", "all", "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, "--rows all: says what the accuracy run scores, which --no-accuracy skips")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_rows_all_scores_every_labeled_row_of_new_data(toy_bundle, cli, tmp_path):
+    """Was: bench --data scored only the test split (the run's seed) of any data, so a field set of 120 rows (79
+    labeled) gave a top-1 over 16 of them; --rows all scores each labeled row of data the run never saw, and says which."""
+    from cmcd_edge import datasets
+
+    field = synthetic_paired(tmp_path / "field", n=120, seed=5, unlabeled=0.25).root
+    args = ("bench", toy_bundle, "--duration", "0.05", "--warmup", "0.01", "--batch", "1", "--variants", "fp32",
+            "--data", field)
+    res = cli(*args, "--rows", "all", "--out", tmp_path / "all.json")
+    assert res.returncode == 0, res.stderr
+    labels = np.asarray(datasets.load(str(field)).labels)
+    rows = np.flatnonzero(labels >= 0)
+    assert len(rows) == 79 and f"top-1 on every labeled row of {field}: {len(rows)} rows" in res.stdout
+    doc = json.loads((tmp_path / "all.json").read_text())
+    assert doc["accuracy_on"] == {"data": str(field), "rows": "all", "scored": len(rows)}
+    x = np.load(field / "views" / "tgt.npy")[rows]
+    top1 = float((Predictor.load(toy_bundle, variant="fp32").predict(x).argmax(1) == labels[rows]).mean())
+    assert doc["results"][0]["test_accuracy"] == pytest.approx(top1)
+    res = cli(*args, "--out", tmp_path / "test.json")  # the default: its test split, with a pointer to --rows all
+    assert res.returncode == 0 and "--rows all scores every labeled row" in res.stderr, res.stderr
+    assert json.loads((tmp_path / "test.json").read_text())["accuracy_on"]["scored"] < len(rows) // 2
+
+
+def test_bench_rows_all_refuses_the_runs_own_data(toy_run, toy_bundle, cli, tmp_path):
+    """All rows of the data the student trained on would score its train rows: refused, as is --rows all without
+    --data (the bundle's own data is that data)."""
+    data = json.loads((toy_run / "run.json").read_text())["config"]["data"]
+    args = ("bench", toy_bundle, "--duration", "0.05", "--batch", "1", "--rows", "all", "--out", tmp_path / "b.json")
+    res = cli(*args, "--data", data)
+    assert_one_line_error(res, 2, f"--rows all: --data {data} is the data the run trained on", "use --rows test")
+    res = cli(*args)
+    assert_one_line_error(res, 2, "--rows all: needs --data, the new labeled data to score")
     assert not (tmp_path / "b.json").exists()
 
 
