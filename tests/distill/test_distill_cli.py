@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -267,8 +268,9 @@ def test_factory_teacher_is_built_by_the_users_function(toy, tmp_path, fast_cfg)
                   "--teacher", "my_teacher:make", "--out", tmp_path / "r", "--config", fast_cfg,
                   env={"PYTHONPATH": str(tmp_path)})  # a real process: the user's module is found on PYTHONPATH
     assert res.returncode == 0, res.stderr
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["teacher"] == {"kind": "factory", "ref": "my_teacher:make",
-                                                                               "view": "src"}
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["teacher"] == {
+        "kind": "factory", "ref": "my_teacher:make", "view": "src",
+        "sha256": hashlib.sha256((tmp_path / "my_teacher.py").read_bytes()).hexdigest()}  # the module's, for --resume
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["teacher_test_accuracy"] > 0.9
 
 
