@@ -134,7 +134,7 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
                 "data_fingerprint): restore that data, rerun with --force, or use a new --out")
     cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher it started with
     if cached.exists() and json.loads(cached.read_text()).get("sha256") not in (None, teacher_sha256(cfg.teacher)):
-        what = "its factory's module" if ":" in cfg.teacher else "its file"
+        what = "its file" if Path(cfg.teacher).suffix in (".pt", ".pt2") else "its factory's module"
         return (f"--resume: --teacher {cfg.teacher} changed since {out} started (the sha256 of {what} differs from "
                 "teacher_outputs.json's): rerun with --force to distill from the new teacher, or use a new --out")
     return None
