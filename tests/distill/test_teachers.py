@@ -86,3 +86,22 @@ def test_load_external_puts_the_teacher_on_the_run_device(kind, tmp_path, monkey
     model, _ = teachers._load_external(str(ref), meta)
     with torch.no_grad():
         assert model(torch.zeros(3, 16, device=meta)).device == meta
+
+
+def test_teacher_sha256_of_files_and_factory_modules(tmp_path, monkeypatch):
+    """What compare's teacher key and --resume compare: a .pt/.pt2 file's bytes, a factory's module source. A module
+    that cannot be found, or whose package raises on import, gives None: loading it then names the problem in one
+    line (a package's RuntimeError used to escape compare's key as an internal error)."""
+    import hashlib
+
+    (tmp_path / "fine_teacher.py").write_text("def make():\n    return None\n")
+    (tmp_path / "raising_pkg").mkdir()
+    (tmp_path / "raising_pkg" / "__init__.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "raising_pkg" / "mod.py").write_text("def make():\n    return None\n")
+    (tmp_path / "t.pt2").write_bytes(b"not checked here")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    digest = hashlib.sha256(b"def make():\n    return None\n").hexdigest()
+    assert teachers.teacher_sha256("fine_teacher:make") == digest
+    assert teachers.teacher_sha256(str(tmp_path / "t.pt2")) == hashlib.sha256(b"not checked here").hexdigest()
+    for ref in ("raising_pkg.mod:make", "no_such_module_here:make", str(tmp_path / "missing.pt"), "train"):
+        assert teachers.teacher_sha256(ref) is None, ref
