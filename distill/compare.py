@@ -33,11 +33,12 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "runs": list(values)}
 
 
-def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
+def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | None = None) -> TeacherOutputs:
     """The seed's teacher, trained (or loaded) once and cached in ``folder``. ``folder/teacher_key.json``, written
     before training starts, holds the settings that make it: a killed compare rerun with another source, seed, teacher
     or data is refused, whether the teacher had finished or left a checkpoint (was: silently reused, or a checkpoint
-    of another network loaded)."""
+    of another network loaded). ``loaded``: another seed's outputs of the same ``--teacher`` file or factory, which
+    do not depend on the seed: they are scored on this seed's test split instead of running the teacher again."""
     ds = datasets.load(cfg.data)
     key = {"data": ds.fingerprint(), "source": cfg.source, "seed": cfg.seed, "teacher": cfg.teacher,
            "teacher_epochs": cfg.teacher_epochs, "teacher_batch_size": cfg.teacher_batch_size}
@@ -66,6 +67,8 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path) -> TeacherOutputs:
         t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
                           dist=ddp.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
                           batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
+    elif loaded is not None:
+        t = loaded.scored_on(ds, splits)
     else:
         t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
     t.save(folder)
@@ -108,10 +111,12 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
     extra_runs = list(methods) + ([UPPER] if upper_bound else [])
     runs: dict[str, list[dict]] = {m: [] for m in extra_runs}  # each method's metrics.json, seed by seed
     teacher_acc = []
+    loaded = None  # a --teacher file's or factory's outputs: one pass over the rows serves every seed
     for seed in seed_list:
         cfg_s = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
-        teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}")
+        teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}", loaded)
+        loaded = teacher if base.teacher != "train" else None
         log.info("seed %d: teacher %s test accuracy %.4f (%.1fs)", seed, base.source, teacher.test_accuracy or float("nan"),
                  time.perf_counter() - t0)
         teacher_acc.append(teacher.test_accuracy)

@@ -4,6 +4,7 @@ logits) of every row are computed once and cached, so distillation costs only th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -47,6 +48,14 @@ class TeacherOutputs:
             tensors["logits"] = self.logits.contiguous()
         write_bytes(folder / "teacher_outputs.safetensors", save(tensors))
         write_text(folder / "teacher_outputs.json", json.dumps({"test_accuracy": self.test_accuracy, **self.info}, indent=2))
+
+    def scored_on(self, ds: Dataset, splits: Splits) -> TeacherOutputs:
+        """These outputs with the test top-1 of their logits on ``splits`` (None without logits): a loaded teacher's
+        outputs do not depend on the seed, only its score does."""
+        if self.logits is None:
+            return dataclasses.replace(self, test_accuracy=None)
+        y = torch.as_tensor(np.asarray(ds.labels))[splits.test]
+        return dataclasses.replace(self, test_accuracy=float((self.logits[splits.test].argmax(1) == y).float().mean()))
 
     @classmethod
     def load(cls, folder: Path) -> TeacherOutputs | None:
@@ -203,11 +212,7 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     if lo is not None and lo.shape[1] != ds.n_classes:
         log.warning("teacher logits have %d classes, the data %d: logits ignored", lo.shape[1], ds.n_classes)
         lo = None
-    acc = None
-    if lo is not None:
-        y = torch.as_tensor(np.asarray(ds.labels))[splits.test]
-        acc = float((lo[splits.test].argmax(1) == y).float().mean())
-    return TeacherOutputs(emb, lo, acc, {**info, "view": source})
+    return TeacherOutputs(emb, lo, None, {**info, "view": source}).scored_on(ds, splits)
 
 
 def teacher_sha256(ref: str) -> str | None:

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 
 from cmcd_edge.distill.compare import _ceiling_lines, _paired, _verdict_lines, run_compare, seeds_to_decide, t975
 from cmcd_edge.distill.config import DistillConfig
@@ -234,6 +235,36 @@ def test_compare_resume_refuses_a_cached_teacher_made_with_other_settings(base, 
         f.unlink()
     with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_epochs: "):
         run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
+
+
+def test_compare_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(base, tmp_path, monkeypatch):
+    """A --teacher file's or factory's outputs do not depend on the seed. Was: compare built the teacher and ran it
+    over every row once per seed (3 passes for --seeds 3), where only its test top-1 differs from seed to seed."""
+    from cmcd_edge import datasets
+    from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher
+    from cmcd_edge.splitting import make_splits
+
+    (tmp_path / "counted_teacher.py").write_text(
+        "import pathlib, torch\n"
+        f"LOG = pathlib.Path({str(tmp_path / 'builds.txt')!r})\n"
+        "def make():\n"
+        "    LOG.write_text(LOG.read_text() + 'x' if LOG.exists() else 'x')\n"
+        "    torch.manual_seed(0)\n"
+        "    net = torch.nn.Linear(16, 8)\n"
+        "    return lambda x: (net(x), x[:, :4] * 3.0)\n")  # 4-class logits: a teacher with a test score
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = dataclasses.replace(base, teacher="counted_teacher:make")
+    out = tmp_path / "cmp"
+    r = run_compare(cfg, ["supervised"], 3, out, upper_bound=False)
+    assert (tmp_path / "builds.txt").read_text() == "x"  # built and run once, not once per seed
+    ds = datasets.load(cfg.data)
+    for i, seed in enumerate(r["seeds"]):  # each seed's cache is what a fresh pass of the teacher gives
+        splits = make_splits(ds, seed, labeled_fraction=cfg.labeled_fraction)
+        fresh = load_teacher(cfg.teacher, ds, "src", splits, torch.device("cpu"))
+        cached = TeacherOutputs.load(out / "teachers" / f"seed{seed}")
+        assert torch.equal(cached.emb, fresh.emb) and torch.equal(cached.logits, fresh.logits)
+        assert cached.test_accuracy == fresh.test_accuracy == r["teacher_test_accuracy"]["runs"][i]
+    assert len(set(r["teacher_test_accuracy"]["runs"])) > 1  # scored on each seed's own test split
 
 
 @pytest.mark.parametrize("kind", ["pt2", "factory"])
