@@ -68,6 +68,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
                           dist=ddp.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
                           batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
     elif loaded is not None:
+        log.info("seed %d: the --teacher's outputs of the seed before, scored on this seed's test split", cfg.seed)
         t = loaded.scored_on(ds, splits)
     else:
         t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
@@ -116,9 +117,9 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
         cfg_s = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
         teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}", loaded)
-        loaded = teacher if base.teacher != "train" else None
         log.info("seed %d: teacher %s test accuracy %.4f (%.1fs)", seed, base.source, teacher.test_accuracy or float("nan"),
                  time.perf_counter() - t0)
+        loaded = teacher if base.teacher != "train" else None
         teacher_acc.append(teacher.test_accuracy)
         for m in extra_runs:
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
