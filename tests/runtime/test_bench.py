@@ -1,0 +1,147 @@
+"""cmcd-edge bench: interleaved latency cases with top-1 beside them, the rows that top-1 is measured on (the test
+split, or every labeled row of new --data), and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cmcd_edge.runtime import Predictor
+from cmcd_edge.runtime.errors import UserError
+from tests.helpers import assert_one_line_error, edited_bundle, permute_rows, run_on_copied_data, synthetic_paired
+
+
+def test_bench_cli_json(toy_bundle, cli, tmp_path):
+    res = cli("bench", toy_bundle, "--duration", "0.2", "--warmup", "0.05", "--batch", "1,4", "--out", tmp_path / "b.json")
+    assert res.returncode == 0, res.stderr
+    assert "jetson: no" in res.stdout
+    doc = json.loads((tmp_path / "b.json").read_text())
+    keys = {"variant", "backend", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s"}
+    assert doc["results"] and all(keys <= set(r) for r in doc["results"])
+    assert all(r["test_accuracy"] is not None for r in doc["results"])
+    assert doc["predictor_overhead"] and "environment" in doc
+    auto = Predictor.load(toy_bundle, backend="cpu").variant.name  # what a device app gets, said beside the timings
+    assert doc["auto_variant_cpu"] == auto and f"Predictor.load(variant='auto') on cpu here: {auto}" in res.stdout
+
+
+def test_bench_warns_when_the_bundles_data_changed_since_distill(toy_run, toy_bundle, cli, tmp_path):
+    """Was: bench scored the test split of the bundle's data as it is now, without a word, though rows reordered after
+    distill put rows the student trained on in it (top-1 read high)."""
+    _, data = run_on_copied_data(toy_run, tmp_path, permute_rows)
+    bundle = edited_bundle(toy_bundle, tmp_path / "b", lambda m: m["source_run"].update(data=str(data)))
+    args = ("bench", bundle, "--duration", "0.05", "--warmup", "0.01", "--batch", "1", "--variants", "fp32")
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert f"{data} changed since the run trained on it" in res.stderr, res.stderr
+    shutil.rmtree(data)  # the run's own data, moved: no warning
+    shutil.copytree(json.loads((toy_run / "run.json").read_text())["config"]["data"], data)
+    res = cli(*args)
+    assert res.returncode == 0 and "changed since" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"variants": "int8,fp32,int8"}, "--variants: 'int8' appears twice"),  # was: the same case benchmarked twice
+    ({"duration": math.nan}, "--duration nan: must be a finite number > 0"),  # was: internal error: ValueError
+    ({"duration": math.inf}, "--duration inf: must be a finite number > 0"),
+    ({"warmup": math.nan}, "--warmup nan: must be a finite number >= 0"),
+])
+def test_bench_refuses_repeated_variants_and_nonfinite_seconds(toy_bundle, tmp_path, kw, needle):
+    from cmcd_edge.benchcli import run_bench
+
+    args = {"threads": [1], "batches": [1], "variants": "all", "backend": "cpu", "duration": 0.1, "warmup": 0.0,
+            "data": None, "no_accuracy": True, "torch_run": None, "out": str(tmp_path / "b.json"), "plot": None}
+    with pytest.raises(UserError, match=re.escape(needle)):
+        run_bench(str(toy_bundle), **{**args, **kw})
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"target_kind": "sequence"}, "view 'tgt' holds samples of shape [3, 64]; the bundle takes [8]"),
+    ({"classes": 3}, "classes c0, c1, c2 are not the bundle's c0, c1, c2, c3"),
+])
+def test_bench_data_of_another_shape_or_classes_is_refused_naming_it(toy_bundle, tmp_path, kw, needle):
+    """Was: the Predictor's 'input shape [8, 3, 64] does not match', naming neither --data nor the view; other classes
+    gave an accuracy over labels the bundle does not mean."""
+    from cmcd_edge.benchcli import run_bench
+
+    other = synthetic_paired(tmp_path / "other", n=120, **kw).root
+    args = {"threads": [1], "batches": [1], "variants": "all", "backend": "cpu", "duration": 0.1, "warmup": 0.0,
+            "data": str(other), "no_accuracy": False, "torch_run": None, "out": None, "plot": None}
+    with pytest.raises(UserError, match=re.escape(f"--data {other}: {needle}")):
+        run_bench(str(toy_bundle), **args)
+
+
+def test_bench_config_file_with_a_bad_value_names_the_file_and_the_key(toy_bundle, cli, tmp_path):
+    (tmp_path / "b.json").write_text('{"duration": -1, "batch": "1,x"}')
+    res = cli("bench", toy_bundle, "--config", tmp_path / "b.json")
+    assert_one_line_error(res, 2, f"Error: --config {tmp_path / 'b.json'}: batch '1,x': expected comma-separated")
+    (tmp_path / "b.json").write_text('{"duration": -1}')
+    res = cli("bench", toy_bundle, "--config", tmp_path / "b.json")
+    assert_one_line_error(res, 2, f"Error: --config {tmp_path / 'b.json'}: duration -1.0: must be a finite number > 0")
+
+
+def test_bench_cli_refuses_a_repeated_batch_in_one_line(toy_bundle, cli, tmp_path):
+    res = cli("bench", toy_bundle, "--duration", "0.1", "--batch", "1,4,1", "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, "--batch: 1 appears twice")  # was: the same case benchmarked twice, two rows
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_refuses_data_with_no_accuracy(toy_bundle, cli, tmp_path):
+    res = cli("bench", toy_bundle, "--no-accuracy", "--data", tmp_path / "d", "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, f"--data {tmp_path / 'd'}: says what the accuracy run scores, which --no-accuracy "
+                          "skips")  # was: --data ignored without a word
+    res = cli("bench", toy_bundle, "--no-accuracy", "--rows", "all", "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, "--rows all: says what the accuracy run scores, which --no-accuracy skips")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_rows_all_scores_every_labeled_row_of_new_data(toy_bundle, cli, tmp_path):
+    """Was: bench --data scored only the test split (the run's seed) of any data, so a field set of 120 rows (79
+    labeled) gave a top-1 over 16 of them; --rows all scores each labeled row of data the run never saw, and says which."""
+    from cmcd_edge import datasets
+
+    field = synthetic_paired(tmp_path / "field", n=120, seed=5, unlabeled=0.25).root
+    args = ("bench", toy_bundle, "--duration", "0.05", "--warmup", "0.01", "--batch", "1", "--variants", "fp32",
+            "--data", field)
+    res = cli(*args, "--rows", "all", "--out", tmp_path / "all.json")
+    assert res.returncode == 0, res.stderr
+    labels = np.asarray(datasets.load(str(field)).labels)
+    rows = np.flatnonzero(labels >= 0)
+    assert len(rows) == 79 and f"top-1 on every labeled row of {field}: {len(rows)} rows" in res.stdout
+    doc = json.loads((tmp_path / "all.json").read_text())
+    assert doc["accuracy_on"] == {"data": str(field), "rows": "all", "scored": len(rows)}
+    x = np.load(field / "views" / "tgt.npy")[rows]
+    top1 = float((Predictor.load(toy_bundle, variant="fp32").predict(x).argmax(1) == labels[rows]).mean())
+    assert doc["results"][0]["test_accuracy"] == pytest.approx(top1)
+    res = cli(*args, "--out", tmp_path / "test.json")  # the default: its test split, with a pointer to --rows all
+    assert res.returncode == 0 and "--rows all scores every labeled row" in res.stderr, res.stderr
+    assert json.loads((tmp_path / "test.json").read_text())["accuracy_on"]["scored"] < len(rows) // 2
+
+
+def test_bench_rows_all_refuses_the_runs_own_data(toy_run, toy_bundle, cli, tmp_path):
+    """All rows of the data the student trained on would score its train rows: refused, as is --rows all without
+    --data (the bundle's own data is that data)."""
+    data = json.loads((toy_run / "run.json").read_text())["config"]["data"]
+    args = ("bench", toy_bundle, "--duration", "0.05", "--batch", "1", "--rows", "all", "--out", tmp_path / "b.json")
+    res = cli(*args, "--data", data)
+    assert_one_line_error(res, 2, f"--rows all: --data {data} is the data the run trained on", "use --rows test")
+    res = cli(*args)
+    assert_one_line_error(res, 2, "--rows all: needs --data, the new labeled data to score")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_plot_without_matplotlib_fails_before_benchmarking(toy_bundle, tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; "
+            "from cmcd_edge.cli import main; sys.argv = ['cmcd-edge'] + sys.argv[1:]; main()")
+    res = subprocess.run([sys.executable, "-c", code, "bench", str(toy_bundle), "--duration", "30", "--batch", "1",
+                          "--plot", str(tmp_path / "b.png"), "--out", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert_one_line_error(res, 2, "--plot needs matplotlib")
+    assert "benchmarking" not in res.stderr and not (tmp_path / "b.json").exists()  # refused before any of the work
