@@ -111,6 +111,9 @@ def _source(source: str, kw: dict) -> tuple[str, dict | None]:
     """--source, or with 'auto' the top of select-teacher's ranking (one seed) and the ranking itself."""
     if source != "auto":
         return source, None
+    if kw["teacher"] != "train":  # else views are ranked (minutes) before the file fails on another view's rows
+        raise UserError(f"--source auto: ranks views to train a teacher on, but --teacher {kw['teacher']} is a model "
+                        "of one view: name that view with --source")
     single_process("--source auto", "run `cmcd-edge select-teacher` once without torchrun and pass its pick as --source")
     from cmcd_edge.distill.select import best_source
 

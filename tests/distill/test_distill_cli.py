@@ -215,9 +215,25 @@ def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
     assert "TorchScript is deprecated" in res.stderr and "pass the .pt2" in res.stderr
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["teacher"]["kind"] == "file" and len(run["teacher"]["sha256"]) == 64
-    # kd needs logits, which this teacher does not give
-    assert_one_line_error(_distill(cli, toy, tmp_path / "r2", "--teacher", path, "--method", "kd"), 2, "logits")
-    assert not (tmp_path / "r2").exists()
+    # kd needs logits, which this teacher does not give: the message names the methods that do without them
+    for flags, what in ((("--method", "kd"), "--method kd"), ((), "--method cmcd"),
+                        (("--recipe", "1.0*cmd+0.5*kd+1.0*ce"), "--recipe 1.0*cmd+0.5*kd+1.0*ce")):
+        assert_one_line_error(_distill(cli, toy, tmp_path / "r2", "--teacher", path, *flags), 2,
+                              f"{what}: needs teacher logits (its kd term); --teacher {path} gives embeddings only: "
+                              "use a method without kd (cmd, cmc, fitnet, rkd, crd, supervised) or a --recipe without it")
+        assert not (tmp_path / "r2").exists()
+
+
+def test_source_auto_with_a_teacher_file_is_refused_before_ranking(cli, toy, tmp_path):
+    """Was: --source auto ranked every candidate view (minutes on real data), then fed the --teacher file, a model of
+    one view, the rows of whichever view won."""
+    path = tmp_path / "good.pt2"
+    save_exported(_Good().eval(), path)
+    for cmd in ("distill", "compare"):
+        res = cli(cmd, "--data", toy, "--source", "auto", "--target", "tgt", "--teacher", path, "--out", tmp_path / cmd)
+        assert_one_line_error(res, 2, f"--source auto: ranks views to train a teacher on, but --teacher {path} is a "
+                              "model of one view: name that view with --source")
+        assert "CCH" not in res.stdout and not (tmp_path / cmd).exists()
 
 
 class _NearestMean(torch.nn.Module):
