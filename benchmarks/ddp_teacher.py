@@ -58,12 +58,17 @@ def run_once(launch: list[str], pythonpath: Path | None, tmp: Path, cfg: Path) -
             "test_accuracy": m["test_accuracy"]}
 
 
-def main() -> None:
+def baseline_args() -> argparse.Namespace:
+    """--out, --baseline DIR and --reps: the flags of a benchmark of this checkout against another."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to measure the same way")
     ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = baseline_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         cfg = tmp / "cfg.json"

@@ -12,7 +12,6 @@ rounds; medians of the whole command's wall time and of each seed's teacher seco
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ddp_teacher import shim
+from ddp_teacher import baseline_args, shim
 from torch import nn
 
 ARGS = ["compare", "--source", "cam", "--target", "feat", "--methods", "supervised", "--seeds", "3",
@@ -76,11 +75,7 @@ def run_once(pythonpath: Path | None, tmp: Path, data: Path, teacher: Path) -> d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--baseline", type=Path, default=None, help="another checkout to measure the same way")
-    ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
+    args = baseline_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data, teacher = make_data(tmp)
