@@ -77,6 +77,16 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     return t
 
 
+def _check_kd(base: DistillConfig, methods: list[str]) -> None:
+    """A teacher without logits: the methods with a kd term, named at once (was: the first one's run failed, its
+    message naming --method)."""
+    need = [m for m in methods if any(n == "kd" for _, n in dataclasses.replace(base, method=m).terms)]
+    if need:
+        without = ", ".join(m for m, terms in METHODS.items() if all(n != "kd" for _, n in terms))
+        raise UserError(f"--methods: {', '.join(need)} need teacher logits (a kd term); --teacher {base.teacher} gives "
+                        f"embeddings only: use methods without kd ({without})")
+
+
 def check_methods(methods: list[str]) -> None:
     """--methods: known methods, each once (a repeated one used to fail after every run had trained)."""
     if not methods:
@@ -121,6 +131,8 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
                  time.perf_counter() - t0)
         loaded = teacher if base.teacher != "train" else None
         teacher_acc.append(teacher.test_accuracy)
+        if teacher.logits is None:
+            _check_kd(base, methods)
         for m in extra_runs:
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
                 dataclasses.replace(cfg_s, method=m)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -265,6 +266,16 @@ def test_compare_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(base, tmp
         assert torch.equal(cached.emb, fresh.emb) and torch.equal(cached.logits, fresh.logits)
         assert cached.test_accuracy == fresh.test_accuracy == r["teacher_test_accuracy"]["runs"][i]
     assert len(set(r["teacher_test_accuracy"]["runs"])) > 1  # scored on each seed's own test split
+
+
+def test_compare_names_every_method_a_teacher_without_logits_cannot_serve(base, tmp_path, monkeypatch):
+    """Was: the first such method's run failed after its folder was made, the message naming --method."""
+    cfg = dataclasses.replace(base, teacher=teacher_of_kind("pt2", tmp_path, 0, monkeypatch))  # embeddings only
+    with pytest.raises(UserError, match=re.escape(
+            f"--methods: kd, cmcd need teacher logits (a kd term); --teacher {cfg.teacher} gives embeddings only: "
+            "use methods without kd (cmd, cmc, fitnet, rkd, crd, supervised)")):
+        run_compare(cfg, ["cmd", "kd", "cmcd"], 1, tmp_path / "cmp")
+    assert not (tmp_path / "cmp" / "runs").exists()
 
 
 @pytest.mark.parametrize("kind", ["pt2", "factory"])
