@@ -21,11 +21,20 @@ from cmcd_edge.launch import launched_as
 from cmcd_edge.registry import check_unique
 
 
+def one_line(text: str) -> str:
+    """A message on one line: one that quotes a multi-line error (TorchScript's interpreter prints both stacks, the
+    cause last) keeps its first line and its last, the rest being what --debug shows."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else text.strip()
+    return f"{lines[0]} ... {lines[-1]}"
+
+
 class CmcdClickError(click.ClickException):
     """A domain error as one line on stderr, with the error's own exit code (2 user mistake, 1 environment)."""
 
     def __init__(self, exc: CmcdError) -> None:
-        super().__init__(str(exc))
+        super().__init__(one_line(str(exc)))
         self.exit_code = exc.exit_code
 
 
@@ -60,7 +69,8 @@ class Group(click.Group):
             peer = _peer_gone(exc)
             if peer is not None:
                 raise click.ClickException(peer) from None
-            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)") from None
+            raise click.ClickException(one_line(f"internal error: {type(exc).__name__}: {exc}") + " (rerun with --debug)"
+                                       ) from None
 
 
 INTERRUPT_HINT = "cmcd_edge.interrupt_hint"

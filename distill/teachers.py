@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,6 +247,10 @@ def _load_external(ref: str, device: torch.device = torch.device("cpu")):
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001
+            if _is_torch_save(path):
+                raise UserError(f"--teacher {ref}: a torch.save() file (a pickled model or state_dict), which "
+                                f"cmcd-edge does not unpickle: save the model as an ExportedProgram: {EXPORT_HOWTO}"
+                                ) from exc
             kind = "TorchScript" if path.suffix == ".pt" else "ExportedProgram"
             raise UserError(f"--teacher {ref}: not a loadable {kind} file ({type(exc).__name__})") from exc
         return model, {"kind": "file", "path": str(path.resolve()), "sha256": sha}
@@ -260,6 +265,18 @@ def _load_external(ref: str, device: torch.device = torch.device("cpu")):
             model.to(device).eval()
         return model, {"kind": "factory", "ref": ref, "sha256": teacher_sha256(ref)}
     raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2 file or pkg.module:factory")
+
+
+def _is_torch_save(path: Path) -> bool:
+    """Whether ``path`` is what ``torch.save`` writes (a zip of one pickle and its tensors): the usual teacher file a
+    user has at hand. TorchScript archives add ``code/`` and ``constants.pkl``; ExportedPrograms have no data.pkl."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    parts = [n.split("/", 1)[-1] for n in names]
+    return "data.pkl" in parts and "constants.pkl" not in parts and not any(p.startswith("code/") for p in parts)
 
 
 def _load_exported(path: Path, device: torch.device) -> nn.Module:

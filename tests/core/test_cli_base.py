@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cmcd_edge.cli_base import csv_ints, csv_items
+from cmcd_edge.cli_base import csv_ints, csv_items, one_line
 from cmcd_edge.errors import UserError
 from tests.conftest import invoke_cli, run_cli
 
@@ -66,3 +66,15 @@ def test_peer_gone_names_the_other_rank_only_under_torchrun(monkeypatch, world, 
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5")
     assert _peer_gone(gloo) == expected
     assert _peer_gone(RuntimeError("shape mismatch")) is None
+
+
+@pytest.mark.parametrize("text,line", [
+    ("--data d: no such view", "--data d: no such view"),
+    ("--teacher t.pt: fails: The following operation failed.\nTraceback of TorchScript:\n  File x\n\n"
+     "RuntimeError: mat1 and mat2 shapes cannot be multiplied\n",
+     "--teacher t.pt: fails: The following operation failed. ... RuntimeError: mat1 and mat2 shapes cannot be "
+     "multiplied"),
+    ("  padded  \n", "padded"),
+])
+def test_one_line_keeps_the_first_line_and_the_cause(text, line):
+    assert one_line(text) == line

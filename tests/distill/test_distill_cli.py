@@ -207,6 +207,26 @@ def test_teacher_with_wrong_batch_size(cli, toy, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_teacher_file_errors_are_one_line_that_says_what_to_do(cli, toy, tmp_path):
+    """Was: a TorchScript teacher fed rows of another width printed the interpreter's two stacks over 15 lines; a
+    torch.save() file (a state_dict, or a whole pickled model: what users usually have) read only 'not a loadable
+    TorchScript file (RuntimeError)'."""
+    narrow = tmp_path / "narrow.pt"
+    save_torchscript(torch.nn.Linear(12, 8), narrow)  # the source rows have 16 features
+    res = _distill(cli, toy, tmp_path / "r", "--teacher", narrow, "--method", "cmd")
+    assert_one_line_error(res, 2, f"--teacher {narrow}: fails on a source batch of shape [2, 16]: ",
+                          "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 12x8)")
+    assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 2  # the deprecation warning, the error
+    net = torch.nn.Linear(16, 8)
+    for name, obj in (("sd.pt", net.state_dict()), ("whole.pt", net), ("sd.pt2", net.state_dict())):
+        torch.save(obj, tmp_path / name)
+        res = _distill(cli, toy, tmp_path / "r", "--teacher", tmp_path / name, "--method", "cmd")
+        assert_one_line_error(res, 2, f"--teacher {tmp_path / name}: a torch.save() file (a pickled model or "
+                              "state_dict), which cmcd-edge does not unpickle: save the model as an ExportedProgram: "
+                              "torch.export.save(")
+    assert not (tmp_path / "r").exists()
+
+
 def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
     path = tmp_path / "good.pt"
     save_torchscript(_Good(), path)
