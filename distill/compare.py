@@ -16,7 +16,7 @@ import numpy as np
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
-from cmcd_edge.distill.losses import METHODS
+from cmcd_edge.distill.losses import METHODS, methods_without
 from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill, training_diff
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
@@ -26,6 +26,12 @@ from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
 UPPER = "supervised@100%"
+
+
+def _teacher_stats(accs: list[float | None]) -> dict:
+    """The teacher's test top-1 over seeds; a teacher without logits has none: nulls (was NaN, which is not JSON)."""
+    scored = [a for a in accs if a is not None]
+    return _stats(scored) if scored else {"mean": None, "std": None, "runs": []}
 
 
 def _stats(values: list[float]) -> dict:
@@ -77,14 +83,13 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     return t
 
 
-def _check_kd(base: DistillConfig, methods: list[str]) -> None:
+def _check_kd(base: DistillConfig, methods: list[str], teacher: TeacherOutputs) -> None:
     """A teacher without logits: the methods with a kd term, named at once (was: the first one's run failed, its
     message naming --method)."""
     need = [m for m in methods if any(n == "kd" for _, n in dataclasses.replace(base, method=m).terms)]
     if need:
-        without = ", ".join(m for m, terms in METHODS.items() if all(n != "kd" for _, n in terms))
         raise UserError(f"--methods: {', '.join(need)} need teacher logits (a kd term); --teacher {base.teacher} gives "
-                        f"embeddings only: use methods without kd ({without})")
+                        f"{teacher.without_logits()}: use methods without kd ({methods_without('kd')})")
 
 
 def check_methods(methods: list[str]) -> None:
@@ -127,12 +132,13 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
         cfg_s = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
         teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}", loaded)
-        log.info("seed %d: teacher %s test accuracy %.4f (%.1fs)", seed, base.source, teacher.test_accuracy or float("nan"),
+        log.info("seed %d: teacher %s test accuracy %s (%.1fs)", seed, base.source,
+                 "- (no logits)" if teacher.test_accuracy is None else f"{teacher.test_accuracy:.4f}",
                  time.perf_counter() - t0)
         loaded = teacher if base.teacher != "train" else None
         teacher_acc.append(teacher.test_accuracy)
         if teacher.logits is None:
-            _check_kd(base, methods)
+            _check_kd(base, methods, teacher)
         for m in extra_runs:
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
                 dataclasses.replace(cfg_s, method=m)
@@ -144,7 +150,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
             log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)", m, seed, res["test_accuracy"], res["wall_s"])
     results = {
         "data": base.data, "source": base.source, "target": base.target, "labeled_fraction": base.labeled_fraction,
-        "seeds": seed_list, "teacher_test_accuracy": _stats([a for a in teacher_acc if a is not None] or [float("nan")]),
+        "seeds": seed_list, "teacher_test_accuracy": _teacher_stats(teacher_acc),
         "methods": {m: _summary(runs[m]) for m in methods},
         "paired": _paired(extra_runs, {m: [r["test_accuracy"] for r in runs[m]] for m in extra_runs}),
         "confused_pairs": _confused_pairs([r for m in methods for r in runs[m]]),
@@ -287,8 +293,7 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
 def results_markdown(r: dict) -> str:
     sup = r["methods"].get("supervised", {}).get("test_accuracy", {}).get("mean")
     lines = [f"{r['source']} -> {r['target']} on {r['data']}, {r['labeled_fraction']:.0%} target labels, "
-             f"seeds {r['seeds']}; teacher ({r['source']}) test top-1 "
-             f"{100 * r['teacher_test_accuracy']['mean']:.1f} +- {100 * r['teacher_test_accuracy']['std']:.1f}", "",
+             f"seeds {r['seeds']}; teacher ({r['source']}) test top-1 {_teacher_cell(r['teacher_test_accuracy'])}", "",
              f"| method | test top-1 (%) | macro-F1 (%) | val top-1 (%) | vs supervised | {_paired_head(r)} | wall s |",
              "|---|---|---|---|---|---|---|"]
     rows = list(r["methods"].items())
@@ -356,6 +361,10 @@ def _per_class_lines(r: dict, top: int = 10) -> list[str]:
              "| class | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     lines += [f"| {c} | " + " | ".join(f"{100 * per[m][c]:.1f}" for m in methods) + " |" for c in shown]
     return lines
+
+
+def _teacher_cell(t: dict) -> str:
+    return "- (no logits)" if t["mean"] is None else f"{100 * t['mean']:.1f} +- {100 * t['std']:.1f}"
 
 
 def _paired_head(r: dict) -> str:

@@ -302,6 +302,11 @@ METHODS: dict[str, list[tuple[float, str]]] = {
 }
 
 
+def methods_without(term: str) -> str:
+    """The methods whose recipe has no ``term``, comma-separated: what an error offers when a teacher cannot feed it."""
+    return ", ".join(m for m, terms in METHODS.items() if all(n != term for _, n in terms))
+
+
 def parse_recipe(text: str) -> list[tuple[float, str]]:
     """``"1.0*cmd+1.0*cmc+0.5*ce"`` (or a method name) -> terms."""
     if text in METHODS:

@@ -23,7 +23,7 @@ from cmcd_edge import __version__, datasets
 from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
-from cmcd_edge.distill.losses import METHODS, LossDims, Pair, Recipe, recipe_str
+from cmcd_edge.distill.losses import LossDims, Pair, Recipe, methods_without, recipe_str
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
@@ -281,10 +281,10 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
 
 def _check_logits(cfg: DistillConfig, teacher: TeacherOutputs) -> None:
     if teacher.logits is None and any(n == "kd" for _, n in cfg.terms):
-        without = ", ".join(m for m, terms in METHODS.items() if all(n != "kd" for _, n in terms))
         what = f"--recipe {cfg.recipe}" if cfg.recipe else f"--method {cfg.method}"
-        raise UserError(f"{what}: needs teacher logits (its kd term); --teacher {cfg.teacher} gives embeddings only: "
-                        f"use a method without kd ({without}) or a --recipe without it")
+        raise UserError(f"{what}: needs teacher logits (its kd term); --teacher {cfg.teacher} gives "
+                        f"{teacher.without_logits()}: use a method without kd ({methods_without('kd')}) or a --recipe "
+                        "without it")
 
 
 def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device, prior, on_epoch) -> list[dict]:

@@ -50,6 +50,11 @@ class TeacherOutputs:
         write_bytes(folder / "teacher_outputs.safetensors", save(tensors))
         write_text(folder / "teacher_outputs.json", json.dumps({"test_accuracy": self.test_accuracy, **self.info}, indent=2))
 
+    def without_logits(self) -> str:
+        """What this teacher gives instead of logits, for a method that needs them."""
+        ignored = self.info.get("ignored_logits")  # set by load_teacher, which warned then
+        return "embeddings only" if ignored is None else f"logits {ignored}"
+
     def scored_on(self, ds: Dataset, splits: Splits) -> TeacherOutputs:
         """These outputs with the test top-1 of their logits on ``splits`` (None without logits): a loaded teacher's
         outputs do not depend on the seed, only its score does."""
@@ -212,6 +217,7 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     emb, lo = embed_rows(net, x, batch, dist, with_logits=probe_logits is not None)
     if lo is not None and lo.shape[1] != ds.n_classes:
         log.warning("teacher logits have %d classes, the data %d: logits ignored", lo.shape[1], ds.n_classes)
+        info = {**info, "ignored_logits": f"over {lo.shape[1]} classes, not the data's {ds.n_classes}"}
         lo = None
     return TeacherOutputs(emb, lo, None, {**info, "view": source}).scored_on(ds, splits)
 

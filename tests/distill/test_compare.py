@@ -269,13 +269,22 @@ def test_compare_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(base, tmp
 
 
 def test_compare_names_every_method_a_teacher_without_logits_cannot_serve(base, tmp_path, monkeypatch):
-    """Was: the first such method's run failed after its folder was made, the message naming --method."""
+    """Was: the first such method's run failed after its folder was made, the message naming --method; and the
+    methods that run wrote the teacher's test top-1 as NaN in results.json (not JSON) and 'nan +- 0.0'."""
     cfg = dataclasses.replace(base, teacher=teacher_of_kind("pt2", tmp_path, 0, monkeypatch))  # embeddings only
     with pytest.raises(UserError, match=re.escape(
             f"--methods: kd, cmcd need teacher logits (a kd term); --teacher {cfg.teacher} gives embeddings only: "
             "use methods without kd (cmd, cmc, fitnet, rkd, crd, supervised)")):
         run_compare(cfg, ["cmd", "kd", "cmcd"], 1, tmp_path / "cmp")
     assert not (tmp_path / "cmp" / "runs").exists()
+    run_compare(cfg, ["cmd"], 1, tmp_path / "cmp", upper_bound=False)  # it has no test top-1: null, not NaN
+
+    def strict(const):
+        raise ValueError(f"results.json holds {const}, which JSON does not allow")
+
+    r = json.loads((tmp_path / "cmp" / "results.json").read_text(), parse_constant=strict)
+    assert r["teacher_test_accuracy"] == {"mean": None, "std": None, "runs": []}
+    assert "teacher (src) test top-1 - (no logits)" in (tmp_path / "cmp" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("kind", ["pt2", "factory"])

@@ -233,6 +233,8 @@ def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
     res = _distill(cli, toy, tmp_path / "r", "--teacher", path, "--method", "cmd", cfg=fast_cfg)
     assert res.returncode == 0, res.stderr
     assert "TorchScript is deprecated" in res.stderr and "pass the .pt2" in res.stderr
+    assert "teacher - (no logits)" in res.stdout  # was: 'teacher 0.0%'
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["teacher_test_accuracy"] is None
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["teacher"]["kind"] == "file" and len(run["teacher"]["sha256"]) == 64
     # kd needs logits, which this teacher does not give: the message names the methods that do without them
@@ -242,6 +244,16 @@ def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
                               f"{what}: needs teacher logits (its kd term); --teacher {path} gives embeddings only: "
                               "use a method without kd (cmd, cmc, fitnet, rkd, crd, supervised) or a --recipe without it")
         assert not (tmp_path / "r2").exists()
+
+
+def test_teacher_logits_over_other_classes_are_named_where_kd_needs_them(cli, toy, tmp_path, monkeypatch):
+    """Was: after the warning that they were ignored, the error said the teacher gives 'embeddings only'."""
+    (tmp_path / "three_class_teacher.py").write_text("def make():\n    return lambda x: (x[:, :8], x[:, :3])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = _distill(cli, toy, tmp_path / "r", "--teacher", "three_class_teacher:make")
+    assert "teacher logits have 3 classes, the data 4: logits ignored" in res.stderr
+    assert_one_line_error(res, 2, "--method cmcd: needs teacher logits (its kd term); --teacher three_class_teacher:make "
+                          "gives logits over 3 classes, not the data's 4: use a method without kd")
 
 
 def test_source_auto_with_a_teacher_file_is_refused_before_ranking(cli, toy, tmp_path):
