@@ -201,7 +201,9 @@ class _External(nn.Module):
 
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
                  preload: str = "auto", dist: ddp.Dist = ddp.Dist()) -> TeacherOutputs:
-    """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row."""
+    """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row. It
+    gets the stored values as float32, not normalised (the built-in teacher normalises; a user's model brings its own
+    preprocessing)."""
     model, info = _load_external(ref, device)
     net = _External(model)
     x = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
