@@ -105,3 +105,23 @@ def test_teacher_sha256_of_files_and_factory_modules(tmp_path, monkeypatch):
     assert teachers.teacher_sha256(str(tmp_path / "t.pt2")) == hashlib.sha256(b"not checked here").hexdigest()
     for ref in ("raising_pkg.mod:make", "no_such_module_here:make", str(tmp_path / "missing.pt"), "train"):
         assert teachers.teacher_sha256(ref) is None, ref
+
+
+def test_a_loaded_teacher_gets_the_stored_values_unnormalised(tmp_path, monkeypatch):
+    """The contract the README states: uint8 pixels arrive as float32 0-255 in [B, C, H, W] (the built-in teacher
+    normalises; a user's pretrained model brings its own scaling)."""
+    import numpy as np
+
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+    from cmcd_edge.splitting import make_splits
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(60, 3, 4, 5), dtype=np.uint8)
+    ds = datasets.write_dataset(tmp_path / "d", {"cam": ViewSpec(img, "image"),
+                                                 "vec": ViewSpec(rng.normal(size=(60, 3)).astype(np.float32), "vector")},
+                                np.arange(60) % 3, ["a", "b", "c"])
+    (tmp_path / "identity_teacher.py").write_text("def make():\n    return lambda x: x.flatten(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = teachers.load_teacher("identity_teacher:make", ds, "cam", make_splits(ds, 0), torch.device("cpu"))
+    assert out.emb.dtype == torch.float32 and torch.equal(out.emb, torch.from_numpy(img.reshape(60, -1).astype("float32")))
