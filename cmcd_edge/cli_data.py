@@ -4,11 +4,28 @@ turns domain errors into one-line messages for these commands as for every other
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 
 from cmcd_edge.cli_base import csv_items
 from cmcd_edge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: what a camera's channel axis holds
+
+
+def _check_layout(arg: str, shape: tuple[int, ...], dtype, kind: str) -> None:
+    """Layouts a kind taken from ndim would read wrong: channels-last images ([N, H, W, C], as PIL and OpenCV give
+    them) would train on H channels of W x C pictures; 3-d uint8 arrays, usually grayscale images, become sequences."""
+    if kind == "image" and shape[-1] in CHANNELS and shape[1] not in CHANNELS:
+        raise UserError(f"--view {arg}: shape {list(shape)} looks channels-last (the last axis has {shape[-1]}); "
+                        "image views are [N, C, H, W]: save np.moveaxis(x, -1, 1), or append :image to keep this layout")
+    if kind == "sequence" and dtype == "uint8":
+        log.warning("--view %s: a 3-d uint8 array is taken as a sequence (%d channels x %d steps); if it holds "
+                    "grayscale images, save x[:, None] ([N, 1, H, W]) instead", arg, shape[1], shape[2])
 
 
 def _echo_json_or_table(obj: dict, as_json: bool, table: str) -> None:
@@ -88,9 +105,11 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
         if name in specs:
             raise UserError(f"--view {arg}: view {name!r} given twice")
         arr = load_array(path, "--view")
-        kind = kind or {n: k for k, n in datasets.KIND_NDIM.items()}.get(arr.ndim)
         if kind is None:
-            raise UserError(f"--view {arg}: cannot infer the kind of a {arr.ndim}-d array; append :vector|:sequence|:image")
+            kind = {n: k for k, n in datasets.KIND_NDIM.items()}.get(arr.ndim)
+            if kind is None:
+                raise UserError(f"--view {arg}: cannot infer the kind of a {arr.ndim}-d array; append :vector|:sequence|:image")
+            _check_layout(arg, arr.shape, arr.dtype, kind)
         specs[name] = datasets.ViewSpec(arr, kind, origin=f"--view {arg}")
     first, *rest = specs.values()
     n_rows = len(first.array)
@@ -102,4 +121,5 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
     g = groups_from_array(load_array(groups, "--groups"), f"--groups {groups}", n_rows) if groups else None
     sp = splits_from_array(load_array(splits, "--splits"), f"--splits {splits}", n_rows) if splits else None
     ds = datasets.write_dataset(out, specs, y, names, groups=g, splits=sp, force=force)
-    click.echo(f"wrote {out} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes)")
+    click.echo(f"wrote {out} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes): " +
+               ", ".join(f"{n} {v.kind} {list(v.sample_shape)}" for n, v in ds.views.items()))

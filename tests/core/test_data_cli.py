@@ -74,6 +74,26 @@ def _aux(tmp_path, name, arr):
     return str(tmp_path / f"{name}.npy")
 
 
+def test_from_arrays_catches_layouts_the_kind_from_ndim_would_read_wrong(cli, tmp_path):
+    """Was: camera frames as PIL/OpenCV give them, [N, H, W, C], became an image of H channels of W x C pixels, and
+    [N, H, W] grayscale frames a sequence, both without a word."""
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, size=(20, 16, 16, 3), dtype=np.uint8)
+    args = _arrays(tmp_path, a=hwc)
+    _assert_one_line_error(cli("data", "from-arrays", tmp_path / "ds", *args), f"--view a={tmp_path / 'a.npy'}: shape "
+                           "[20, 16, 16, 3] looks channels-last (the last axis has 3); image views are [N, C, H, W]: "
+                           "save np.moveaxis(x, -1, 1), or append :image to keep this layout")
+    assert not (tmp_path / "ds").exists()
+    res = cli("data", "from-arrays", tmp_path / "ds", *_arrays(tmp_path, a=np.moveaxis(hwc, -1, 1)))
+    assert res.returncode == 0 and "a image [3, 16, 16], b vector [3]" in res.stdout, res.stderr
+    args[1] += ":image"  # the user says this layout is meant
+    assert cli("data", "from-arrays", tmp_path / "ds2", *args).returncode == 0
+    res = cli("data", "from-arrays", tmp_path / "ds3", *_arrays(tmp_path, a=hwc[..., 0]))
+    assert res.returncode == 0 and "a sequence [16, 16]" in res.stdout
+    assert "a 3-d uint8 array is taken as a sequence (16 channels x 16 steps); if it holds grayscale images, save " \
+           "x[:, None] ([N, 1, H, W]) instead" in res.stderr
+
+
 def test_from_arrays_refuses_a_view_name_given_twice(cli, tmp_path):
     """The second --view a=... used to replace the first without a word."""
     args = _arrays(tmp_path)
