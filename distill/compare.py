@@ -303,10 +303,9 @@ def results_markdown(r: dict) -> str:
         a = v["test_accuracy"]
         f = v.get("test_macro_f1")
         delta = f"{100 * (a['mean'] - sup):+.1f}" if sup is not None and m != "supervised" else ""
-        f1s = f"{100 * f['mean']:.1f} +- {100 * f['std']:.1f}" if f else ""
-        va = v["val_accuracy"]
-        lines.append(f"| {m} | {100 * a['mean']:.1f} +- {100 * a['std']:.1f} | {f1s} | {100 * va['mean']:.1f} +- "
-                     f"{100 * va['std']:.1f} | {delta} | {_paired_cell(r, m)} | {v['wall_s']:.0f} |")
+        wall = f"{v['wall_s']:.1f}" if v["wall_s"] < 10 else f"{v['wall_s']:.0f}"  # a quick run read "0"
+        lines.append(f"| {m} | {_pm(a)} | {_pm(f) if f else ''} | {_pm(v['val_accuracy'])} | {delta} | "
+                     f"{_paired_cell(r, m)} | {wall} |")
     return "\n".join(lines + _verdict_lines(r) + _ceiling_lines(r) + _per_class_lines(r)) + "\n"
 
 
@@ -363,8 +362,14 @@ def _per_class_lines(r: dict, top: int = 10) -> list[str]:
     return lines
 
 
+def _pm(stat: dict, digits: int = 1, sign: str = "") -> str:
+    """A percentage over seeds: mean +- sd, or the mean alone from one seed (its sd of 0 would read as no spread)."""
+    mean = f"{100 * stat['mean']:{sign}.{digits}f}"
+    return mean if len(stat["runs"]) < 2 else f"{mean} +- {100 * stat['std']:.{digits}f}"
+
+
 def _teacher_cell(t: dict) -> str:
-    return "- (no logits)" if t["mean"] is None else f"{100 * t['mean']:.1f} +- {100 * t['std']:.1f}"
+    return "- (no logits)" if t["mean"] is None else _pm(t)
 
 
 def _paired_head(r: dict) -> str:
@@ -377,4 +382,4 @@ def _paired_cell(r: dict, method: str) -> str:
         return ""
     d = minus[method]
     ci = f" [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]" if "ci95" in d else ""
-    return f"{100 * d['mean']:+.2f} +- {100 * d['std']:.2f}{ci}"
+    return f"{_pm(d, 2, '+')}{ci}"
