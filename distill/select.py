@@ -221,14 +221,17 @@ def _student_embedding(cfg: DistillConfig, ds, rows: np.ndarray) -> np.ndarray:
 
 
 def table(result: dict) -> str:
-    lines = [f"CCH ranking for target {result['target']} on {result['data']} (nats, mean +- std over seeds "
-             f"{result['seeds']}; gaussian estimator ranks)", "",
-             f"{'view':<8}{'I(T;S)':>16}{'I(S;Y)':>16}{'delta':>9}{'teacher top-1':>15}  verdict"]
     n = len(result["seeds"])
+    over = f"mean +- std over seeds {result['seeds']}" if n > 1 else f"seed {result['seeds'][0]}"
+    lines = [f"CCH ranking for target {result['target']} on {result['data']} (nats, {over}; gaussian estimator ranks)",
+             "", f"{'view':<8}{'I(T;S)':>16}{'I(S;Y)':>16}{'delta':>9}{'teacher top-1':>15}  verdict"]
+
+    def mi(d: dict) -> str:  # one seed has no spread: its std of 0 would read as a certain figure
+        return f"{d['mean']:>9.3f} +-{d['std']:.3f}" if n > 1 else f"{d['mean']:>16.3f}"
+
     for r in result["ranking"]:
-        a, b = r["mi_teacher_student"], r["mi_student_label"]
         agree = f" ({r['seeds_agreeing']}/{n} seeds)" if n > 1 else ""
-        lines.append(f"{r['view']:<8}{a['mean']:>9.3f} +-{a['std']:.3f}{b['mean']:>9.3f} +-{b['std']:.3f}"
+        lines.append(f"{r['view']:<8}{mi(r['mi_teacher_student'])}{mi(r['mi_student_label'])}"
                      f"{r['delta']:>+9.3f}{100 * r['teacher_test_accuracy']['mean']:>14.1f}%  {r['verdict']}{agree}")
     split = [r["view"] for r in result["ranking"] if r["seeds_agreeing"] < n]
     if split:

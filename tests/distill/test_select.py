@@ -162,6 +162,7 @@ def test_verdict_counts_the_seeds_whose_own_delta_agrees_and_the_table_says_so()
     one = table({"target": "t", "data": "d", "seeds": [0], "warnings": [],
                  "ranking": [rank_row("a", {k: v[:1] for k, v in row([0.5] * 3, [0.45] * 3).items()}, ("gaussian",))]})
     assert one.splitlines()[-1].endswith("marginal")  # one seed: no count to show
+    assert "(nats, seed 0;" in one and "+-" not in one.splitlines()[-1]  # was '0.500 +-0.000', no spread to show
 
 
 def test_select_teacher_bad_input(cli, tmp_path):
