@@ -150,7 +150,14 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
         raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(sorted(extra))}", param_hint="--config")
     ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
     ctx.meta["config_path"] = str(path)
-    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in names.values()}}
+    flags = {k: v for k, v in norm.items() if k in names.values()}
+    params = {p.name: p for p in ctx.command.params}
+    for key, v in flags.items():  # converted here, so a bad value names the file and its key, not a flag not typed
+        try:
+            params[key].type_cast_value(ctx, v)
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{path}: {key}: {exc.message}", param_hint="--config") from None
+    ctx.default_map = {**(ctx.default_map or {}), **flags}
 
 
 def _param_names(ctx: click.Context) -> dict[str, str]:

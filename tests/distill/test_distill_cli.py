@@ -140,6 +140,10 @@ def test_distill_bad_input(cli, toy, tmp_path, args, needles):
     # exist; '--labeled-fraction 2.0 is outside (0, 1]', not typed; 'loss.tau_s must be ...', no file)
     ("c.json", '{"teacher_epochs": 0}', ["--config ", "c.json: teacher_epochs must be >= 1, got 0"]),
     ("c.toml", "labeled_fraction = 2.0\n", ["--config ", "c.toml: labeled_fraction 2.0 is outside (0, 1]"]),
+    # a value click converts (a choice, a number) also names the file and its key (was: "Invalid value for
+    # '--device': 'gpu' is not one of ...", a flag the user did not type)
+    ("c.toml", 'device = "gpu"\n', ["--config", "c.toml: device: 'gpu' is not one of 'auto', 'cpu', 'cuda'"]),
+    ("c.json", '{"epochs": "many"}', ["--config", "c.json: epochs: 'many' is not a valid integer"]),
     ("c.json", '{"loss": {"tau_s": 0}}', ["--config ", "c.json: loss.tau_s must be a finite number > 0"]),
 ])
 def test_config_file_with_an_unknown_key_or_a_bad_value_names_the_file_and_the_key(cli, toy, tmp_path, name, text,
