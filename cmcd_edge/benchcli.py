@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import click
@@ -97,6 +98,9 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
     names = [v.name for v in manifest.variants] if variants == "all" else csv_items(variants, "--variants")
     for n in names:
         manifest.variant(n)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for t in (t for t in threads if t > cores):
+        log.warning("--threads %d: this process may use %d cores, so those cases oversubscribe them", t, cores)
     if not (math.isfinite(duration) and duration > 0):
         raise UserError(f"--duration {duration}: must be a finite number > 0 (seconds per case)")
     if not (math.isfinite(warmup) and warmup >= 0):

@@ -145,3 +145,17 @@ def test_bench_plot_without_matplotlib_fails_before_benchmarking(toy_bundle, tmp
                          capture_output=True, text=True, timeout=120)
     assert_one_line_error(res, 2, "--plot needs matplotlib")
     assert "benchmarking" not in res.stderr and not (tmp_path / "b.json").exists()  # refused before any of the work
+
+
+def test_bench_warns_when_threads_exceed_the_cores_it_may_use(toy_bundle, cli, tmp_path):
+    """Was: --threads 64 on a 2-core box timed 64 threads on 2 cores without a word, a figure no device app sees."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    args = ("bench", toy_bundle, "--duration", "0.05", "--warmup", "0", "--batch", "1", "--variants", "fp32",
+            "--no-accuracy")
+    res = cli(*args, "--threads", f"1,{cores + 1}")
+    assert res.returncode == 0, res.stderr
+    assert f"--threads {cores + 1}: this process may use {cores} cores, so those cases oversubscribe them" in res.stderr
+    res = cli(*args, "--threads", str(cores))
+    assert res.returncode == 0 and "oversubscribe" not in res.stderr, res.stderr
