@@ -142,7 +142,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                   "source_run": str(Path(cfg.run).resolve()), "max_accuracy_drop_points": cfg.max_accuracy_drop}
         write_json(tmp / "manifest.json", manifest)
         write_json(tmp / "report.json", report)
-        write_text(tmp / "report.md", report_markdown(manifest))
+        write_text(tmp / "report.md", report_markdown(manifest) + report_details(manifest, report))
         write_json(tmp / "export.json", asdict(cfg))
         if gate_failed and not cfg.allow_accuracy_drop:
             failed = [v["name"] for v in variants if v["gate"] == "failed"]
@@ -262,6 +262,35 @@ def report_markdown(manifest: dict) -> str:
     floats = [n for v in manifest["variants"] for n in v.get("float_nodes", [])]
     if floats:
         lines.append(f"\nNodes kept in float by the accuracy gate: {', '.join(floats)}")
+    return "\n".join(lines) + "\n"
+
+
+def report_details(manifest: dict, report: dict) -> str:
+    """What report.md says under the table, so a bundle folder explains itself: where it came from, how INT8 was
+    calibrated and gated, and what the CPU timing found (the CLI prints the table alone)."""
+    src, st, cal = manifest["source_run"], manifest["student"], manifest.get("calibration")
+    par = report["fp32_parity"]
+    lines = ["", f"Source run: {src['path']} ({src['method']}, seed {src['seed']}, {src['labeled_fraction']:.0%} of "
+                 f"the train labels) on {src['data']}; test top-1 there {100 * src['test_accuracy']:.2f}%. Test top-1 "
+                 "above is on that data's test split.",
+             f"Student: {st['arch']}, {st['params']:,} parameters, {st['macs']:,} MACs, input "
+             f"[{', '.join(map(str, manifest['input']['shape']))}].",
+             f"FP32 ONNX against the PyTorch student: max relative difference {par['max_abs_rel']:.1e}, top-1 "
+             f"agreement {100 * par['top1_agreement']:.2f}%."]
+    if cal:
+        pre = cal["preset"]
+        lines.append(f"INT8: static QDQ, {cal['method']} calibration on {cal['size']} {cal['select']} train rows; "
+                     f"preset {pre['name']} ({pre['isa']}: {pre['activation']} activations, {pre['weight']} weights, "
+                     f"{'per-channel' if pre['per_channel'] else 'per-tensor'}, reduce_range "
+                     f"{'on' if pre['reduce_range'] else 'off'}).")
+    budget = report["max_accuracy_drop_points"]
+    lines.append(f"Accuracy gate: a variant may lose at most {budget:g} point{'' if budget == 1 else 's'} of test "
+                 "top-1 against FP32.")
+    timed = manifest.get("cpu_timed_on")
+    if timed:
+        p50 = ", ".join(f"{v['name']} {v['cpu_p50_us']:.1f} us" for v in manifest["variants"] if "cpu_p50_us" in v)
+        lines.append(f"CPU latency (p50) at batch {timed['batch']}, {timed['threads']} thread, on {timed['cpu']} "
+                     f"({timed['isa']}): {p50}.")
     return "\n".join(lines) + "\n"
 
 

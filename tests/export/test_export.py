@@ -30,6 +30,21 @@ def test_bundle_has_manifest_variants_and_reports(toy_bundle):
     assert int8.size_bytes < m.variant("fp32").size_bytes
 
 
+def test_report_md_says_where_the_bundle_came_from_and_how_int8_was_made(toy_bundle):
+    """Was: report.md held the variant table alone; the run, calibration, gate budget and CPU timing were only in
+    the JSON files."""
+    m, report = load_manifest(toy_bundle).raw, json.loads((toy_bundle / "report.json").read_text())
+    md = (toy_bundle / "report.md").read_text()
+    src, cal = m["source_run"], m["calibration"]
+    assert md.startswith("| variant | precision |")
+    assert f"Source run: {src['path']} ({src['method']}, seed {src['seed']}, 10% of the train labels) on {src['data']}" in md
+    assert f"Student: mlp, {m['student']['params']:,} parameters, {m['student']['macs']:,} MACs, input [batch, 8]." in md
+    assert f"INT8: static QDQ, minmax calibration on {cal['size']} random train rows; preset {cal['preset']['name']}" in md
+    assert f"may lose at most {report['max_accuracy_drop_points']:g} points of test top-1" in md
+    int8 = next(v for v in m["variants"] if v["name"] == "int8")
+    assert f"int8 {int8['cpu_p50_us']:.1f} us" in md
+
+
 def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
     before = (toy_bundle / "manifest.json").read_bytes()
     assert_one_line_error(cli("export", toy_run, "--out", toy_bundle), 2, "--force")
