@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "runs": list(values)}
 
 
-def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | None = None) -> TeacherOutputs:
+def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | None = None,
+                     check: Callable[[TeacherOutputs], None] | None = None) -> TeacherOutputs:
     """The seed's teacher, trained (or loaded) once and cached in ``folder``. ``folder/teacher_key.json``, written
     before training starts, holds the settings that make it: a killed compare rerun with another source, seed, teacher
     or data is refused, whether the teacher had finished or left a checkpoint (was: silently reused, or a checkpoint
@@ -77,7 +79,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
         log.info("seed %d: the --teacher's outputs of the seed before, scored on this seed's test split", cfg.seed)
         t = loaded.scored_on(ds, splits)
     else:
-        t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload)
+        t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, check=check)
     t.save(folder)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # the cached outputs supersede it
     return t
@@ -86,6 +88,8 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
 def _check_kd(base: DistillConfig, methods: list[str], teacher: TeacherOutputs) -> None:
     """A teacher without logits: the methods with a kd term, named at once (was: the first one's run failed, its
     message naming --method)."""
+    if teacher.logits is not None:
+        return
     need = [m for m in methods if any(n == "kd" for _, n in dataclasses.replace(base, method=m).terms)]
     if need:
         raise UserError(f"--methods: {', '.join(need)} need teacher logits (a kd term); --teacher {base.teacher} gives "
@@ -131,14 +135,14 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
     for seed in seed_list:
         cfg_s = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
-        teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}", loaded)
+        teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}", loaded,
+                                   check=lambda probe: _check_kd(base, methods, probe))  # before its pass
         log.info("seed %d: teacher %s test accuracy %s (%.1fs)", seed, base.source,
                  "- (no logits)" if teacher.test_accuracy is None else f"{teacher.test_accuracy:.4f}",
                  time.perf_counter() - t0)
         loaded = teacher if base.teacher != "train" else None
         teacher_acc.append(teacher.test_accuracy)
-        if teacher.logits is None:
-            _check_kd(base, methods, teacher)
+        _check_kd(base, methods, teacher)  # a teacher cached before: its probe was not run here
         for m in extra_runs:
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
                 dataclasses.replace(cfg_s, method=m)

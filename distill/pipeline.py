@@ -181,8 +181,8 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     dist = ddp.setup_distributed(device)
     external = None
     if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
-        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
-        _check_logits(cfg, external)
+        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist,
+                                check=lambda probe: _check_logits(cfg, probe))  # before the pass over every row
     def prepare() -> None:
         if out is not None:
             hold.enter_context(exclusive(out))

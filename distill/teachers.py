@@ -11,6 +11,7 @@ import json
 import logging
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,10 +201,12 @@ class _External(nn.Module):
 
 
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
-                 preload: str = "auto", dist: ddp.Dist = ddp.Dist()) -> TeacherOutputs:
+                 preload: str = "auto", dist: ddp.Dist = ddp.Dist(),
+                 check: Callable[[TeacherOutputs], None] | None = None) -> TeacherOutputs:
     """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row. It
     gets the stored values as float32, not normalised (the built-in teacher normalises; a user's model brings its own
-    preprocessing)."""
+    preprocessing). ``check`` sees the outputs of a 2-row probe first (e.g. logits a method needs), so a teacher the
+    run cannot use fails before the pass over every row."""
     model, info = _load_external(ref, device)
     net = _External(model)
     x = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
@@ -215,12 +218,15 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 2:
         shape = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
         raise UserError(f"--teacher {ref}: a batch of 2 gave an embedding of shape {shape}; expected [2, D]")
+    if probe_logits is not None and (probe_logits.ndim != 2 or probe_logits.shape[1] != ds.n_classes):
+        k = probe_logits.shape[-1] if probe_logits.ndim else 0
+        log.warning("teacher logits have %d classes, the data %d: logits ignored", k, ds.n_classes)
+        info = {**info, "ignored_logits": f"over {k} classes, not the data's {ds.n_classes}"}
+        probe_logits = None
+    if check is not None:
+        check(TeacherOutputs(probe, probe_logits, None, {**info, "view": source}))
     batch = max(1, min(512, EXTERNAL_BATCH_BYTES // (4 * int(np.prod(x.shape[1:])))))
     emb, lo = embed_rows(net, x, batch, dist, with_logits=probe_logits is not None)
-    if lo is not None and lo.shape[1] != ds.n_classes:
-        log.warning("teacher logits have %d classes, the data %d: logits ignored", lo.shape[1], ds.n_classes)
-        info = {**info, "ignored_logits": f"over {lo.shape[1]} classes, not the data's {ds.n_classes}"}
-        lo = None
     return TeacherOutputs(emb, lo, None, {**info, "view": source}).scored_on(ds, splits)
 
 

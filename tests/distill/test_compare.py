@@ -277,6 +277,18 @@ def test_compare_names_every_method_a_teacher_without_logits_cannot_serve(base, 
             "use methods without kd (cmd, cmc, fitnet, rkd, crd, supervised)")):
         run_compare(cfg, ["cmd", "kd", "cmcd"], 1, tmp_path / "cmp")
     assert not (tmp_path / "cmp" / "runs").exists()
+    (tmp_path / "rows_teacher.py").write_text(  # a costly teacher: how many rows it was run on, noted
+        "import pathlib\n"
+        f"LOG = pathlib.Path({str(tmp_path / 'rows.txt')!r})\n"
+        "def make():\n"
+        "    def run(x):\n"
+        "        LOG.write_text(str(int(LOG.read_text() if LOG.exists() else 0) + len(x)))\n"
+        "        return x[:, :8]\n"
+        "    return run\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"--methods: cmcd need teacher logits"):
+        run_compare(dataclasses.replace(base, teacher="rows_teacher:make"), ["cmcd"], 1, tmp_path / "cmp2")
+    assert (tmp_path / "rows.txt").read_text() == "2"  # the probe's 2 rows, not a pass over all 300 first
     run_compare(cfg, ["cmd"], 1, tmp_path / "cmp", upper_bound=False)  # it has no test top-1: null, not NaN
 
     def strict(const):

@@ -251,11 +251,19 @@ def test_torchscript_teacher_without_logits(cli, toy, tmp_path, fast_cfg):
 
 
 def test_teacher_logits_over_other_classes_are_named_where_kd_needs_them(cli, toy, tmp_path, monkeypatch):
-    """Was: after the warning that they were ignored, the error said the teacher gives 'embeddings only'."""
-    (tmp_path / "three_class_teacher.py").write_text("def make():\n    return lambda x: (x[:, :8], x[:, :3])\n")
+    """Was: after the warning that they were ignored, the error said the teacher gives 'embeddings only', and came
+    after the teacher had run over every row."""
+    (tmp_path / "three_class_teacher.py").write_text(
+        f"import pathlib\nSEEN = pathlib.Path({str(tmp_path / 'rows.txt')!r})\n"
+        "def make():\n"
+        "    def run(x):\n"
+        "        SEEN.write_text(str(int(SEEN.read_text() if SEEN.exists() else 0) + len(x)))\n"
+        "        return x[:, :8], x[:, :3]\n"
+        "    return run\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     res = _distill(cli, toy, tmp_path / "r", "--teacher", "three_class_teacher:make")
     assert "teacher logits have 3 classes, the data 4: logits ignored" in res.stderr
+    assert (tmp_path / "rows.txt").read_text() == "2"  # refused on the probe (was: after a pass over all 600 rows)
     assert_one_line_error(res, 2, "--method cmcd: needs teacher logits (its kd term); --teacher three_class_teacher:make "
                           "gives logits over 3 classes, not the data's 4: use a method without kd")
 

@@ -58,7 +58,7 @@ def test_torchrun_a_rank_that_fails_later_leaves_one_real_error_line(toy, tmp_pa
         "    return torch.nn.Linear(16, 8)\n")
     args = [*TORCHRUN[:-2], "--monitor-interval", "5", *TORCHRUN[-2:], "-m", "cmcd_edge", "distill", "--data",
             str(toy), "--source", "src", "--target", "tgt", "--teacher", "rank_teacher:factory", "--device", "cpu",
-            "--out", str(tmp_path / "run")]
+            "--method", "cmd", "--out", str(tmp_path / "run")]  # cmd: rank 1's teacher, without logits, serves it
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode != 0
