@@ -90,7 +90,7 @@ def _check_kd(base: DistillConfig, methods: list[str], teacher: TeacherOutputs) 
     message naming --method)."""
     if teacher.logits is not None:
         return
-    need = [m for m in methods if any(n == "kd" for _, n in dataclasses.replace(base, method=m).terms)]
+    need = [m for m in methods if dataclasses.replace(base, method=m).needs_teacher_logits]
     if need:
         raise UserError(f"--methods: {', '.join(need)} need teacher logits (a kd term); --teacher {base.teacher} gives "
                         f"{teacher.without_logits()}: use methods without kd ({methods_without('kd')})")

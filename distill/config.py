@@ -93,6 +93,11 @@ class DistillConfig:
     def terms(self) -> list[tuple[float, str]]:
         return parse_recipe(self.recipe) if self.recipe else METHODS[self.method]
 
+    @property
+    def needs_teacher_logits(self) -> bool:
+        """Whether the recipe has a kd term, which matches the teacher's logits (an embedding-only teacher cannot)."""
+        return any(n == "kd" for _, n in self.terms)
+
     def check_against(self, ds: Dataset) -> None:
         """Checks that need the data: the views exist, the source view has labels to train a teacher."""
         for flag, view in (("--source", self.source), ("--target", self.target)):

@@ -156,12 +156,13 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     cfg.check_against(ds)
     datasets.validate(ds, [cfg.source, cfg.target] if teacher is None else [cfg.target])
     splits = make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
-    unlabeled = int((np.asarray(ds.labels) < 0).sum())
+    labels = np.asarray(ds.labels)
+    unlabeled = int((labels < 0).sum())
     if unlabeled and cfg.labeled_fraction < 1.0:
         _warn_fraction_of_few_labels(ds.spec, unlabeled, cfg.labeled_fraction)
-    y_train = np.asarray(ds.labels)[splits.train]
-    raised = classes_raised_to_one(splits.train, np.asarray(ds.labels), cfg.labeled_fraction)
+    raised = classes_raised_to_one(splits.train, labels, cfg.labeled_fraction)
     if raised:
+        y_train = labels[splits.train]
         _warn_labels_raised(ds.spec, cfg.labeled_fraction, raised, len(np.unique(y_train[y_train >= 0])),
                             len(splits.labeled), int((y_train >= 0).sum()))
     info = ds.views[cfg.target]
@@ -226,7 +227,7 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     log.info("%s  (%s -> %s, %s)", recipe, cfg.source, cfg.target, arch)
 
     x = ViewRows.open(ds.view(cfg.target), device, cfg.preload, ranks=dist.world, what=f"--target {cfg.target}")
-    y = torch.as_tensor(np.asarray(ds.labels)).to(device)
+    y = torch.as_tensor(labels).to(device)
     t_emb, t_logits = teacher.emb.to(device), None if teacher.logits is None else teacher.logits.to(device)
     train, lab = torch.as_tensor(splits.train, device=device), torch.as_tensor(splits.labeled, device=device)
     val = torch.as_tensor(splits.val, device=device)
@@ -280,7 +281,7 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
 
 
 def _check_logits(cfg: DistillConfig, teacher: TeacherOutputs) -> None:
-    if teacher.logits is None and any(n == "kd" for _, n in cfg.terms):
+    if teacher.logits is None and cfg.needs_teacher_logits:
         what = f"--recipe {cfg.recipe}" if cfg.recipe else f"--method {cfg.method}"
         raise UserError(f"{what}: needs teacher logits (its kd term); --teacher {cfg.teacher} gives "
                         f"{teacher.without_logits()}: use a method without kd ({methods_without('kd')}) or a --recipe "
