@@ -19,6 +19,7 @@ from cmcd_edge.distill import ddp, engine
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS, methods_without
 from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill, training_diff
+from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, write_json, write_text
@@ -70,7 +71,12 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     datasets.validate(ds, [cfg.source])
     splits = make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)
     device = engine.pick_device(cfg.device)
-    if cfg.teacher == "train":
+    cache = TeacherCache.for_run(cfg, ds, device) if loaded is None else None
+    hit = cache.get(ds, splits) if cache is not None else None
+    if hit is not None:
+        t = hit
+        cache.copy_weights(folder)
+    elif cfg.teacher == "train":
         ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped
         t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
                           dist=ddp.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
@@ -82,6 +88,8 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
         t = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, check=check)
     t.save(folder)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # the cached outputs supersede it
+    if cache is not None and hit is None:
+        cache.put(t, folder)
     return t
 
 

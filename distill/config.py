@@ -50,6 +50,7 @@ class DistillConfig:
     teacher_batch_size: int = 128
     max_batch_bytes: int | None = None  # refuse steps whose activations would pass this (None: half the free memory)
     preload: str = "auto"  # a view converted up front (always), read from its memory map per batch (never), or by size
+    teacher_cache: str | None = None  # a folder keeping teachers' outputs across runs (teacher_cache.py)
     loss: LossParams = LossParams()
 
     def __post_init__(self) -> None:
@@ -122,10 +123,11 @@ class DistillConfig:
         return cls(**d)
 
     def training_key(self) -> dict:
-        """What must match for --resume to continue a run: all but where and how it runs (device, preload and the
-        memory guard, max_batch_bytes), which do not change what it trains."""
+        """What must match for --resume to continue a run: all but where and how it runs (device, preload, the
+        memory guard max_batch_bytes, and teacher_cache, whose entries are keyed), which do not change what it
+        trains."""
         d = self.to_json()
-        for key in ("device", "preload", "max_batch_bytes"):
+        for key in ("device", "preload", "max_batch_bytes", "teacher_cache"):
             d.pop(key)
         d["data"] = canonical_spec(d["data"])  # 'my-data' and /abs/my-data are one dataset
         return d

@@ -25,6 +25,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, methods_without, recipe_str
 from cmcd_edge.distill.rows import ViewRows
+from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, remove_stale_temps, write_bytes, write_json, write_text
@@ -180,10 +181,12 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     if teacher is None and cfg.teacher == "train":  # before any folder is made or a teacher trained
         check_teacher_memory(ds, cfg.source, cfg.teacher_batch_size, cfg.max_batch_bytes, device)
     dist = ddp.setup_distributed(device)
-    external = None
-    if teacher is None and cfg.teacher != "train" and not resume:  # a teacher that fails to load leaves no folder
-        external = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist,
-                                check=lambda probe: _check_logits(cfg, probe))  # before the pass over every row
+    cache = TeacherCache.for_run(cfg, ds, device, dist.world) if teacher is None else None
+    early = cache.lookup(ds, splits, dist, device) if cache is not None and not resume else None
+    cached = early is not None
+    if early is None and teacher is None and cfg.teacher != "train" and not resume:  # a failed load leaves no folder
+        early = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist,
+                             check=lambda probe: _check_logits(cfg, probe))  # before the pass over every row
     def prepare() -> None:
         if out is not None:
             hold.enter_context(exclusive(out))
@@ -198,13 +201,17 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
         ckpt_state = engine.Checkpoint(out / "checkpoint.pt").load() or {}
         ddp.barrier(dist)  # all have read the checkpoint before rank 0 writes the next one
 
-    if external is not None:
-        teacher = external
+    computed = early is not None and not cached
+    if early is not None:
+        teacher = early
         if out is not None and dist.main:
             teacher.save(out)
+            if cached:
+                cache.copy_weights(out)
     if teacher is None and out is not None:
         teacher = TeacherOutputs.load(out)
     if teacher is None:
+        computed = True
         if cfg.teacher == "train":
             teacher = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
                                     dist=dist, out=out, resume=ckpt_state, preload=cfg.preload,
@@ -213,6 +220,8 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
             teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
         if out is not None and dist.main:
             teacher.save(out)
+    if computed and cache is not None and dist.main:
+        cache.put(teacher, out)
     if teacher.emb.shape[0] != ds.n_rows:
         raise UserError(f"teacher gives {teacher.emb.shape[0]} rows, the data has {ds.n_rows}")
 

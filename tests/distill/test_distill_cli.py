@@ -122,6 +122,7 @@ def test_distill_refuses_a_fixed_val_split_without_labeled_rows(cli, tmp_path):
     (["--recipe", "1*kd+x*ce"], ["--recipe '1*kd+x*ce'", "weight of 'x*ce'"]),
     (["--seed", "-1"], ["--seed -1: must be in [0, 4294967295]"]),  # was: internal error: ValueError
     (["--out", "/dev/null"], ["--out /dev/null: is a file; name a folder"]),  # was: internal error: NotADirectoryError
+    (["--teacher-cache", "/dev/null"], ["--teacher-cache /dev/null: is a file; name a folder"]),
 ])
 def test_distill_bad_input(cli, toy, tmp_path, args, needles):
     base = ["distill", "--data", toy, "--source", "src", "--target", "tgt", "--out", tmp_path / "r"]

@@ -34,12 +34,19 @@ def _errors(stderr: str) -> list[str]:
 def test_torchrun_two_processes_on_cpu(toy, tmp_path, fast_cfg):
     out = tmp_path / "ddp"
     args = [*TORCHRUN, "-m", "cmcd_edge", "distill", "--data", str(toy), "--source", "src", "--target", "tgt",
-            "--epochs", "3", "--device", "cpu", "--config", fast_cfg, "--out", str(out)]
+            "--epochs", "3", "--device", "cpu", "--config", fast_cfg, "--teacher-cache", str(tmp_path / "cache"),
+            "--out", str(out)]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.25
     # rank 0 alone reports (each line came once per rank)
     assert res.stdout.count("test top-1") == 1 and res.stderr.count("distill: epoch") == 1, res.stdout + res.stderr
+    # another method of the same teacher: every rank takes it from the cache that rank 0 wrote
+    again = subprocess.run([*args[:-1], str(tmp_path / "cmd"), "--method", "cmd"], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "teacher: epoch" not in again.stderr and again.stderr.count("(no teacher training)") == 1, again.stderr
+    assert (tmp_path / "cmd" / "teacher.safetensors").read_bytes() == (out / "teacher.safetensors").read_bytes()
     # rank 0 refuses the folder; rank 1 ends quietly (was: "Error: internal error: RuntimeError: ... Connection closed
     # by peer" below rank 0's line)
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,141 @@
+"""``--teacher-cache DIR``: a teacher's outputs over every row, kept across runs and commands.
+
+A run computes its frozen teacher's embeddings (and logits) of every row once (:mod:`~cmcd_edge.distill.teachers`);
+this cache keeps them beyond the run, as torchdistill caches teacher outputs, so distilling the same teacher into
+another target view, method or seed does not pay for the teacher again: the pass of a user's pretrained model (a
+.pt/.pt2 file or a factory) over every source row, or the training of ``--teacher train``.
+
+An entry is named by the sha256 of its key, everything that makes the teacher: the data's files (their fingerprint),
+the source view, the device type, the torch and cmcd-edge versions, and either the teacher file's (or factory
+module's) sha256 or, for a trained teacher, its seed, epochs, batch size and world size. A loaded teacher's outputs
+do not depend on the seed, so one entry serves every seed and is scored on each run's own test split. Entries are
+written whole (a temp folder renamed into place, as onnxruntime writes its calibration cache) and checked against
+their key.json when read; a failed write warns and the run goes on, since the cache only saves time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cmcd_edge import __version__
+from cmcd_edge.datasets import Dataset
+from cmcd_edge.distill import ddp
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
+from cmcd_edge.errors import CmcdError, UserError
+from cmcd_edge.fsutil import atomic_dir, write_bytes, write_json
+from cmcd_edge.runtime.cpu import read_cpuinfo
+from cmcd_edge.splitting import Splits
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+WEIGHTS = ("teacher.safetensors", "teacher.json")  # a trained teacher's network, which a run folder also holds
+
+
+@dataclass(frozen=True)
+class TeacherCache:
+    """One teacher's entry in a ``--teacher-cache`` folder."""
+
+    root: Path
+    key: dict
+
+    @classmethod
+    def for_run(cls, cfg: DistillConfig, ds: Dataset, device: torch.device, world: int = 1) -> TeacherCache | None:
+        """The entry ``cfg``'s teacher has in ``cfg.teacher_cache``; None without one, or for a teacher file or
+        factory that is not there (loading it says so)."""
+        if cfg.teacher_cache is None:
+            return None
+        root = Path(cfg.teacher_cache).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UserError(f"--teacher-cache {cfg.teacher_cache}: is a file; name a folder for cached teachers")
+        key = {"format": FORMAT, "data": ds.fingerprint(), "source": cfg.source, "device": device.type,
+               "torch": torch.__version__, "cmcd_edge": __version__}
+        if cfg.teacher == "train":
+            key.update(teacher="train", seed=cfg.seed, teacher_epochs=cfg.teacher_epochs,
+                       teacher_batch_size=cfg.teacher_batch_size, world=world)
+        else:
+            sha = teacher_sha256(cfg.teacher)
+            if sha is None:
+                return None
+            # a file is its bytes wherever it lies; one module may hold several factories
+            key.update(teacher="file" if Path(cfg.teacher).suffix in (".pt", ".pt2") else cfg.teacher,
+                       teacher_sha256=sha)
+        return cls(root, key)
+
+    @property
+    def entry(self) -> Path:
+        return self.root / hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
+
+    @property
+    def shown(self) -> str:
+        return f"--teacher-cache {self.root}"
+
+    def get(self, ds: Dataset, splits: Splits) -> TeacherOutputs | None:
+        """The cached outputs (a loaded teacher's scored on ``splits``' test rows), or None when there are none."""
+        entry = self.entry
+        if not (entry / "key.json").is_file():
+            return None
+        try:
+            stored = json.loads((entry / "key.json").read_text())["key"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{self.shown}: {entry.name}/key.json is unreadable ({type(exc).__name__}); delete "
+                            f"{entry} to recompute that teacher") from exc
+        if stored != self.key:
+            raise UserError(f"{self.shown}: {entry.name} holds the outputs of another teacher than its name says "
+                            f"(key.json differs); delete {entry} to recompute it")
+        try:
+            t = TeacherOutputs.load(entry)
+        except UserError as exc:
+            raise UserError(f"{self.shown}: {entry.name} is corrupt ({exc}); delete {entry} to recompute it") from exc
+        if t is None:
+            raise UserError(f"{self.shown}: {entry.name} lacks teacher_outputs.*; delete {entry} to recompute it")
+        if t.emb.shape[0] != ds.n_rows:  # a fingerprint match makes this a damaged entry, not other data
+            raise UserError(f"{self.shown}: {entry.name} holds {t.emb.shape[0]} rows, the data {ds.n_rows}; "
+                            f"delete {entry} to recompute it")
+        log.info("teacher: outputs of %s from %s (no teacher %s)", self.key["source"], entry,
+                 "training" if self.key["teacher"] == "train" else "pass over the rows")
+        return t if self.key["teacher"] == "train" else t.scored_on(ds, splits)
+
+    def lookup(self, ds: Dataset, splits: Splits, dist: ddp.Dist, device: torch.device) -> TeacherOutputs | None:
+        """:meth:`get`, as rank 0 finds it on every rank under torchrun: an entry another process stores while the
+        ranks look would otherwise have some ranks train the teacher and others not."""
+        hit = self.get(ds, splits) if dist.main else None
+        if dist.world > 1 and ddp.rank0_figures(dist, device, float(hit is not None))[0] and hit is None:
+            hit = self.get(ds, splits)
+        return hit
+
+    def put(self, teacher: TeacherOutputs, weights_from: Path | None = None) -> None:
+        """Keep ``teacher``'s outputs (and a trained teacher's network from ``weights_from``, a run or teacher
+        folder). A write that fails (a full disk, another process storing the same entry) warns; the run goes on."""
+        entry = self.entry
+        if (entry / "key.json").is_file():  # stored meanwhile by another run of the same teacher
+            return
+        cuda = self.key["device"] == "cuda"  # recorded, not keyed: CPU runs repeat bit for bit on one CPU type only
+        made_on = {"host": platform.node(), "cpu": read_cpuinfo()[0] or platform.machine(),
+                   "gpu": torch.cuda.get_device_name() if cuda else None,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            with atomic_dir(entry) as tmp:
+                teacher.save(tmp)
+                for name in WEIGHTS if weights_from is not None else ():
+                    if (weights_from / name).is_file():
+                        shutil.copyfile(weights_from / name, tmp / name)
+                write_json(tmp / "key.json", {"key": self.key, "made_on": made_on})  # last: marks a whole entry
+        except (CmcdError, OSError) as exc:
+            log.warning("%s: could not keep this teacher (%s); the run goes on without it", self.shown, exc)
+            return
+        log.info("teacher: outputs kept in %s", entry)
+
+    def copy_weights(self, out: Path) -> None:
+        """A trained teacher's network into run or teacher folder ``out``, as if it had trained there."""
+        for name in WEIGHTS:
+            if (self.entry / name).is_file():
+                write_bytes(out / name, (self.entry / name).read_bytes())

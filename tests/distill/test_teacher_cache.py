@@ -1,0 +1,163 @@
+"""--teacher-cache: the same teacher distilled into another target, method or seed is not trained (or run over the rows)
+again; what a run takes from the cache gives the student a run without it gives; a teacher changed since, or an
+entry tampered with, is not taken."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cmcd_edge import datasets
+from cmcd_edge.datasets import ViewSpec
+from cmcd_edge.distill import compare, pipeline
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.pipeline import run_distill
+from cmcd_edge.errors import UserError
+from tests.helpers import teacher_of_kind
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    """A 300-row source ``src`` and two target views, ``tgt`` and ``tgt2``; 2 epochs of each phase, CPU."""
+    rng = np.random.default_rng(0)
+    n, y = 300, np.arange(300) % 4
+    protos = rng.normal(size=(4, 16))
+    views = {"src": ViewSpec((protos[y] * 2 + rng.normal(size=(n, 16)) * 0.5).astype(np.float32), "vector"),
+             "tgt": ViewSpec((protos[y][:, :8] + rng.normal(size=(n, 8))).astype(np.float32), "vector"),
+             "tgt2": ViewSpec((protos[y][:, 8:] + rng.normal(size=(n, 8))).astype(np.float32), "vector")}
+    root = datasets.write_dataset(tmp_path_factory.mktemp("data") / "two", views, y, ["a", "b", "c", "d"]).root
+    return DistillConfig(data=str(root), source="src", target="tgt", epochs=2, teacher_epochs=2, finetune_epochs=1,
+                         device="cpu")
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """How many teachers were trained (the real training runs)."""
+    calls = []
+
+    def counted(real):
+        def train(*args, **kw):
+            calls.append(1)
+            return real(*args, **kw)
+        return train
+
+    monkeypatch.setattr(pipeline, "train_teacher", counted(pipeline.train_teacher))
+    monkeypatch.setattr(compare, "train_teacher", counted(compare.train_teacher))
+    return calls
+
+
+def _bytes(run, name):
+    return (run / name).read_bytes()
+
+
+def test_teacher_cache_serves_another_target_and_gives_the_student_a_run_without_it_gives(cfg, tmp_path, trainings):
+    cache = str(tmp_path / "cache")
+    run_distill(dataclasses.replace(cfg, teacher_cache=cache), tmp_path / "tgt")
+    assert len(trainings) == 1 and len(list((tmp_path / "cache").iterdir())) == 1
+    other = dataclasses.replace(cfg, target="tgt2", method="cmd")
+    cached = run_distill(dataclasses.replace(other, teacher_cache=cache), tmp_path / "tgt2")
+    assert len(trainings) == 1  # not trained again
+    fresh = run_distill(other, tmp_path / "fresh")
+    assert len(trainings) == 2
+    for name in ("student.safetensors", "teacher.safetensors", "teacher_outputs.safetensors"):
+        assert _bytes(tmp_path / "tgt2", name) == _bytes(tmp_path / "fresh", name), name
+    assert cached.metrics["test_accuracy"] == fresh.metrics["test_accuracy"]
+    assert cached.metrics["teacher_test_accuracy"] == fresh.metrics["teacher_test_accuracy"]
+    run_distill(dataclasses.replace(cfg, seed=1, teacher_cache=cache), tmp_path / "seed1")
+    assert len(trainings) == 3  # a trained teacher is one seed's
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_teacher_cache_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(cfg, tmp_path, monkeypatch):
+    from cmcd_edge.distill.teachers import load_teacher
+    from cmcd_edge.splitting import make_splits
+
+    (tmp_path / "counted_cache_teacher.py").write_text(
+        "import pathlib, torch\n"
+        f"LOG = pathlib.Path({str(tmp_path / 'builds.txt')!r})\n"
+        "def make():\n"
+        "    LOG.write_text(LOG.read_text() + 'x' if LOG.exists() else 'x')\n"
+        "    torch.manual_seed(0)\n"
+        "    net = torch.nn.Linear(16, 8)\n"
+        "    return lambda x: (net(x), x[:, :4] * 3.0)\n")  # 4-class logits: a teacher with a test score
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = dataclasses.replace(cfg, teacher="counted_cache_teacher:make", teacher_cache=str(tmp_path / "cache"))
+    accs = [run_distill(dataclasses.replace(loaded, seed=s), tmp_path / f"s{s}").metrics["teacher_test_accuracy"]
+            for s in (0, 1)]
+    run_distill(dataclasses.replace(loaded, target="tgt2"), tmp_path / "tgt2")
+    assert (tmp_path / "builds.txt").read_text() == "x"  # one pass over the rows served three runs
+    ds = datasets.load(cfg.data)
+    for s, acc in zip((0, 1), accs, strict=True):
+        fresh = load_teacher(loaded.teacher, ds, "src", make_splits(ds, s), torch.device("cpu"))
+        assert acc == fresh.test_accuracy
+        assert _bytes(tmp_path / f"s{s}", "teacher_outputs.safetensors") == _bytes(tmp_path / "s0",
+                                                                                   "teacher_outputs.safetensors")
+    assert accs[0] != accs[1]  # each seed's own test split
+
+
+@pytest.mark.parametrize("kind", ["pt2", "factory"])
+def test_teacher_cache_does_not_serve_a_teacher_changed_since(kind, cfg, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    for seed in (0, 1):  # the same path or factory name, another network
+        ref = teacher_of_kind(kind, tmp_path, seed, monkeypatch)
+        run_distill(dataclasses.replace(cfg, teacher=ref, method="cmd", teacher_cache=str(cache)), tmp_path / f"t{seed}")
+    assert len(list(cache.iterdir())) == 2  # a second entry: the first one was not served
+    if kind == "pt2":  # (an edited factory module, already imported by this process, runs as it was imported)
+        assert _bytes(tmp_path / "t0", "teacher_outputs.safetensors") != _bytes(tmp_path / "t1",
+                                                                                "teacher_outputs.safetensors")
+
+
+def _only_entry(cache):
+    (entry,) = cache.iterdir()
+    return entry
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda e: e.joinpath("key.json").write_text(json.dumps({"key": {"source": "tgt"}})), "key.json differs"),
+    (lambda e: e.joinpath("key.json").write_text("{"), "key.json is unreadable"),
+    (lambda e: e.joinpath("teacher_outputs.safetensors").write_bytes(b"\0" * 64), "is corrupt"),
+])
+def test_teacher_cache_refuses_a_damaged_entry_and_says_to_delete_it(damage, says, cfg, tmp_path):
+    cached = dataclasses.replace(cfg, teacher_cache=str(tmp_path / "cache"))
+    run_distill(cached, tmp_path / "first")
+    entry = _only_entry(tmp_path / "cache")
+    damage(entry)
+    with pytest.raises(UserError, match=says) as err:
+        run_distill(cached, tmp_path / "second")
+    assert f"delete {entry}" in str(err.value) and "--teacher-cache" in str(err.value)
+    assert not (tmp_path / "second").exists()  # refused before the run folder was made
+
+
+def test_teacher_cache_that_cannot_be_written_warns_and_the_run_goes_on(cfg, tmp_path, caplog):
+    cached = dataclasses.replace(cfg, teacher_cache=str(tmp_path / "cache"))
+    run_distill(cached, tmp_path / "first")
+    entry = _only_entry(tmp_path / "cache")
+    for f in entry.iterdir():
+        f.unlink()
+    entry.rmdir()
+    entry.write_text("in the way")  # where the entry goes, a file
+    run_distill(cached, tmp_path / "second")
+    assert (tmp_path / "second" / "metrics.json").exists()
+    assert "could not keep this teacher" in caplog.text and "the run goes on" in caplog.text
+
+
+def test_teacher_cache_serves_compare_on_another_target(cfg, tmp_path, trainings):
+    cached = dataclasses.replace(cfg, teacher_cache=str(tmp_path / "cache"))
+    first = compare.run_compare(cached, ["supervised"], 2, tmp_path / "tgt", upper_bound=False)
+    assert len(trainings) == 2
+    second = compare.run_compare(dataclasses.replace(cached, target="tgt2"), ["supervised"], 2, tmp_path / "tgt2",
+                                 upper_bound=False)
+    assert len(trainings) == 2  # each seed's teacher came from the cache
+    assert second["teacher_test_accuracy"] == first["teacher_test_accuracy"]
+    for seed in (0, 1):
+        folder = f"teachers/seed{seed}"
+        assert _bytes(tmp_path / "tgt2" / folder, "teacher.safetensors") == _bytes(tmp_path / "tgt" / folder,
+                                                                                 "teacher.safetensors")
+
+
+def test_teacher_cache_is_not_part_of_what_resume_must_match(cfg):
+    assert dataclasses.replace(cfg, teacher_cache="/x").training_key() == cfg.training_key()
