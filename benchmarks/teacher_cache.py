@@ -3,8 +3,8 @@ without one, and whether its student is the same.
 
 Two settings, each a teacher distilled into a second target after a first:
 - camera: a loaded teacher (a 4-conv CNN ExportedProgram over 6,000 rows of 3x64x64 uint8, the data of
-  loaded_teacher.py, plus a second 16-feature target ``feat2``), ``distill --epochs 5`` (the teacher pass is most of
-  the wall);
+  loaded_teacher.py, plus a second 16-feature target ``feat2``), ``distill --method cmd --epochs 5`` (the teacher
+  gives embeddings only; its pass is most of the wall);
 - mfeat: the built-in teacher (``--teacher train`` on fac), ``distill --target fou`` with default epochs, after zer.
 The cache is warmed once by the first target; then, ``--reps`` rounds, the second target's distill without the cache
 and with it, interleaved. Medians of the whole command's wall; every run's student.safetensors is hashed.
@@ -55,7 +55,7 @@ def settings(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                     f"cam={tmp / 'cam.npy'}", "--view", f"feat={tmp / 'feat.npy'}", "--view",
                     f"feat2={tmp / 'feat2.npy'}", "--labels", str(tmp / "y.npy")], check=True, cwd=tmp,
                    capture_output=True)
-    cam = ["--data", str(data2), "--source", "cam", "--teacher", str(teacher), "--epochs", "5"]
+    cam = ["--data", str(data2), "--source", "cam", "--teacher", str(teacher), "--method", "cmd", "--epochs", "5"]
     mfeat = ["--data", "builtin:mfeat", "--source", "fac"]
     return {"camera (.pt2 CNN, 6,000 x 3x64x64)": ([*cam, "--target", "feat"], [*cam, "--target", "feat2"]),
             "mfeat (--teacher train on fac)": ([*mfeat, "--target", "zer"], [*mfeat, "--target", "fou"])}

@@ -184,7 +184,9 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     cache = TeacherCache.for_run(cfg, ds, device, dist.world) if teacher is None else None
     early = cache.lookup(ds, splits, dist, device) if cache is not None and not resume else None
     cached = early is not None
-    if early is None and teacher is None and cfg.teacher != "train" and not resume:  # a failed load leaves no folder
+    if cached:  # checked as a loaded teacher's probe is: before any folder is made
+        _check_logits(cfg, early)
+    elif teacher is None and cfg.teacher != "train" and not resume:  # a failed load leaves no folder
         early = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist,
                              check=lambda probe: _check_logits(cfg, probe))  # before the pass over every row
     def prepare() -> None:
@@ -201,7 +203,7 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
         ckpt_state = engine.Checkpoint(out / "checkpoint.pt").load() or {}
         ddp.barrier(dist)  # all have read the checkpoint before rank 0 writes the next one
 
-    computed = early is not None and not cached
+    computed = early is not None and not cached  # by this process: kept in the cache below
     if early is not None:
         teacher = early
         if out is not None and dist.main:

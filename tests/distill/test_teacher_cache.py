@@ -161,3 +161,13 @@ def test_teacher_cache_serves_compare_on_another_target(cfg, tmp_path, trainings
 
 def test_teacher_cache_is_not_part_of_what_resume_must_match(cfg):
     assert dataclasses.replace(cfg, teacher_cache="/x").training_key() == cfg.training_key()
+
+
+def test_a_cached_teacher_without_logits_is_refused_for_kd_before_the_run_folder(cfg, tmp_path, monkeypatch):
+    """As a loaded teacher's 2-row probe is checked (was, from the cache: after the run folder was made)."""
+    ref = teacher_of_kind("pt2", tmp_path, 0, monkeypatch)  # embeddings only
+    cached = dataclasses.replace(cfg, teacher=ref, teacher_cache=str(tmp_path / "cache"))
+    run_distill(dataclasses.replace(cached, method="cmd"), tmp_path / "cmd")
+    with pytest.raises(UserError, match="needs teacher logits"):
+        run_distill(cached, tmp_path / "cmcd")  # cmcd has a kd term
+    assert not (tmp_path / "cmcd").exists()
