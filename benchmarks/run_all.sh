@@ -103,3 +103,8 @@ t ddp-teacher $B/python benchmarks/ddp_teacher.py --baseline /tmp/cmcd-base-6896
   > $R/ddp_teacher.txt
 # session 18: run-to-run determinism with and without the warm-up of MKL's vector math (fresh processes)
 t determinism $B/python benchmarks/determinism.py --procs 40 --runs 12 --out $R/determinism.json > $R/determinism.txt
+# session 22: compare with a loaded teacher, against the commit before (a worktree of f92aa9e)
+test -d /tmp/base22 || git worktree add -f /tmp/base22 f92aa9e
+t loaded-teacher $B/python benchmarks/loaded_teacher.py --baseline /tmp/base22 --out $R/loaded_teacher.json > $R/loaded_teacher.txt
+# session 23: a second target's distill with a warm --teacher-cache, against none
+t teacher-cache $B/python benchmarks/teacher_cache.py --out $R/teacher_cache.json > $R/teacher_cache.txt
