@@ -30,14 +30,14 @@ def run_demo(root: Path, quick: bool) -> None:
     ctx = click.get_current_context()
     data = {"data": "builtin:mfeat", "target": "zer"}
     train = {"labeled_fraction": 0.1, "teacher": "train", "epochs": 60, "finetune": "head", "student": "auto",
-             "batch_size": 128, "device": "auto", "seed": 0, **data}
+             "batch_size": 128, "device": "auto", "seed": 0, "teacher_cache": str(root / "teacher-cache"), **data}
     click.echo("\n== 2. select-teacher: which source view should teach the zer student?")
     ctx.invoke(command(ctx, "select-teacher"), candidates="fac,pix,kar,fou,mor", seeds=1, out=str(root / "select.json"),
                **data)
     click.echo("\n== 3. distill: CMCD student on zer from a frozen fac teacher")
     ctx.invoke(command(ctx, "distill"), source="fac", out=str(root / "run"), resume=False, force=False, method="cmcd",
                recipe=None, **train)
-    click.echo("\n== 4. compare: CMCD against baselines under one protocol")
+    click.echo("\n== 4. compare: CMCD against baselines under one protocol (seed 0's teacher from --teacher-cache)")
     methods = "cmcd,kd,supervised" if quick else "cmcd,cmd,cmc,kd,fitnet,rkd,crd,supervised"
     ctx.invoke(command(ctx, "compare"), source="fac", methods=methods, seeds=1 if quick else 3, out=str(root / "compare"),
                force=True, upper_bound=True, **train)
@@ -52,4 +52,4 @@ def run_demo(root: Path, quick: bool) -> None:
     ctx.invoke(command(ctx, "bench"), bundle=str(root / "bundle"), variants="all", batches="1,8", threads="1",
                backend="cpu", duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None,
                out=str(root / "bench.json"), plot=None)
-    click.echo(f"\nEverything is in {root}/: run/, compare/results.md, bundle/, bench.json")
+    click.echo(f"\nEverything is in {root}/: run/, compare/results.md, bundle/, bench.json, teacher-cache/")
