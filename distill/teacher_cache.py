@@ -6,14 +6,16 @@ another target view, method or seed does not pay for the teacher again: the pass
 .pt/.pt2 file or a factory) over every source row, or the training of ``--teacher train``.
 
 An entry is named by the sha256 of its key, everything that makes the teacher: the data's files (their fingerprint),
-the source view, the device type, the torch and cmcd-edge versions, and either the teacher file's (or factory
-module's) sha256 or, for a trained teacher, its seed, epochs, batch size and world size. A loaded teacher's outputs
-do not depend on the seed, so one entry serves every seed and is scored on each run's own test split. Entries are
-written whole (a temp folder renamed into place, as onnxruntime writes its calibration cache) and checked against
-their key.json when read; a failed write warns and the run goes on, since the cache only saves time."""
+the source view, the device type, the torch and cmcd-edge versions and the code of the teacher's modules, and either
+the teacher file's (or factory module's) sha256 or, for a trained teacher, its seed, epochs, batch size and world
+size. A loaded teacher's outputs do not depend on the seed, so one entry serves every seed and is scored on each
+run's own test split. Entries are written whole (a temp folder renamed into place, as onnxruntime writes its
+calibration cache) and checked against their key.json when read; a failed write warns and the run goes on, since the
+cache only saves time."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +29,7 @@ import torch
 
 from cmcd_edge import __version__
 from cmcd_edge.datasets import Dataset
-from cmcd_edge.distill import ddp
+from cmcd_edge.distill import ddp, engine, rows, students, teachers
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
 from cmcd_edge.errors import CmcdError, UserError
@@ -38,6 +40,16 @@ from cmcd_edge.splitting import Splits
 log = logging.getLogger(__name__)
 FORMAT = 1
 WEIGHTS = ("teacher.safetensors", "teacher.json")  # a trained teacher's network, which a run folder also holds
+
+
+@functools.cache
+def _code_sha256() -> str:
+    """sha256 of the modules that build, train and run a teacher: an edit between releases (the version stays) is
+    another teacher."""
+    h = hashlib.sha256()
+    for mod in (teachers, students, engine, rows):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class TeacherCache:
         if root.exists() and not root.is_dir():
             raise UserError(f"--teacher-cache {cfg.teacher_cache}: is a file; name a folder for cached teachers")
         key = {"format": FORMAT, "data": ds.fingerprint(), "source": cfg.source, "device": device.type,
-               "torch": torch.__version__, "cmcd_edge": __version__}
+               "torch": torch.__version__, "cmcd_edge": __version__, "code": _code_sha256()}
         if cfg.teacher == "train":
             key.update(teacher="train", seed=cfg.seed, teacher_epochs=cfg.teacher_epochs,
                        teacher_batch_size=cfg.teacher_batch_size, world=world)

@@ -171,3 +171,14 @@ def test_a_cached_teacher_without_logits_is_refused_for_kd_before_the_run_folder
     with pytest.raises(UserError, match="needs teacher logits"):
         run_distill(cached, tmp_path / "cmcd")  # cmcd has a kd term
     assert not (tmp_path / "cmcd").exists()
+
+
+def test_teacher_cache_does_not_serve_a_teacher_of_edited_teacher_code(cfg, tmp_path, trainings, monkeypatch):
+    """The version string stays between releases; the teacher's modules (network, training, the pass) are keyed."""
+    from cmcd_edge.distill import teacher_cache
+
+    cached = dataclasses.replace(cfg, teacher_cache=str(tmp_path / "cache"))
+    run_distill(cached, tmp_path / "before")
+    monkeypatch.setattr(teacher_cache, "_code_sha256", lambda: "an edited students.py")
+    run_distill(cached, tmp_path / "after")
+    assert len(trainings) == 2 and len(list((tmp_path / "cache").iterdir())) == 2
