@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cmcd_edge import __version__
+from cmcd_edge import __version__, datasets, splitting
 from cmcd_edge.datasets import Dataset
 from cmcd_edge.distill import ddp, engine, rows, students, teachers
 from cmcd_edge.distill.config import DistillConfig
@@ -44,10 +44,10 @@ WEIGHTS = ("teacher.safetensors", "teacher.json")  # a trained teacher's network
 
 @functools.cache
 def _code_sha256() -> str:
-    """sha256 of the modules that build, train and run a teacher: an edit between releases (the version stays) is
-    another teacher."""
+    """sha256 of the modules that build, train and run a teacher, and split and normalise its rows: an edit between
+    releases (the version stays) is another teacher."""
     h = hashlib.sha256()
-    for mod in (teachers, students, engine, rows):
+    for mod in (teachers, students, engine, rows, ddp, datasets, splitting):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 
