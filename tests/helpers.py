@@ -118,6 +118,22 @@ def teacher_of_kind(kind: str, folder: Path, seed: int, monkeypatch) -> str:
     return f"{name}:make"
 
 
+def counted_teacher(folder: Path, name: str, monkeypatch) -> tuple[str, Path]:
+    """A ``pkg.module:factory`` teacher taking (B, 16) rows, with 4-class logits (a teacher with a test score), that
+    adds an ``x`` to the returned file each time it is built: (its --teacher reference, that file)."""
+    builds = folder / f"{name}.builds.txt"
+    (folder / f"{name}.py").write_text(
+        "import pathlib, torch\n"
+        f"LOG = pathlib.Path({str(builds)!r})\n"
+        "def make():\n"
+        "    LOG.write_text(LOG.read_text() + 'x' if LOG.exists() else 'x')\n"
+        "    torch.manual_seed(0)\n"
+        "    net = torch.nn.Linear(16, 8)\n"
+        "    return lambda x: (net(x), x[:, :4] * 3.0)\n")
+    monkeypatch.syspath_prepend(str(folder))
+    return f"{name}:make", builds
+
+
 def toy_dataset(tmp_path, n=60, **kw):
     """A 3-class dataset of a vector view ``a`` and a sequence view ``b``, written to ``tmp_path/toy``."""
     rng = np.random.default_rng(0)

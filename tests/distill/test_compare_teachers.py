@@ -12,7 +12,7 @@ import torch
 
 from cmcd_edge.distill.compare import run_compare
 from cmcd_edge.errors import UserError
-from tests.helpers import teacher_of_kind
+from tests.helpers import counted_teacher, teacher_of_kind
 
 
 def test_compare_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(base, tmp_path, monkeypatch):
@@ -22,19 +22,11 @@ def test_compare_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(base, tmp
     from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher
     from cmcd_edge.splitting import make_splits
 
-    (tmp_path / "counted_teacher.py").write_text(
-        "import pathlib, torch\n"
-        f"LOG = pathlib.Path({str(tmp_path / 'builds.txt')!r})\n"
-        "def make():\n"
-        "    LOG.write_text(LOG.read_text() + 'x' if LOG.exists() else 'x')\n"
-        "    torch.manual_seed(0)\n"
-        "    net = torch.nn.Linear(16, 8)\n"
-        "    return lambda x: (net(x), x[:, :4] * 3.0)\n")  # 4-class logits: a teacher with a test score
-    monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = dataclasses.replace(base, teacher="counted_teacher:make")
+    ref, builds = counted_teacher(tmp_path, "counted_teacher", monkeypatch)
+    cfg = dataclasses.replace(base, teacher=ref)
     out = tmp_path / "cmp"
     r = run_compare(cfg, ["supervised"], 3, out, upper_bound=False)
-    assert (tmp_path / "builds.txt").read_text() == "x"  # built and run once, not once per seed
+    assert builds.read_text() == "x"  # built and run once, not once per seed
     ds = datasets.load(cfg.data)
     for i, seed in enumerate(r["seeds"]):  # each seed's cache is what a fresh pass of the teacher gives
         splits = make_splits(ds, seed, labeled_fraction=cfg.labeled_fraction)

@@ -17,7 +17,7 @@ from cmcd_edge.distill import compare, pipeline
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.errors import UserError
-from tests.helpers import teacher_of_kind
+from tests.helpers import counted_teacher, teacher_of_kind
 
 
 @pytest.fixture(scope="module")
@@ -76,20 +76,12 @@ def test_teacher_cache_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(cfg
     from cmcd_edge.distill.teachers import load_teacher
     from cmcd_edge.splitting import make_splits
 
-    (tmp_path / "counted_cache_teacher.py").write_text(
-        "import pathlib, torch\n"
-        f"LOG = pathlib.Path({str(tmp_path / 'builds.txt')!r})\n"
-        "def make():\n"
-        "    LOG.write_text(LOG.read_text() + 'x' if LOG.exists() else 'x')\n"
-        "    torch.manual_seed(0)\n"
-        "    net = torch.nn.Linear(16, 8)\n"
-        "    return lambda x: (net(x), x[:, :4] * 3.0)\n")  # 4-class logits: a teacher with a test score
-    monkeypatch.syspath_prepend(str(tmp_path))
-    loaded = dataclasses.replace(cfg, teacher="counted_cache_teacher:make", teacher_cache=str(tmp_path / "cache"))
+    ref, builds = counted_teacher(tmp_path, "counted_cache_teacher", monkeypatch)
+    loaded = dataclasses.replace(cfg, teacher=ref, teacher_cache=str(tmp_path / "cache"))
     accs = [run_distill(dataclasses.replace(loaded, seed=s), tmp_path / f"s{s}").metrics["teacher_test_accuracy"]
             for s in (0, 1)]
     run_distill(dataclasses.replace(loaded, target="tgt2"), tmp_path / "tgt2")
-    assert (tmp_path / "builds.txt").read_text() == "x"  # one pass over the rows served three runs
+    assert builds.read_text() == "x"  # one pass over the rows served three runs
     ds = datasets.load(cfg.data)
     for s, acc in zip((0, 1), accs, strict=True):
         fresh = load_teacher(loaded.teacher, ds, "src", make_splits(ds, s), torch.device("cpu"))
