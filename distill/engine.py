@@ -339,6 +339,43 @@ class _Progress:
             self.bar.close()
 
 
+class RowsProgress:
+    """A pass over every row (the frozen teacher's outputs): a tqdm bar of rows on a terminal, else a log line at most
+    every ``every_s`` seconds with the rows done, rows/s and the time left. A large pretrained teacher's pass over
+    many rows on a CPU takes minutes to hours, which were silent."""
+
+    def __init__(self, what: str, total: int, every_s: float = 30.0, show: bool = True) -> None:
+        self.what, self.total, self.every_s, self.done, self.show = what, total, every_s, 0, show
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if show:
+            with contextlib.suppress(ImportError):
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=what, unit="row", leave=False, disable=None)
+
+    def __enter__(self) -> RowsProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, rows: int) -> None:
+        self.done += rows
+        if not self.show:
+            return
+        if self.bar is not None and not self.bar.disable:
+            self.bar.update(rows)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            log.info("%s: %s of %s rows (%.0f%%), %.0f rows/s, about %.0fs left", self.what, f"{self.done:,}",
+                     f"{self.total:,}", 100 * self.done / self.total, rate, (self.total - self.done) / rate)
+
+
 def check_batch_memory(spec: students.NetSpec, batch: int, limit: int | None, device: torch.device, what: str, advice: str) -> None:
     """Refuse a training step whose activations (measured per row on ``spec``, :func:`students.train_bytes`) would
     not fit ``limit`` bytes (None: half the memory available on ``device``): one line with advice, not an OOM."""

@@ -167,13 +167,16 @@ def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: ddp.Dist,
     share = ddp.rank_share(batches, dist)
     gather = len(share) < len(batches)
     embs, logits = [], []
-    for s in share:
-        lo, e = net.forward_both(x[s])
-        if with_logits and lo is None:
-            raise UserError(f"teacher returned no logits for rows {s.start}-{s.stop - 1} after giving them for others")
-        embs.append(e.float() if gather else e.float().cpu())  # kept on the device until the ranks' shares meet
-        if with_logits:
-            logits.append(lo.float() if gather else lo.float().cpu())
+    with engine.RowsProgress("teacher outputs", sum(s.stop - s.start for s in share), show=dist.main) as progress:
+        for s in share:
+            lo, e = net.forward_both(x[s])
+            if with_logits and lo is None:
+                raise UserError(f"teacher returned no logits for rows {s.start}-{s.stop - 1} after giving them for "
+                                "others")
+            embs.append(e.float() if gather else e.float().cpu())  # kept on the device until the ranks' shares meet
+            if with_logits:
+                logits.append(lo.float() if gather else lo.float().cpu())
+            progress.update(s.stop - s.start)
     emb, lo = torch.cat(embs), torch.cat(logits) if with_logits else None
     if gather:
         emb, lo = ddp.all_ranks(emb).cpu(), None if lo is None else ddp.all_ranks(lo).cpu()

@@ -1,5 +1,5 @@
-"""engine: model selection on val (BestOnVal: window-averaged accuracy, loss tie-break, patience, resumable), and
-run_phase's loss scaling under fp16 autocast."""
+"""engine: model selection on val (BestOnVal: window-averaged accuracy, loss tie-break, patience, resumable),
+run_phase's loss scaling under fp16 autocast, and progress off a terminal (phases, and the teacher's pass over rows)."""
 
 from __future__ import annotations
 
@@ -120,3 +120,40 @@ def test_progress_off_a_terminal_logs_the_epoch_at_most_every_interval(caplog):
     rare = engine._Progress(spec, 0, every_s=3600.0)
     rare.update(1, 0.5, 0.25)
     assert not caplog.records
+
+
+def test_rows_progress_off_a_terminal_logs_rows_rate_and_time_left(caplog):
+    """The frozen teacher's pass over every row had no progress at all: with a large pretrained teacher on a CPU,
+    minutes to hours of silence between the teacher's load and the first distill epoch."""
+    from cmcd_edge.distill import engine
+
+    caplog.set_level("INFO", logger="cmcd_edge.distill.engine")
+    with engine.RowsProgress("teacher outputs", 3000, every_s=0.0) as p:
+        p.update(1000)
+        p.update(1000)
+        p.update(1000)  # done: no line (the next stage's says so)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("teacher outputs: 1,000 of 3,000 rows (33%), "), lines
+    assert "rows/s, about " in lines[1] and lines[1].endswith("s left")
+    caplog.clear()
+    with engine.RowsProgress("teacher outputs", 3000, every_s=0.0, show=False) as quiet:  # another torchrun rank
+        quiet.update(1000)
+    assert not caplog.records
+
+
+def test_teacher_pass_reports_its_progress(tmp_path, caplog, monkeypatch):
+    import functools
+
+    from cmcd_edge import datasets
+    from cmcd_edge.distill import engine, teachers
+    from cmcd_edge.splitting import make_splits
+    from tests.helpers import synthetic_paired, teacher_of_kind
+
+    ds = datasets.load(synthetic_paired(tmp_path / "toy", n=300).root)
+    ref = teacher_of_kind("factory", tmp_path, 0, monkeypatch)
+    monkeypatch.setattr(engine, "RowsProgress", functools.partial(engine.RowsProgress, every_s=0.0))
+    monkeypatch.setattr(teachers, "EXTERNAL_BATCH_BYTES", 100 * 16 * 4)  # 100 rows of 16 float32 a batch
+    caplog.set_level("INFO", logger="cmcd_edge.distill.engine")
+    teachers.load_teacher(ref, ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher outputs:")]
+    assert [ln.split(" rows")[0] for ln in lines] == ["teacher outputs: 100 of 300", "teacher outputs: 200 of 300"]
