@@ -124,7 +124,8 @@ def _source(source: str, kw: dict) -> tuple[str, dict | None]:
     single_process("--source auto", "run `cmcd-edge select-teacher` once without torchrun and pass its pick as --source")
     from cmcd_edge.distill.select import best_source
 
-    source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"], device=kw["device"])
+    source, ranking = best_source(kw["data"], kw["target"], seed=kw["seed"], device=kw["device"],
+                                  teacher_cache=kw["teacher_cache"])
     click.echo(f"--source auto: {source} (top of the CCH ranking)")
     return source, ranking
 
@@ -182,9 +183,12 @@ compare.takes_config_extras = True
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Write the ranking as JSON; also keeps each measured teacher in OUT.partial.json, so a killed run "
               "resumes when rerun.")
+@click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder keeping each candidate's teacher across runs: ranking for another target trains none again.")
 @config_option
 def select_teacher(data: str, target: str, candidates: str | None, seeds: int, seed: int, labeled_fraction: float,
-                   teacher_epochs: int, student_epochs: int, device: str, out: str | None) -> None:
+                   teacher_epochs: int, student_epochs: int, device: str, out: str | None,
+                   teacher_cache: str | None) -> None:
     """Rank candidate source views by the CCH criterion I(T;S) - I(S;Y) (nats).
 
     Example: cmcd-edge select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor
@@ -203,7 +207,7 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
         with exclusive(out) if out else contextlib.nullcontext():  # one select-teacher per --out and progress file
             res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
                                 teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device,
-                                progress=progress)
+                                progress=progress, teacher_cache=teacher_cache)
             click.echo(table(res))
             if out:
                 write_json(out, res)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, mi
 from cmcd_edge.distill.config import DistillConfig, check_seed
 from cmcd_edge.distill.pipeline import run_distill
+from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json
@@ -53,10 +55,11 @@ def _agg(values: list[float]) -> dict:
 def rank_teachers(data: str, target: str, candidates: list[str] | None = None, seeds: int = 3, seed: int = 0,
                   labeled_fraction: float = 0.1, teacher_epochs: int = 15, student_epochs: int = 30,
                   estimators: tuple[str, ...] = ("gaussian", "ksg", "infonce"), device: str = "auto",
-                  progress: Path | None = None) -> dict:
+                  progress: Path | None = None, teacher_cache: str | None = None) -> dict:
     """The CCH ranking of ``candidates`` (default: every other view) for ``target``. With ``progress`` (a JSON file),
     each measured (seed, view) is kept there as it finishes, and a rerun with the same settings takes it instead of
-    training that teacher again (a killed run resumes)."""
+    training that teacher again (a killed run resumes). ``teacher_cache``: a ``--teacher-cache`` folder, whose
+    candidates' teachers a ranking for another target (or a distill of the same teacher settings) takes."""
     t0 = time.perf_counter()
     for flag, value in (("--seeds", seeds), ("--teacher-epochs", teacher_epochs), ("--student-epochs", student_epochs)):
         if value < 1:
@@ -112,7 +115,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                 log.info("seed %d  %-6s measured by an earlier run (%s)", s, c, progress)
             else:
                 t0_t = time.perf_counter()
-                t = train_teacher(ds, c, splits, seed=s, epochs=teacher_epochs, device=dev, dist=ddp.Dist())
+                t = _candidate_teacher(ds, c, target, splits, s, teacher_epochs, dev, teacher_cache)
                 t0_e = time.perf_counter()
                 timing["teachers_s"] += t0_e - t0_t
                 h_t = t.emb.numpy()[held]
@@ -133,6 +136,27 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
             "warnings": disagreements(ranking),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
+
+
+def _candidate_teacher(ds: datasets.Dataset, view: str, target: str, splits, seed: int, epochs: int,
+                       dev: torch.device, teacher_cache: str | None) -> TeacherOutputs:
+    """Candidate ``view``'s teacher: from ``teacher_cache`` when it holds it, else trained (and kept there with its
+    network, as a distill's entry is). A candidate's teacher does not depend on the target, so ranking sources for
+    a second target trains no teacher again."""
+    cache = None
+    if teacher_cache is not None:
+        cfg = DistillConfig(data=ds.spec, source=view, target=target, seed=seed, teacher_epochs=epochs,
+                            device=dev.type, teacher_cache=teacher_cache)
+        cache = TeacherCache.for_run(cfg, ds, dev)
+        hit = cache.get(ds, splits)
+        if hit is not None:
+            return hit
+    if cache is None:
+        return train_teacher(ds, view, splits, seed=seed, epochs=epochs, device=dev, dist=ddp.Dist())
+    with tempfile.TemporaryDirectory() as tmp:  # train_teacher writes the network into a folder
+        t = train_teacher(ds, view, splits, seed=seed, epochs=epochs, device=dev, dist=ddp.Dist(), out=Path(tmp))
+        cache.put(t, Path(tmp))
+    return t
 
 
 def rank_row(view: str, row: dict[str, list[float]], estimators: tuple[str, ...]) -> dict:
@@ -241,8 +265,9 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def best_source(data: str, target: str, seed: int = 0, device: str = "auto") -> tuple[str, dict]:
-    res = rank_teachers(data, target, seeds=1, seed=seed, device=device)
+def best_source(data: str, target: str, seed: int = 0, device: str = "auto",
+                teacher_cache: str | None = None) -> tuple[str, dict]:
+    res = rank_teachers(data, target, seeds=1, seed=seed, device=device, teacher_cache=teacher_cache)
     best = res["ranking"][0]
     if best["verdict"].startswith("skip"):
         log.warning("the best candidate %s has delta %.3f nats: distillation is unlikely to help", best["view"],
