@@ -1,13 +1,15 @@
-"""``--teacher-cache``: what the second distill of one teacher (another target view) costs with a warm cache and
-without one, and whether its student is the same.
+"""``--teacher-cache``: what the second run of one teacher (another target view) costs with a warm cache and without
+one, and whether its result is the same.
 
-Two settings, each a teacher distilled into a second target after a first:
+Three settings, each a second target after a first:
 - camera: a loaded teacher (a 4-conv CNN ExportedProgram over 6,000 rows of 3x64x64 uint8, the data of
   loaded_teacher.py, plus a second 16-feature target ``feat2``), ``distill --method cmd --epochs 5`` (the teacher
   gives embeddings only; its pass is most of the wall);
-- mfeat: the built-in teacher (``--teacher train`` on fac), ``distill --target fou`` with default epochs, after zer.
-The cache is warmed once by the first target; then, ``--reps`` rounds, the second target's distill without the cache
-and with it, interleaved. Medians of the whole command's wall; every run's student.safetensors is hashed.
+- mfeat: the built-in teacher (``--teacher train`` on fac), ``distill --target fou`` with default epochs, after zer;
+- mfeat select-teacher, 1 seed: ranking fac, pix, kar and mor for target fou, after the same for zer.
+The cache is warmed once by the first target; then, ``--reps`` rounds, the second target's run without the cache
+and with it, interleaved. Medians of the whole command's wall; every run's result is hashed (distill: the student's
+bytes; select-teacher: each candidate's delta and teacher accuracy).
 
     .venv/bin/python benchmarks/teacher_cache.py --out benchmarks/results/teacher_cache.json
 """
@@ -30,18 +32,26 @@ from loaded_teacher import make_data
 
 
 def distill(tmp: Path, args: list[str], cache: Path | None, warm: bool = True) -> dict:
-    out = Path(tempfile.mkdtemp(dir=tmp)) / "run"
+    """One ``distill`` (or ``select-teacher``, when ``args`` starts with it); its result, hashed: the student's bytes,
+    or the ranking's views, deltas and teacher accuracies."""
+    command = ["select-teacher"] if args[0] == "select-teacher" else ["distill"]
+    args = args[1:] if command == ["select-teacher"] else args
+    out = Path(tempfile.mkdtemp(dir=tmp)) / ("rank.json" if command == ["select-teacher"] else "run")
     extra = [] if cache is None else ["--teacher-cache", str(cache)]
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "cmcd_edge", "distill", *args, *extra, "--device", "cpu", "--out",
+    res = subprocess.run([sys.executable, "-m", "cmcd_edge", *command, *args, *extra, "--device", "cpu", "--out",
                           str(out)], capture_output=True, text=True, cwd=tmp, timeout=1200,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     wall = time.perf_counter() - t0
     if res.returncode != 0:
-        raise SystemExit(f"distill failed:\n{res.stderr[-2000:]}")
+        raise SystemExit(f"{command[0]} failed:\n{res.stderr[-2000:]}")
     if cache is not None and warm and "(no teacher" not in res.stderr:
         raise SystemExit(f"the warm cache was not used:\n{res.stderr[-2000:]}")
-    return {"wall_s": wall, "student_sha256": hashlib.sha256((out / "student.safetensors").read_bytes()).hexdigest(),
+    if command == ["select-teacher"]:
+        ranking = [(r["view"], r["delta"], r["teacher_test_accuracy"]) for r in json.loads(out.read_text())["ranking"]]
+        return {"wall_s": wall, "result_sha256": hashlib.sha256(json.dumps(ranking).encode()).hexdigest(),
+                "top": ranking[0][0]}
+    return {"wall_s": wall, "result_sha256": hashlib.sha256((out / "student.safetensors").read_bytes()).hexdigest(),
             "test_accuracy": json.loads((out / "metrics.json").read_text())["test_accuracy"]}
 
 
@@ -57,8 +67,11 @@ def settings(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                    capture_output=True)
     cam = ["--data", str(data2), "--source", "cam", "--teacher", str(teacher), "--method", "cmd", "--epochs", "5"]
     mfeat = ["--data", "builtin:mfeat", "--source", "fac"]
+    select = ["select-teacher", "--data", "builtin:mfeat", "--seeds", "1"]
     return {"camera (.pt2 CNN, 6,000 x 3x64x64)": ([*cam, "--target", "feat"], [*cam, "--target", "feat2"]),
-            "mfeat (--teacher train on fac)": ([*mfeat, "--target", "zer"], [*mfeat, "--target", "fou"])}
+            "mfeat (--teacher train on fac)": ([*mfeat, "--target", "zer"], [*mfeat, "--target", "fou"]),
+            "mfeat select-teacher, 1 seed": ([*select, "--target", "zer", "--candidates", "fac,pix,kar,mor"],
+                                             [*select, "--target", "fou", "--candidates", "fac,pix,kar,mor"])}
 
 
 def main() -> None:
@@ -78,18 +91,17 @@ def main() -> None:
                     r = distill(tmp, second, cache if mode == "warm cache" else None)
                     runs[mode].append(r)
                     print(f"{name}  round {rep + 1}: {mode:>13}  wall {r['wall_s']:5.1f} s", flush=True)
-            shas = {r["student_sha256"] for rs in runs.values() for r in rs}
+            shas = {r["result_sha256"] for rs in runs.values() for r in rs}
             without, warm = (statistics.median(r["wall_s"] for r in runs[m]) for m in runs)
             rows.append({"setting": name, "second": second, "wall_s_median_without": without,
                          "wall_s_median_warm": warm, "ratio": without / warm,
                          "walls": {m: [r["wall_s"] for r in rs] for m, rs in runs.items()},
-                         "same_student_in_every_run": len(shas) == 1,
-                         "test_accuracy": runs["warm cache"][0]["test_accuracy"]})
-    print("\n| setting | second distill without cache (s), median | with a warm cache (s), median | ratio | "
-          "same student.safetensors in every run |\n|---|---|---|---|---|")
+                         "same_result_in_every_run": len(shas) == 1})
+    print("\n| setting | second run without cache (s), median | with a warm cache (s), median | ratio | "
+          "same result in every run |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['wall_s_median_without']:.1f} | {r['wall_s_median_warm']:.1f} | "
-              f"{r['ratio']:.1f}x | {'yes' if r['same_student_in_every_run'] else 'NO'} |")
+              f"{r['ratio']:.1f}x | {'yes' if r['same_result_in_every_run'] else 'NO'} |")
     args.out.write_text(json.dumps({"reps": args.reps, "results": rows}, indent=2) + "\n")
 
 

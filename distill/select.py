@@ -24,7 +24,7 @@ from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, mi
 from cmcd_edge.distill.config import DistillConfig, check_seed
 from cmcd_edge.distill.pipeline import run_distill
-from cmcd_edge.distill.teacher_cache import TeacherCache
+from cmcd_edge.distill.teacher_cache import TeacherCache, cache_root
 from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json
@@ -65,6 +65,8 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
     check_seed(seed)
+    if teacher_cache is not None:
+        cache_root(teacher_cache)  # a file there: refused before any training
     ds = datasets.load(data)
     if target not in ds.views:
         raise UserError(f"--target {target!r}: no such view in {data}; valid views: {', '.join(ds.views)}")

@@ -52,6 +52,14 @@ def _code_sha256() -> str:
     return h.hexdigest()[:16]
 
 
+def cache_root(teacher_cache: str) -> Path:
+    """The folder ``--teacher-cache`` names (~ expanded); a file there is refused."""
+    root = Path(teacher_cache).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--teacher-cache {teacher_cache}: is a file; name a folder for cached teachers")
+    return root
+
+
 @dataclass(frozen=True)
 class TeacherCache:
     """One teacher's entry in a ``--teacher-cache`` folder."""
@@ -65,9 +73,7 @@ class TeacherCache:
         factory that is not there (loading it says so)."""
         if cfg.teacher_cache is None:
             return None
-        root = Path(cfg.teacher_cache).expanduser()
-        if root.exists() and not root.is_dir():
-            raise UserError(f"--teacher-cache {cfg.teacher_cache}: is a file; name a folder for cached teachers")
+        root = cache_root(cfg.teacher_cache)
         key = {"format": FORMAT, "data": ds.fingerprint(), "source": cfg.source, "device": device.type,
                "torch": torch.__version__, "cmcd_edge": __version__, "code": _code_sha256()}
         if cfg.teacher == "train":

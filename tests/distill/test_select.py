@@ -176,6 +176,8 @@ def test_select_teacher_bad_input(cli, tmp_path):
     for flag in ("--seeds", "--teacher-epochs", "--student-epochs"):
         assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", flag, "0"), 2,
                               f"{flag} 0: must be >= 1")
+    assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", "--teacher-cache", "/dev/null"),
+                          2, "--teacher-cache /dev/null: is a file; name a folder")
     small = synthetic_paired(tmp_path / "s", n=60)
     assert_one_line_error(cli("select-teacher", "--data", small.root, "--target", "tgt", "--seeds", "1"), 2,
                           "held-out rows")
