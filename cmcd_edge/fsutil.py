@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -74,7 +75,29 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """``obj`` as strict JSON. A NaN or Inf (which json.dumps writes as a bare ``NaN``, and strict parsers such as
+    JavaScript's JSON.parse or Go's encoding/json reject) is written as null, with a warning naming where it was: the
+    file is still written, since it may be the last output of a long run."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        found: list[str] = []
+        text = json.dumps(_finite(obj, "", found), indent=2, allow_nan=False)
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        log.warning("%s: %s not a finite number, written as null", path, ", ".join(found[:5]) + more)
+    write_text(path, text + "\n")
+
+
+def _finite(obj: Any, where: str, found: list[str]) -> Any:
+    """``obj`` with every non-finite float replaced by None, and where each was appended to ``found``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(where or "the value")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

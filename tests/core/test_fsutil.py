@@ -1,10 +1,11 @@
 """fsutil: outputs that cannot be written are one line naming the path (was: an internal error with a temp name),
-and an output another process is writing is refused (was: both wrote into it)."""
+an output another process is writing is refused (was: both wrote into it), and JSON is written strict."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -115,3 +116,13 @@ def test_exclusive_on_a_filesystem_without_locks_warns_and_goes_on(tmp_path, mon
     with exclusive(tmp_path / "run"):
         ran = True
     assert ran and "run: cannot lock it (No locks available); make sure no other cmcd-edge process" in caplog.text
+
+
+def test_write_json_writes_strict_json_and_names_a_nan_it_wrote_as_null(tmp_path, caplog):
+    """json.dumps writes NaN as a bare NaN, which strict parsers reject (JavaScript's JSON.parse, Go, jq's --strict
+    readers): a results.json with one unscored teacher could not be read by a dashboard."""
+    write_json(tmp_path / "r.json", {"methods": {"kd": {"runs": [0.5, float("nan")]}}, "ok": 1.0, "inf": float("inf")})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"methods": {"kd": {"runs": [0.5, None]}}, "ok": 1.0, "inf": None}
+    assert "methods.kd.runs[1], inf not a finite number, written as null" in caplog.text
