@@ -22,7 +22,7 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,6 +66,7 @@ class TeacherCache:
 
     root: Path
     key: dict
+    about: dict = field(default_factory=dict, compare=False)  # for a reader of key.json, not keyed
 
     @classmethod
     def for_run(cls, cfg: DistillConfig, ds: Dataset, device: torch.device, world: int = 1) -> TeacherCache | None:
@@ -86,7 +87,7 @@ class TeacherCache:
             # a file is its bytes wherever it lies; one module may hold several factories
             key.update(teacher="file" if Path(cfg.teacher).suffix in (".pt", ".pt2") else cfg.teacher,
                        teacher_sha256=sha)
-        return cls(root, key)
+        return cls(root, key, {"data": cfg.data, "teacher": cfg.teacher})
 
     @property
     def entry(self) -> Path:
@@ -137,7 +138,7 @@ class TeacherCache:
         if (entry / "key.json").is_file():  # stored meanwhile by another run of the same teacher
             return
         cuda = self.key["device"] == "cuda"  # recorded, not keyed: CPU runs repeat bit for bit on one CPU type only
-        made_on = {"host": platform.node(), "cpu": read_cpuinfo()[0] or platform.machine(),
+        made_on = {**self.about, "host": platform.node(), "cpu": read_cpuinfo()[0] or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if cuda else None,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:

@@ -58,6 +58,8 @@ def test_teacher_cache_serves_another_target_and_gives_the_student_a_run_without
     cache = str(tmp_path / "cache")
     run_distill(dataclasses.replace(cfg, teacher_cache=cache), tmp_path / "tgt")
     assert len(trainings) == 1 and len(list((tmp_path / "cache").iterdir())) == 1
+    made_on = json.loads(next((tmp_path / "cache").iterdir()).joinpath("key.json").read_text())["made_on"]
+    assert made_on["data"] == cfg.data and made_on["teacher"] == "train"  # which entry is which, for a reader
     other = dataclasses.replace(cfg, target="tgt2", method="cmd")
     cached = run_distill(dataclasses.replace(other, teacher_cache=cache), tmp_path / "tgt2")
     assert len(trainings) == 1  # not trained again
