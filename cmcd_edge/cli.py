@@ -56,7 +56,7 @@ def _distill_options(fn):
                      help="'train', a TorchScript .pt / ExportedProgram .pt2 file, or pkg.module:factory."),
         click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
                      help="Folder keeping each teacher's outputs across runs: the same teacher distilled into another "
-                          "target, method or seed is not trained (or run over the rows) again."),
+                          "target or method (or seed, for a file or factory) is not trained or run again."),
         click.option("--epochs", type=int, default=60, show_default=True),
         click.option("--finetune", type=click.Choice(["head", "full", "none"]), default="head", show_default=True),
         click.option("--student", default="auto", show_default=True, help="mlp | cnn1d | cnn2d | auto (by view kind)."),
