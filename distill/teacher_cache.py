@@ -2,8 +2,9 @@
 
 A run computes its frozen teacher's embeddings (and logits) of every row once (:mod:`~cmcd_edge.distill.teachers`);
 this cache keeps them beyond the run, as torchdistill caches teacher outputs, so distilling the same teacher into
-another target view, method or seed does not pay for the teacher again: the pass of a user's pretrained model (a
-.pt/.pt2 file or a factory) over every source row, or the training of ``--teacher train``.
+another target view or with another method does not pay for the teacher again: the pass of a user's pretrained
+model (a .pt/.pt2 file or a factory) over every source row, for any seed, or the training of ``--teacher train``,
+whose teacher is one seed's.
 
 An entry is named by the sha256 of its key, everything that makes the teacher: the data's files (their fingerprint),
 the source view, the device type, the torch and cmcd-edge versions and the code of the teacher's modules, and either

@@ -1,6 +1,6 @@
-"""--teacher-cache: the same teacher distilled into another target, method or seed is not trained (or run over the rows)
-again; what a run takes from the cache gives the student a run without it gives; a teacher changed since, or an
-entry tampered with, is not taken."""
+"""--teacher-cache: the same teacher distilled into another target or method (or seed, for a file or factory) is not
+trained or run over the rows again, nor are select-teacher's candidates; what a run takes from the cache gives the
+student a run without it gives; a teacher changed since, or an entry tampered with, is not taken."""
 
 from __future__ import annotations
 
