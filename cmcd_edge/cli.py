@@ -106,12 +106,14 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
     # the pipeline logged the recipe as training began; under -q that line was hidden, so the summary carries it
     recipe = "" if logging.getLogger("cmcd_edge.distill.pipeline").isEnabledFor(logging.INFO) else f"{m['recipe']}\n"
     click.echo(f"{recipe}{cfg.method}: {cfg.source} -> {cfg.target}  test top-1 {100 * m['test_accuracy']:.1f}%  "
-               f"macro-F1 {100 * m['test_macro_f1']:.1f}%  teacher {_teacher_top1(m['teacher_test_accuracy'])}  "
+               f"macro-F1 {100 * m['test_macro_f1']:.1f}%  teacher {_teacher_top1(m)}  "
                f"params {m['params']:,}  MACs {m['macs']:,}  ({m['wall_s']:.1f}s{_speed(m)}) -> {out}")
 
 
-def _teacher_top1(acc: float | None) -> str:
-    return "- (no logits)" if acc is None else f"{100 * acc:.1f}%"
+def _teacher_top1(m: dict) -> str:
+    if m["teacher_kind"] == "none":
+        return "- (none: the recipe reads no teacher)"
+    return "- (no logits)" if m["teacher_test_accuracy"] is None else f"{100 * m['teacher_test_accuracy']:.1f}%"
 
 
 def _source(source: str, kw: dict) -> tuple[str, dict | None]:

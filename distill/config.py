@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from cmcd_edge.datasets import Dataset, canonical_spec
-from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, parse_recipe
+from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, methods_without, parse_recipe
 from cmcd_edge.distill.rows import PRELOAD
 from cmcd_edge.distill.students import STUDENTS
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice, check_keys, check_types
+
+if TYPE_CHECKING:
+    from cmcd_edge.distill.teachers import TeacherOutputs
 
 DEVICES = ("auto", "cpu", "cuda")
 FINETUNE = ("head", "full", "none")
@@ -98,6 +102,21 @@ class DistillConfig:
     def needs_teacher_logits(self) -> bool:
         """Whether the recipe has a kd term, which matches the teacher's logits (an embedding-only teacher cannot)."""
         return any(n == "kd" for _, n in self.terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any term of the recipe reads the teacher: `supervised` (ce alone) learns from the labeled target
+        rows only, so it needs none trained or run."""
+        return any(n != "ce" for _, n in self.terms)
+
+    def check_teacher_logits(self, teacher: TeacherOutputs) -> None:
+        """A teacher without logits (or with logits over other classes) under a recipe with a kd term: one line naming
+        the methods that work without them."""
+        if teacher.logits is None and self.needs_teacher_logits:
+            what = f"--recipe {self.recipe}" if self.recipe else f"--method {self.method}"
+            raise UserError(f"{what}: needs teacher logits (its kd term); --teacher {self.teacher} gives "
+                            f"{teacher.without_logits()}: use a method without kd ({methods_without('kd')}) or a "
+                            "--recipe without it")
 
     def check_against(self, ds: Dataset) -> None:
         """Checks that need the data: the views exist, the source view has labels to train a teacher."""

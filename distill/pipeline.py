@@ -23,7 +23,7 @@ from cmcd_edge import __version__, datasets
 from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
-from cmcd_edge.distill.losses import LossDims, Pair, Recipe, methods_without, recipe_str
+from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_sha256, train_teacher
@@ -155,6 +155,11 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     cfg = replace(cfg, data=datasets.canonical_spec(cfg.data))  # run.json holds a path valid anywhere
     ds = datasets.load(cfg.data)
     cfg.check_against(ds)
+    if teacher is None and not cfg.needs_teacher:  # supervised: the labeled target rows alone (was: trained one)
+        if cfg.teacher != "train":
+            log.warning("%s reads no teacher: --teacher %s is not used", f"--recipe {cfg.recipe}" if cfg.recipe
+                        else f"--method {cfg.method}", cfg.teacher)
+        teacher = TeacherOutputs.none(ds.n_rows)
     datasets.validate(ds, [cfg.source, cfg.target] if teacher is None else [cfg.target])
     splits = make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
     labels = np.asarray(ds.labels)
@@ -185,10 +190,10 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     early = cache.lookup(ds, splits, dist, device) if cache is not None and not resume else None
     cached = early is not None
     if cached:  # checked as a loaded teacher's probe is: before any folder is made
-        _check_logits(cfg, early)
+        cfg.check_teacher_logits(early)
     elif teacher is None and cfg.teacher != "train" and not resume:  # a failed load leaves no folder
         early = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist,
-                             check=lambda probe: _check_logits(cfg, probe))  # before the pass over every row
+                             check=cfg.check_teacher_logits)  # before the pass over every row
     def prepare() -> None:
         if out is not None:
             hold.enter_context(exclusive(out))
@@ -228,7 +233,7 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
         raise UserError(f"teacher gives {teacher.emb.shape[0]} rows, the data has {ds.n_rows}")
 
     recipe_terms = cfg.terms
-    _check_logits(cfg, teacher)
+    cfg.check_teacher_logits(teacher)
     engine.seed_everything(cfg.seed)
     student = students.train_layout(students.build(spec))
     student.set_normalization(*datasets.norm_stats(ds.view(cfg.target), splits.train, info.kind))
@@ -291,14 +296,6 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     return RunResult(metrics, out)
 
 
-def _check_logits(cfg: DistillConfig, teacher: TeacherOutputs) -> None:
-    if teacher.logits is None and cfg.needs_teacher_logits:
-        what = f"--recipe {cfg.recipe}" if cfg.recipe else f"--method {cfg.method}"
-        raise UserError(f"{what}: needs teacher logits (its kd term); --teacher {cfg.teacher} gives "
-                        f"{teacher.without_logits()}: use a method without kd ({methods_without('kd')}) or a --recipe "
-                        "without it")
-
-
 def _finetune(cfg, student, x, y, lab, evaluate, ckpt, dist, resume_state, device, prior, on_epoch) -> list[dict]:
     """Fine-tune the head (or the whole student) on the labeled rows; the distilled state competes as epoch 0."""
     head_only = cfg.finetune == "head"
@@ -340,7 +337,8 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate
     val_acc, _ = evaluate()  # the kept model on val, as model selection scored it
     student.eval()
     s_emb = torch.cat([student.embed(x[s]).float().cpu() for s in engine.row_batches(x.shape[0], b)]).numpy()
-    gap = modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test, seed=cfg.seed)
+    gap = None if teacher.is_none else modality_gap(s_emb, teacher.emb.numpy(), splits.train, splits.val, splits.test,
+                                                     seed=cfg.seed)
     size = students.measure(student.cpu(), spec.in_shape)
     student.to(x.device)
     return {"method": cfg.method, "recipe": recipe_str(cfg.terms), "source": cfg.source,
@@ -350,7 +348,8 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate
             "test_macro_f1": macro_f1(pred, yt.numpy(), ds.n_classes),
             "test_per_class": per_class(pred, yt.numpy(), ds.classes),
             "test_confusions": confusions(pred, yt.numpy(), ds.classes),
-            "teacher_test_accuracy": teacher.test_accuracy, "params": size.params, "macs": size.macs,
+            "teacher_test_accuracy": teacher.test_accuracy, "teacher_kind": teacher.info["kind"],
+            "params": size.params, "macs": size.macs,
             "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}
 
 

@@ -236,10 +236,8 @@ def _safe(fn):
 
 def _student_embedding(cfg: DistillConfig, ds, rows: np.ndarray) -> np.ndarray:
     """The supervised baseline's encoder, trained on the labeled target rows; its embedding of ``rows``."""
-    # the supervised recipe never reads the teacher: a zero placeholder keeps the pipeline's shapes
-    dummy = TeacherOutputs(torch.zeros(ds.n_rows, 1), None, None, {"kind": "none"})
     captured = {}
-    res = run_distill(dataclasses.replace(cfg), None, teacher=dummy, capture=captured)
+    res = run_distill(dataclasses.replace(cfg), None, capture=captured)  # supervised: no teacher trained
     del res
     net = captured["student"].cpu().eval()
     with torch.no_grad():

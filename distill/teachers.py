@@ -44,6 +44,15 @@ class TeacherOutputs:
     test_accuracy: float | None
     info: dict
 
+    @classmethod
+    def none(cls, n_rows: int) -> TeacherOutputs:
+        """No teacher, for a recipe that reads none (``supervised``): a zero placeholder that keeps the shapes."""
+        return cls(torch.zeros(n_rows, 1), None, None, {"kind": "none"})
+
+    @property
+    def is_none(self) -> bool:
+        return self.info["kind"] == "none"
+
     def save(self, folder: Path) -> None:
         tensors = {"emb": self.emb.contiguous()}
         if self.logits is not None:
