@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cmcd_edge.datasets import Dataset, canonical_spec
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, methods_without, parse_recipe
@@ -12,9 +12,6 @@ from cmcd_edge.distill.rows import PRELOAD
 from cmcd_edge.distill.students import STUDENTS
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice, check_keys, check_types
-
-if TYPE_CHECKING:
-    from cmcd_edge.distill.teachers import TeacherOutputs
 
 DEVICES = ("auto", "cpu", "cuda")
 FINETUNE = ("head", "full", "none")
@@ -24,6 +21,14 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seed range; torch's generators are seeded
 def check_seed(seed: int, flag: str = "--seed") -> None:
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"{flag} {seed}: must be in [0, {MAX_SEED}]")
+
+
+class TeacherLike(Protocol):
+    """What the config's checks read of a teacher's outputs (teachers.TeacherOutputs, a layer beside this one)."""
+
+    logits: object
+
+    def without_logits(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class DistillConfig:
         rows only, so it needs none trained or run."""
         return any(n != "ce" for _, n in self.terms)
 
-    def check_teacher_logits(self, teacher: TeacherOutputs) -> None:
+    def check_teacher_logits(self, teacher: TeacherLike) -> None:
         """A teacher without logits (or with logits over other classes) under a recipe with a kd term: one line naming
         the methods that work without them."""
         if teacher.logits is None and self.needs_teacher_logits:
