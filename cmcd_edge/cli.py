@@ -13,6 +13,7 @@ import numpy as np
 
 from cmcd_edge import __version__, cli_base
 from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, on_interrupt, require, single_process
+from cmcd_edge.cli_cache import teacher_cache
 from cmcd_edge.cli_data import data
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, write_json
@@ -40,6 +41,7 @@ def main(debug: bool, quiet: bool) -> None:
 
 
 main.add_command(data)
+main.add_command(teacher_cache)
 
 
 # --------------------------------------------------------------------------------------------------------- distill
@@ -111,9 +113,8 @@ def distill(out: str, resume: bool, force: bool, source: str, **kw) -> None:
 
 
 def _teacher_top1(m: dict) -> str:
-    if m["teacher_kind"] == "none":
-        return "- (none: the recipe reads no teacher)"
-    return "- (no logits)" if m["teacher_test_accuracy"] is None else f"{100 * m['teacher_test_accuracy']:.1f}%"
+    none = "- (none: the recipe reads no teacher)" if m["teacher_kind"] == "none" else "- (no logits)"
+    return none if m["teacher_test_accuracy"] is None else f"{100 * m['teacher_test_accuracy']:.1f}%"
 
 
 def _source(source: str, kw: dict) -> tuple[str, dict | None]:

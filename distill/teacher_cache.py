@@ -159,3 +159,43 @@ class TeacherCache:
         for name in WEIGHTS:
             if (self.entry / name).is_file():
                 write_bytes(out / name, (self.entry / name).read_bytes())
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A folder in a ``--teacher-cache``, as ``cmcd-edge teacher-cache list`` shows it."""
+
+    path: Path
+    key: dict | None  # None: no readable key.json (damaged, or litter of a write killed before its rename)
+    made_on: dict
+    size: int
+
+    @property
+    def usable(self) -> bool:
+        """Whether this install can be served it: the format, versions and teacher code it was made with are this
+        install's (an entry of other code is never hit again; its data, view, device or teacher may be anything)."""
+        here = {"format": FORMAT, "torch": torch.__version__, "cmcd_edge": __version__, "code": _code_sha256()}
+        return self.key is not None and all(k in self.key and self.key[k] == v for k, v in here.items())
+
+    @property
+    def name(self) -> str:
+        """The entry it is or belongs to (a temp folder ``.<entry>.<random>.tmp`` belongs to ``<entry>``)."""
+        return self.path.name[1:].split(".")[0] if self.path.name.startswith(".") else self.path.name
+
+
+def entries(root: Path) -> list[Entry]:
+    """Every entry of cache folder ``root``, oldest first; temp folders of a write in progress or killed included
+    (named ``.<entry>.*.tmp``), as entries without a key."""
+    found = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        key, made_on = None, {}
+        try:
+            doc = json.loads((path / "key.json").read_text())
+            key, made_on = doc["key"], doc["made_on"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if not isinstance(key, dict) or not isinstance(made_on, dict):
+            key, made_on = None, {}
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        found.append(Entry(path, key, made_on, size))
+    return sorted(found, key=lambda e: str(e.made_on["time"]) if "time" in e.made_on else "")

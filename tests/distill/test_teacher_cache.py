@@ -197,3 +197,44 @@ def test_select_teacher_ranks_another_target_with_the_candidate_teachers_it_cach
     assert calls[3:] == ["src", "tgt"]
     assert [(r["view"], r["delta"], r["teacher_test_accuracy"]) for r in warm["ranking"]] == \
         [(r["view"], r["delta"], r["teacher_test_accuracy"]) for r in cold["ranking"]]
+
+
+def test_teacher_cache_list_and_prune_remove_what_this_install_cannot_use(cfg, tmp_path, monkeypatch, cli):
+    """Entries of other code or versions are never hit again, and each code edit of the teacher's modules makes new
+    keys: without a way to see and remove them a cache only grew."""
+    from cmcd_edge.distill import teacher_cache
+
+    cache = tmp_path / "cache"
+    cached = dataclasses.replace(cfg, teacher_cache=str(cache))
+    with monkeypatch.context() as m:
+        m.setattr(teacher_cache, "_code_sha256", lambda: "the code of an earlier checkout")
+        run_distill(cached, tmp_path / "old")
+    run_distill(cached, tmp_path / "now")
+    (cache / ".0123abcd.x1y2.tmp").mkdir()  # the temp folder of a write that was killed
+    listed = cli("teacher-cache", "list", cache)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert sum("train, seed 0, 2 epochs" in ln and ln.endswith("yes") for ln in lines) == 1
+    assert sum(ln.endswith("no (other code or versions)") for ln in lines) == 1
+    assert "no key.json" in listed.stdout and lines[-1].startswith("3 entries, ") and "2 this install cannot use" in lines[-1]
+    entries = {e["entry"]: e["usable"] for e in json.loads(cli("teacher-cache", "list", cache, "--json").stdout)}
+    assert sorted(entries.values()) == [False, False, True]
+    pruned = cli("teacher-cache", "prune", cache)
+    assert pruned.returncode == 0 and pruned.stdout.startswith("removed 2 entries (") and "1 left" in pruned.stdout
+    (kept,) = [p.name for p in cache.iterdir() if p.is_dir()]
+    assert entries[kept] is True
+    run_distill(dataclasses.replace(cached, method="cmd"), tmp_path / "again")  # still served
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
+    assert cli("teacher-cache", "prune", cache, "--all").stdout.startswith("removed 1 entry (")
+    assert not [p for p in cache.iterdir() if p.is_dir()]
+
+
+def test_teacher_cache_prune_leaves_an_entry_another_process_is_writing(tmp_path, cli):
+    from cmcd_edge.fsutil import exclusive
+
+    cache = tmp_path / "cache"
+    (cache / ".0123abcd.x1y2.tmp").mkdir(parents=True)  # a write in progress: atomic_dir holds the entry's lock
+    with exclusive(cache / "0123abcd"):
+        res = cli("teacher-cache", "prune", cache)
+    assert res.returncode == 0 and "1 being written by another process, left alone" in res.stdout
+    assert (cache / ".0123abcd.x1y2.tmp").is_dir()
