@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cmcd_edge.cli_base import require
-from cmcd_edge.errors import EnvironmentFailure, UserError
+from cmcd_edge.errors import EnvironmentFailure, OutputBusy
 from cmcd_edge.fsutil import exclusive
 
 FOLDER = click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
@@ -79,7 +79,7 @@ def prune(folder: Path, everything: bool) -> None:
         try:
             with exclusive(folder / e.name):  # the lock a write of this entry holds
                 shutil.rmtree(e.path)
-        except UserError:
+        except OutputBusy:
             busy += 1
             continue
         except OSError as exc:

@@ -8,6 +8,7 @@ from cmcd_edge.runtime.errors import (
     EngineMismatch,
     EnvironmentFailure,
     InputShapeError,
+    OutputBusy,
     UserError,
     missing_extra,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "EngineMismatch",
     "EnvironmentFailure",
     "InputShapeError",
+    "OutputBusy",
     "UserError",
     "missing_extra",
 ]

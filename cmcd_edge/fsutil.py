@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cmcd_edge.errors import EnvironmentFailure, UserError
+from cmcd_edge.errors import EnvironmentFailure, OutputBusy, UserError
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,8 @@ def exclusive(out: str | os.PathLike) -> Iterator[None]:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
             pid = f" (pid {holder})" if holder.isdigit() else ""
-            raise UserError(f"{out}: another cmcd-edge process{pid} is writing it; wait for it to end or stop it, "
-                            "then run again") from None
+            raise OutputBusy(f"{out}: another cmcd-edge process{pid} is writing it; wait for it to end or stop it, "
+                             "then run again") from None
         except OSError as exc:  # a filesystem without flock (some network mounts): said, not silent
             log.warning("%s: cannot lock it (%s); make sure no other cmcd-edge process writes there", out,
                         exc.strerror or exc)

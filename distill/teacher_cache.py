@@ -33,7 +33,7 @@ from cmcd_edge.datasets import Dataset
 from cmcd_edge.distill import ddp, engine, rows, students, teachers
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
-from cmcd_edge.errors import CmcdError, UserError
+from cmcd_edge.errors import CmcdError, OutputBusy, UserError
 from cmcd_edge.fsutil import atomic_dir, write_bytes, write_json
 from cmcd_edge.runtime.cpu import read_cpuinfo
 from cmcd_edge.splitting import Splits
@@ -149,6 +149,9 @@ class TeacherCache:
                     if (weights_from / name).is_file():
                         shutil.copyfile(weights_from / name, tmp / name)
                 write_json(tmp / "key.json", {"key": self.key, "made_on": made_on})  # last: marks a whole entry
+        except OutputBusy:  # another run of the same teacher is storing it: it will be there for the next run
+            log.info("%s: another process is keeping this teacher (%s)", self.shown, entry)
+            return
         except (CmcdError, OSError) as exc:
             log.warning("%s: could not keep this teacher (%s); the run goes on without it", self.shown, exc)
             return

@@ -20,6 +20,10 @@ class UserError(CmcdError):
     exit_code = 2
 
 
+class OutputBusy(UserError):
+    """Another cmcd-edge process is writing the output named (fsutil.exclusive holds its lock)."""
+
+
 class DataError(UserError):
     """A dataset on disk is malformed."""
 

@@ -238,3 +238,21 @@ def test_teacher_cache_prune_leaves_an_entry_another_process_is_writing(tmp_path
         res = cli("teacher-cache", "prune", cache)
     assert res.returncode == 0 and "1 being written by another process, left alone" in res.stdout
     assert (cache / ".0123abcd.x1y2.tmp").is_dir()
+
+
+def test_teacher_cache_store_beside_another_process_storing_it_is_not_a_warning(cfg, tmp_path, caplog):
+    """Two runs of one teacher finishing together: the second used to warn that it 'could not keep this teacher',
+    though the first was keeping the same one."""
+    from cmcd_edge.distill.teacher_cache import TeacherCache
+    from cmcd_edge.distill.teachers import TeacherOutputs
+    from cmcd_edge.fsutil import exclusive
+
+    ds = datasets.load(cfg.data)
+    cache = TeacherCache.for_run(dataclasses.replace(cfg, teacher_cache=str(tmp_path / "c")), ds, torch.device("cpu"))
+    caplog.set_level("INFO", logger="cmcd_edge.distill.teacher_cache")
+    with exclusive(cache.entry):  # the other process's write
+        cache.put(TeacherOutputs.none(ds.n_rows))
+    assert "another process is keeping this teacher" in caplog.text and "could not keep" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    cache.put(TeacherOutputs.none(ds.n_rows))
+    assert (cache.entry / "key.json").is_file()
