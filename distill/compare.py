@@ -140,6 +140,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
     runs: dict[str, list[dict]] = {m: [] for m in extra_runs}  # each method's metrics.json, seed by seed
     teacher_acc = []
     loaded = None  # a --teacher file's or factory's outputs: one pass over the rows serves every seed
+    done, total, start = 0, len(seed_list) * len(extra_runs), time.perf_counter()
     for seed in seed_list:
         cfg_s = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
@@ -159,7 +160,9 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, for
             run_dir = out / "runs" / f"{'supervised' if same else m.replace('@100%', '-all-labels')}-s{seed}"
             res = _finished(run_dir, cfg) or _train(run_dir, cfg, teacher)
             runs[m].append(res)
-            log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)", m, seed, res["test_accuracy"], res["wall_s"])
+            done += 1
+            log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)  [%d/%d%s]", m, seed, res["test_accuracy"],
+                     res["wall_s"], done, total, engine.time_left(time.perf_counter() - start, done, total))
     results = {
         "data": base.data, "source": base.source, "target": base.target, "labeled_fraction": base.labeled_fraction,
         "seeds": seed_list, "teacher_test_accuracy": _teacher_stats(teacher_acc),

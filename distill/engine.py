@@ -339,6 +339,15 @@ class _Progress:
             self.bar.close()
 
 
+def time_left(elapsed: float, done: int, total: int) -> str:
+    """", about N min left" for the rest of ``total`` items at the pace of the ``done`` ones so far ("" when done):
+    a long pass or comparison says when it will end, not only how far it is."""
+    if done <= 0 or done >= total:
+        return ""
+    left = elapsed / done * (total - done)
+    return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f}s left"
+
+
 class RowsProgress:
     """A pass over every row (the frozen teacher's outputs): a tqdm bar of rows on a terminal, else a log line at most
     every ``every_s`` seconds with the rows done, rows/s and the time left. A large pretrained teacher's pass over
@@ -371,9 +380,9 @@ class RowsProgress:
         now = time.perf_counter()
         if now - self.last >= self.every_s and self.done < self.total:
             self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            log.info("%s: %s of %s rows (%.0f%%), %.0f rows/s, about %.0fs left", self.what, f"{self.done:,}",
-                     f"{self.total:,}", 100 * self.done / self.total, rate, (self.total - self.done) / rate)
+            log.info("%s: %s of %s rows (%.0f%%), %.0f rows/s%s", self.what, f"{self.done:,}", f"{self.total:,}",
+                     100 * self.done / self.total, self.done / max(now - self.t0, 1e-9),
+                     time_left(now - self.t0, self.done, self.total))
 
 
 def check_batch_memory(spec: students.NetSpec, batch: int, limit: int | None, device: torch.device, what: str, advice: str) -> None:

@@ -17,8 +17,13 @@ from tests.conftest import CLI
 from tests.helpers import INTERRUPTED, assert_one_line_error
 
 
-def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path):
+def test_compare_writes_results_for_every_method_and_the_ceiling(base, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cmcd_edge.distill.compare")
     r = run_compare(base, ["cmcd", "supervised"], 2, tmp_path / "cmp")
+    # each run's line says how far the compare is and about how long the rest takes (was: neither)
+    done = [m.getMessage() for m in caplog.records if "test top-1" in m.getMessage()]
+    assert [ln.rsplit("[", 1)[1].split(",")[0].rstrip("]") for ln in done] == [f"{k}/6" for k in range(1, 7)]
+    assert all(", about " in ln and ln.endswith(" left]") for ln in done[:-1]) and done[-1].endswith("[6/6]")
     assert set(r["methods"]) == {"cmcd", "supervised"} and r["seeds"] == [0, 1]
     for m in r["methods"].values():
         assert 0.0 <= m["test_accuracy"]["mean"] <= 1.0 and m["wall_s"] > 0

@@ -157,3 +157,11 @@ def test_teacher_pass_reports_its_progress(tmp_path, caplog, monkeypatch):
     teachers.load_teacher(ref, ds, "src", make_splits(ds, 0), torch.device("cpu"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher outputs:")]
     assert [ln.split(" rows")[0] for ln in lines] == ["teacher outputs: 100 of 300", "teacher outputs: 200 of 300"]
+
+
+def test_time_left_at_the_pace_so_far():
+    from cmcd_edge.distill.engine import time_left
+
+    assert time_left(10.0, 2, 4) == ", about 10s left"
+    assert time_left(60.0, 1, 3) == ", about 2 min left"  # 120 s: minutes from 90 s on
+    assert time_left(5.0, 3, 3) == "" and time_left(0.0, 0, 3) == ""
