@@ -114,12 +114,16 @@ class DistillConfig:
         rows only, so it needs none trained or run."""
         return any(n != "ce" for _, n in self.terms)
 
+    @property
+    def recipe_flag(self) -> str:
+        """The flag that set the recipe, as messages name it: ``--recipe TEXT``, else ``--method NAME``."""
+        return f"--recipe {self.recipe}" if self.recipe else f"--method {self.method}"
+
     def check_teacher_logits(self, teacher: TeacherLike) -> None:
         """A teacher without logits (or with logits over other classes) under a recipe with a kd term: one line naming
         the methods that work without them."""
         if teacher.logits is None and self.needs_teacher_logits:
-            what = f"--recipe {self.recipe}" if self.recipe else f"--method {self.method}"
-            raise UserError(f"{what}: needs teacher logits (its kd term); --teacher {self.teacher} gives "
+            raise UserError(f"{self.recipe_flag}: needs teacher logits (its kd term); --teacher {self.teacher} gives "
                             f"{teacher.without_logits()}: use a method without kd ({methods_without('kd')}) or a "
                             "--recipe without it")
 

@@ -157,8 +157,7 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     cfg.check_against(ds)
     if teacher is None and not cfg.needs_teacher:  # supervised: the labeled target rows alone (was: trained one)
         if cfg.teacher != "train":
-            log.warning("%s reads no teacher: --teacher %s is not used", f"--recipe {cfg.recipe}" if cfg.recipe
-                        else f"--method {cfg.method}", cfg.teacher)
+            log.warning("%s reads no teacher: --teacher %s is not used", cfg.recipe_flag, cfg.teacher)
         teacher = TeacherOutputs.none(ds.n_rows)
     datasets.validate(ds, [cfg.source, cfg.target] if teacher is None else [cfg.target])
     splits = make_splits(ds, cfg.seed, labeled_fraction=cfg.labeled_fraction)  # bad splits: before any write
