@@ -72,8 +72,9 @@ def prune(folder: Path, everything: bool) -> None:
     require("torch", "train")
     from cmcd_edge.distill.teacher_cache import entries
 
+    found = entries(folder)
     removed, freed, busy = 0, 0, 0
-    for e in entries(folder):
+    for e in found:
         if e.usable and not everything:
             continue
         try:
@@ -85,6 +86,6 @@ def prune(folder: Path, everything: bool) -> None:
         except OSError as exc:
             raise EnvironmentFailure(f"cannot remove {e.path}: {exc.strerror or exc}") from exc
         removed, freed = removed + 1, freed + e.size
-    left = len(entries(folder))
+    left = len(found) - removed
     note = f"; {busy} being written by another process, left alone" if busy else ""
     click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB); {left} left in {folder}{note}")
