@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -91,13 +92,100 @@ def _torch_fn(run: str, threads: int):
     return fn
 
 
-def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: str, backend: str, duration: float,
-              warmup: float, data: str | None, no_accuracy: bool, torch_run: str | None, out: str | None,
-              plot: str | None, rows: str = "test") -> dict:
-    manifest = load_manifest(bundle)
-    names = [v.name for v in manifest.variants] if variants == "all" else csv_items(variants, "--variants")
-    for n in names:
-        manifest.variant(n)
+def labels_of(bundles: list[str]) -> list[str]:
+    """Short names that tell ``bundles`` apart: each folder's name, with as many parent folders as it takes to make
+    them distinct (``a/bundle`` and ``b/bundle``)."""
+    parts = [Path(b).resolve().parts for b in bundles]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(b) for b in bundles]
+
+
+@dataclass
+class _Bundle:
+    """One BUNDLE of the command line: its manifest, the variants timed, and the rows its top-1 is measured on."""
+
+    path: str
+    label: str
+    manifest: object
+    names: list[str]
+    test: tuple | None = None  # (rows, labels)
+    accuracy_on: dict | None = None
+    scored_key: tuple | None = None  # (data, rows, the picked row ids): equal keys, top-1 on the same rows
+
+    def doc(self) -> dict:
+        return {"path": self.path, "label": self.label, "accuracy_on": self.accuracy_on}
+
+
+def _open_bundles(bundles: list[str], variants: str, data: str | None, rows: str, no_accuracy: bool) -> list[_Bundle]:
+    seen: set[Path] = set()
+    for b in bundles:
+        if Path(b).resolve() in seen:
+            raise UserError(f"BUNDLE {b}: given twice")
+        seen.add(Path(b).resolve())
+    asked = None if variants == "all" else csv_items(variants, "--variants")
+    out = []
+    for path, label in zip(bundles, labels_of(bundles), strict=True):
+        manifest = load_manifest(path)
+        names = [v.name for v in manifest.variants] if asked is None else asked
+        for n in names:
+            manifest.variant(n)
+        out.append(_Bundle(path, label, manifest, names))
+    for b in out if not no_accuracy else ():
+        scored = _scored_rows(b.manifest, data, rows)
+        if scored is not None:
+            b.test, b.accuracy_on = scored[:2], scored[2]
+            b.scored_key = (b.accuracy_on["data"], rows, scored[0].rows.tobytes())
+    keyed = [b for b in out if b.scored_key is not None]
+    for b in keyed[1:]:
+        if b.scored_key != keyed[0].scored_key:
+            log.warning("top-1 of %s and %s is measured on different rows (other data, seed or labeled fraction): "
+                        "compare their top-1 with care, or pass --data DIR --rows all to score both on one set",
+                        keyed[0].label, b.label)
+    return out
+
+
+def _cases(b: _Bundle, t: int, batches: list[int], backend: str, every_variant: bool, rng) -> tuple[list, list]:
+    """The timed cases of bundle ``b`` at ``t`` threads, and (Predictor, raw session.run) pairs for the overhead."""
+    macs = (b.manifest.raw.get("student") or {}).get("macs")
+    cases: list[rb.Case] = []
+    pairs = []
+    for name in b.names:
+        try:
+            p = Predictor.load(b.path, variant=name, backend=backend, threads=t)
+        except EngineMismatch as exc:
+            if not every_variant:
+                raise
+            log.warning("%s: variant %s skipped on %s: %s", b.label, name, backend, exc)
+            continue
+        acc = None
+        if b.test is not None:
+            x = b.test[0]  # 256 rows a call: a large test split never sits in memory whole
+            pred = np.concatenate([p.predict(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
+            acc = float((pred == b.test[1]).mean())
+        for batch in batches:
+            x = b.test[0][:batch] if b.test is not None and len(b.test[0]) >= batch else \
+                rng.normal(size=(batch, *p.input_shape)).astype(np.float32)
+            cases.append(rb.Case(name, p.backend, batch, t, p.predict, x, macs, test_accuracy=acc, bundle=b.label))
+            if batch == batches[0]:
+                sess, inp = p.session, p.manifest.input_name
+                raw = rb.Case(f"{name}:raw", p.backend, batch, t, lambda x, s=sess, i=inp: s.run(["logits"], {i: x}),
+                              x, bundle=b.label)
+                cases.append(raw)
+                pairs.append((cases[-2], raw))
+    return cases, pairs
+
+
+def run_bench(bundles: str | list[str], *, threads: list[int], batches: list[int], variants: str, backend: str,
+              duration: float, warmup: float, data: str | None, no_accuracy: bool, torch_run: str | None,
+              out: str | None, plot: str | None, rows: str = "test") -> dict:
+    """Time every variant of each of ``bundles`` (several: one interleaved run, so their ratios hold on a noisy
+    machine), with top-1 beside each."""
+    bundles = [bundles] if isinstance(bundles, str) else list(bundles)
+    if torch_run and len(bundles) > 1:
+        raise UserError(f"--compare-torch: times one run beside its own bundle; give one BUNDLE, not {len(bundles)}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     for t in (t for t in threads if t > cores):
         log.warning("--threads %d: this process may use %d cores, so those cases oversubscribe them", t, cores)
@@ -107,42 +195,25 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
         raise UserError(f"--warmup {warmup}: must be a finite number >= 0 (seconds)")
     if plot:
         _pyplot()  # before the benchmark runs, not after minutes of it
-    scored = None if no_accuracy else _scored_rows(manifest, data, rows)
-    test, accuracy_on = (None, None) if scored is None else (scored[:2], scored[2])
+    opened = _open_bundles(bundles, variants, data, rows, no_accuracy)
     rng = np.random.default_rng(0)
-    macs = (manifest.raw.get("student") or {}).get("macs")
     cases: list[rb.Case] = []
     overhead_pairs = []
     for t in threads:
-        for name in names:
-            try:
-                p = Predictor.load(bundle, variant=name, backend=backend, threads=t)
-            except EngineMismatch as exc:
-                if variants != "all":
-                    raise
-                log.warning("variant %s skipped on %s: %s", name, backend, exc)
-                continue
-            acc = None
-            if test is not None:
-                x = test[0]  # 256 rows a call: a large test split never sits in memory whole
-                pred = np.concatenate([p.predict(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
-                acc = float((pred == test[1]).mean())
-            for b in batches:
-                x = test[0][:b] if test is not None and len(test[0]) >= b else \
-                    rng.normal(size=(b, *p.input_shape)).astype(np.float32)
-                cases.append(rb.Case(name, p.backend, b, t, p.predict, x, macs, test_accuracy=acc))
-                if b == batches[0]:
-                    sess, inp = p.session, p.manifest.input_name
-                    raw = rb.Case(f"{name}:raw", p.backend, b, t, lambda x, s=sess, i=inp: s.run(["logits"], {i: x}), x)
-                    cases.append(raw)
-                    overhead_pairs.append((cases[-2], raw))
+        for b in opened:
+            c, pairs = _cases(b, t, batches, backend, variants == "all", rng)
+            cases += c
+            overhead_pairs += pairs
         if torch_run:
+            manifest = opened[0].manifest
             fn = _torch_fn(torch_run, t)
-            for b in batches:
-                x = cases[0].x if cases[0].batch == b else rng.normal(size=(b, *manifest.sample_shape)).astype(np.float32)
-                cases.append(rb.Case("torch-eager", "torch", b, t, fn, x, macs))
+            macs = (manifest.raw.get("student") or {}).get("macs")
+            for batch in batches:
+                x = cases[0].x if cases and cases[0].batch == batch else \
+                    rng.normal(size=(batch, *manifest.sample_shape)).astype(np.float32)
+                cases.append(rb.Case("torch-eager", "torch", batch, t, fn, x, macs, bundle=opened[0].label))
     if not cases:
-        raise UserError(f"{bundle}: no variant could be loaded on backend {backend!r}")
+        raise UserError(f"{', '.join(bundles)}: no variant could be loaded on backend {backend!r}")
     env = rb.environment()
     sampler = rb.jetson.TegrastatsSampler().start() if env["jetson"]["jetson"] else None
     click.echo(f"benchmarking {len(cases)} cases, {duration:.1f}s each, interleaved ...", err=True)
@@ -151,30 +222,39 @@ def run_bench(bundle: str, *, threads: list[int], batches: list[int], variants: 
     overhead = []
     for pc, raw in overhead_pairs:
         a, r = rb.stats(pc.times_ns, pc.batch, None), rb.stats(raw.times_ns, raw.batch, None)
-        overhead.append({"variant": pc.variant, "threads": pc.threads, "batch": pc.batch,
+        overhead.append({"bundle": pc.bundle, "variant": pc.variant, "threads": pc.threads, "batch": pc.batch,
                          "predictor_p50_ms": a["p50_ms"], "raw_p50_ms": r["p50_ms"],
                          "overhead_us": 1e3 * (a["p50_ms"] - r["p50_ms"]),
                          "overhead_pct": 100 * (a["p50_ms"] - r["p50_ms"]) / r["p50_ms"]})
-    doc = {"bundle": str(bundle), "environment": env, "results": [r for r in results if not r["variant"].endswith(":raw")],
-           "predictor_overhead": overhead, "accuracy_on": accuracy_on}
+    several = len(opened) > 1
+    doc = {"bundles": [b.doc() for b in opened], "environment": env,
+           "results": [r for r in results if not r["variant"].endswith(":raw")], "predictor_overhead": overhead}
     if sampler is not None:
         samples = sampler.stop()
         power = [rb.jetson.total_power_mw(s) for s in samples if rb.jetson.total_power_mw(s)]
         doc["tegrastats"] = {"samples": len(samples), "mean_power_mw": float(np.mean(power)) if power else None}
         if not env["jetson"].get("clocks_locked"):
             log.warning("jetson clocks are not locked: run sudo jetson_clocks for stable latency")
-    click.echo(rb.table(doc["results"]))
-    if accuracy_on is not None:
-        split = "the test split" if rows == "test" else "every labeled row"
-        click.echo(f"top-1 on {split} of {accuracy_on['data']}: {accuracy_on['scored']} rows")
+    click.echo(rb.table(doc["results"], by_bundle=several))
+    split = "the test split" if rows == "test" else "every labeled row"
+    same_rows = len({b.scored_key for b in opened}) == 1  # then one line says it for all
+    for b in opened[:1] if same_rows else opened:
+        if b.accuracy_on is not None:
+            click.echo(f"{b.label + ': ' if several and not same_rows else ''}top-1 on {split} of "
+                       f"{b.accuracy_on['data']}: {b.accuracy_on['scored']} rows")
     for o in overhead:
-        click.echo(f"Predictor overhead over raw session.run ({o['variant']}, batch {o['batch']}, {o['threads']} thr): "
-                   f"{o['overhead_us']:+.1f} us ({o['overhead_pct']:+.1f}%)")
+        click.echo(f"{o['bundle'] + ': ' if several else ''}Predictor overhead over raw session.run ({o['variant']}, "
+                   f"batch {o['batch']}, {o['threads']} thr): {o['overhead_us']:+.1f} us ({o['overhead_pct']:+.1f}%)")
     if any(c.backend == "cpu" for c in cases):
-        doc["auto_variant_cpu"] = auto_variant(manifest, "cpu")
-        click.echo(f"Predictor.load(variant='auto') on cpu here: {doc['auto_variant_cpu']}")
+        for b, entry in zip(opened, doc["bundles"], strict=True):
+            entry["auto_variant_cpu"] = auto_variant(b.manifest, "cpu")
+            click.echo(f"{b.label + ': ' if several else ''}Predictor.load(variant='auto') on cpu here: "
+                       f"{entry['auto_variant_cpu']}")
     click.echo(f"jetson: {'yes (' + str(env['jetson'].get('model')) + ')' if env['jetson']['jetson'] else 'no'}  "
                f"cpu: {env['cpu']}  isa: {' '.join(env['isa_flags'])}  onnxruntime {env['onnxruntime']}")
+    if not several:  # the one-bundle document's keys, as before several bundles were taken
+        doc = {"bundle": bundles[0], **doc, **{k: doc["bundles"][0].get(k) for k in ("accuracy_on", "auto_variant_cpu")
+                                               if k in doc["bundles"][0]}}
     if out:
         write_json(out, doc)
     if plot:
@@ -198,12 +278,15 @@ def _plot(doc: dict, cases: list[rb.Case], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     shown = [c for c in cases if not c.variant.endswith(":raw")]
     a.boxplot([np.asarray(c.times_ns) / 1e6 for c in shown], showfliers=False)
-    a.set_xticks(range(1, len(shown) + 1), [f"{c.variant}\nb{c.batch} t{c.threads}" for c in shown], fontsize=7)
+    several = len({c.bundle for c in shown}) > 1
+    name = (lambda c: f"{c.bundle}\n{c.variant}") if several else (lambda c: c.variant)
+    a.set_xticks(range(1, len(shown) + 1), [f"{name(c)}\nb{c.batch} t{c.threads}" for c in shown], fontsize=7)
     a.set_ylabel("latency (ms)")
     for r in doc["results"]:
         if r.get("test_accuracy") is not None:
             b.scatter(r["p50_ms"], 100 * r["test_accuracy"])
-            b.annotate(f"{r['variant']} b{r['batch']}", (r["p50_ms"], 100 * r["test_accuracy"]), fontsize=7)
+            tag = f"{r['bundle']} " if several else ""
+            b.annotate(f"{tag}{r['variant']} b{r['batch']}", (r["p50_ms"], 100 * r["test_accuracy"]), fontsize=7)
     b.set_xlabel("p50 latency (ms)")
     b.set_ylabel("test top-1 (%)")
     fig.tight_layout()

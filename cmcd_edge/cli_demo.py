@@ -49,7 +49,7 @@ def run_demo(root: Path, quick: bool) -> None:
                allow_accuracy_drop=False, target="auto", stem="auto", per_channel=False, force=False, recalibrate=False,
                engine=False)
     click.echo("\n== 6. bench: latency with accuracy beside it (torch-free runtime)")
-    ctx.invoke(command(ctx, "bench"), bundle=str(root / "bundle"), variants="all", batches="1,8", threads="1",
+    ctx.invoke(command(ctx, "bench"), bundles=(str(root / "bundle"),), variants="all", batches="1,8", threads="1",
                backend="cpu", duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None,
                out=str(root / "bench.json"), plot=None)
     click.echo(f"\nEverything is in {root}/: run/, compare/results.md, bundle/, bench.json, teacher-cache/")

@@ -29,6 +29,7 @@ class Case:
     macs_per_sample: int | None = None
     times_ns: list[int] = field(default_factory=list)
     test_accuracy: float | None = None
+    bundle: str | None = None  # which bundle, when one run times several
 
 
 def stats(times_ns: list[int], batch: int, macs: int | None) -> dict:
@@ -81,19 +82,24 @@ def environment() -> dict:
             "python": platform.python_version(), **{"jetson": jetson.detect()}}
 
 
-def table(results: list[dict]) -> str:
-    head = f"{'variant':<14}{'backend':<10}{'batch':>6}{'thr':>5}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}" \
-           f"{'items/s':>11}{'top-1 %':>9}"
+def table(results: list[dict], by_bundle: bool = False) -> str:
+    """The results as a text table; ``by_bundle`` adds a first column naming each row's bundle."""
+    width = max([len(r.get("bundle") or "") for r in results] + [6]) + 2 if by_bundle else 0
+    head = f"{'bundle':<{width}}" if by_bundle else ""
+    head += f"{'variant':<14}{'backend':<10}{'batch':>6}{'thr':>5}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}" \
+            f"{'items/s':>11}{'top-1 %':>9}"
     lines = [head, "-" * len(head)]
     for r in results:
         acc = "" if r.get("test_accuracy") is None else f"{100 * r['test_accuracy']:.2f}"
-        lines.append(f"{r['variant']:<14}{r['backend']:<10}{r['batch']:>6}{str(r['threads'] or '-'):>5}"
+        lead = f"{r.get('bundle') or '':<{width}}" if by_bundle else ""
+        lines.append(f"{lead}{r['variant']:<14}{r['backend']:<10}{r['batch']:>6}{str(r['threads'] or '-'):>5}"
                      f"{r['p50_ms']:>10.4f}{r['p90_ms']:>10.4f}{r['p99_ms']:>10.4f}{r['throughput_per_s']:>11.1f}{acc:>9}")
     return "\n".join(lines)
 
 
 def results_of(cases: list[Case]) -> list[dict]:
-    return [{"variant": c.variant, "backend": c.backend, "batch": c.batch, "threads": c.threads,
+    return [{**({"bundle": c.bundle} if c.bundle is not None else {}),
+             "variant": c.variant, "backend": c.backend, "batch": c.batch, "threads": c.threads,
              **stats(c.times_ns, c.batch, c.macs_per_sample),
              **({"test_accuracy": c.test_accuracy} if c.test_accuracy is not None else {})} for c in cases]
 

@@ -159,3 +159,46 @@ def test_bench_warns_when_threads_exceed_the_cores_it_may_use(toy_bundle, cli, t
     assert f"--threads {cores + 1}: this process may use {cores} cores, so those cases oversubscribe them" in res.stderr
     res = cli(*args, "--threads", str(cores))
     assert res.returncode == 0 and "oversubscribe" not in res.stderr, res.stderr
+
+
+def test_bench_several_bundles_are_timed_interleaved_in_one_table(toy_bundle, trt_bundle, cli, tmp_path):
+    """Was: one BUNDLE a run, so two students (cmcd against supervised, or two widths) were timed in two runs on a
+    noisy machine, and their latency ratio mixed the machine's drift between the runs with the models' difference."""
+    res = cli("bench", toy_bundle, trt_bundle, "--variants", "fp32", "--duration", "0.1", "--warmup", "0.01",
+              "--batch", "1", "--out", tmp_path / "b.json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "b.json").read_text())
+    labels = [b["label"] for b in doc["bundles"]]  # both folders are named "bundle": their parents tell them apart
+    assert labels == [f"{toy_bundle.parent.name}/bundle", f"{trt_bundle.parent.name}/bundle"]
+    assert [b["path"] for b in doc["bundles"]] == [str(toy_bundle), str(trt_bundle)]
+    assert sorted(r["bundle"] for r in doc["results"]) == sorted(labels)
+    assert all(label in res.stdout for label in labels)
+    top1 = {r["bundle"]: r["test_accuracy"] for r in doc["results"]}  # the same fp32 network on the same test rows
+    assert top1[labels[0]] == top1[labels[1]] and doc["bundles"][0]["accuracy_on"] == doc["bundles"][1]["accuracy_on"]
+    assert "different rows" not in res.stderr
+    assert {o["bundle"] for o in doc["predictor_overhead"]} == set(labels)
+
+
+def test_bench_several_bundles_says_when_their_top1_is_on_different_rows(toy_bundle, cli, tmp_path):
+    other = edited_bundle(toy_bundle, tmp_path / "seed1", lambda m: m["source_run"].update(seed=1))
+    res = cli("bench", toy_bundle, other, "--variants", "fp32", "--duration", "0.05", "--warmup", "0.01",
+              "--batch", "1", "--out", tmp_path / "b.json")
+    assert res.returncode == 0, res.stderr
+    assert "top-1 of bundle and seed1 is measured on different rows" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ((), "BUNDLE {a}: given twice"),
+    (("--compare-torch", "run"), "--compare-torch: times one run beside its own bundle; give one BUNDLE, not 2"),
+])
+def test_bench_several_bundles_refuses_a_repeat_or_compare_torch(toy_bundle, cli, tmp_path, extra, needle):
+    second = toy_bundle if not extra else edited_bundle(toy_bundle, tmp_path / "b2", lambda m: None)
+    res = cli("bench", toy_bundle, second, *extra, "--duration", "0.05", "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, needle.format(a=toy_bundle))
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_several_bundles_names_the_one_without_a_variant(toy_bundle, trt_bundle, cli, tmp_path):
+    res = cli("bench", trt_bundle, toy_bundle, "--variants", "fp16", "--duration", "0.05", "--out", tmp_path / "b.json")
+    assert_one_line_error(res, 2, f"{toy_bundle}: no variant 'fp16'")
+    assert not (tmp_path / "b.json").exists()
