@@ -109,3 +109,6 @@ test -d /tmp/base22 || git worktree add -f /tmp/base22 f92aa9e
 t loaded-teacher $B/python benchmarks/loaded_teacher.py --baseline /tmp/base22 --out $R/loaded_teacher.json > $R/loaded_teacher.txt
 # session 23: a second target's distill with a warm --teacher-cache, against none
 t teacher-cache $B/python benchmarks/teacher_cache.py --out $R/teacher_cache.json > $R/teacher_cache.txt
+# session 24: two identical bundles' p50 ratio, from two bench runs against one interleaved run
+$B/cmcd-edge -q demo --out /tmp/cmcd-demo > /dev/null
+t bench-pairs $B/python benchmarks/bench_pairs.py /tmp/cmcd-demo/bundle --rounds 8 --out $R/bench_pairs.json > $R/bench_pairs.txt

@@ -216,7 +216,7 @@ def run_bench(bundles: str | list[str], *, threads: list[int], batches: list[int
         raise UserError(f"{', '.join(bundles)}: no variant could be loaded on backend {backend!r}")
     env = rb.environment()
     sampler = rb.jetson.TegrastatsSampler().start() if env["jetson"]["jetson"] else None
-    click.echo(f"benchmarking {len(cases)} cases, {duration:.1f}s each, interleaved ...", err=True)
+    log.info("benchmarking %d cases, %gs each, interleaved ...", len(cases), duration)
     rb.run_interleaved(cases, duration_s=duration, warmup_s=warmup)
     results = rb.results_of(cases)
     overhead = []

@@ -202,3 +202,12 @@ def test_bench_several_bundles_names_the_one_without_a_variant(toy_bundle, trt_b
     res = cli("bench", trt_bundle, toy_bundle, "--variants", "fp16", "--duration", "0.05", "--out", tmp_path / "b.json")
     assert_one_line_error(res, 2, f"{toy_bundle}: no variant 'fp16'")
     assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_quiet_writes_nothing_to_stderr(toy_bundle, cli, tmp_path):
+    """Was: `-q bench` (only warnings and errors) still wrote its 'benchmarking N cases ...' line to stderr."""
+    res = cli("-q", "bench", toy_bundle, "--variants", "fp32", "--batch", "1", "--duration", "0.05", "--warmup", "0",
+              "--out", tmp_path / "b.json")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    res = cli("bench", toy_bundle, "--variants", "fp32", "--batch", "1", "--duration", "0.05", "--warmup", "0")
+    assert res.returncode == 0 and "benchmarking 2 cases, 0.05s each, interleaved" in res.stderr, res.stderr
