@@ -112,3 +112,7 @@ t teacher-cache $B/python benchmarks/teacher_cache.py --out $R/teacher_cache.jso
 # session 24: two identical bundles' p50 ratio, from two bench runs against one interleaved run
 $B/cmcd-edge -q demo --out /tmp/cmcd-demo > /dev/null
 t bench-pairs $B/python benchmarks/bench_pairs.py /tmp/cmcd-demo/bundle --rounds 8 --out $R/bench_pairs.json > $R/bench_pairs.txt
+# session 24: predict over 200,000 samples, each output, against the code before (a worktree of 00068a2)
+test -d /tmp/base24 || git worktree add -f /tmp/base24 00068a2
+t predict-out $B/python benchmarks/predict_out.py /tmp/cmcd-demo/bundle --rows 200000 --baseline /tmp/base24 \
+  --out $R/predict_out.json > $R/predict_out.txt

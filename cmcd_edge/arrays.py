@@ -31,8 +31,9 @@ def parse_view_arg(arg: str) -> tuple[str, str, str | None]:
     return name, rest, kind
 
 
-def load_array(spec: str, flag: str) -> np.ndarray:
-    """Load ``FILE.npy`` or ``FILE.npz:KEY`` (or an .npz with a single array) with allow_pickle=False."""
+def load_array(spec: str, flag: str, mmap: bool = False) -> np.ndarray:
+    """Load ``FILE.npy`` or ``FILE.npz:KEY`` (or an .npz with a single array) with allow_pickle=False; ``mmap``: a
+    .npy is memory-mapped (read-only), so a caller reading it in slices holds one slice (an .npz is read whole)."""
     path, key = spec, None
     if ".npz:" in spec:
         path, key = spec.rsplit(":", 1)
@@ -45,7 +46,7 @@ def load_array(spec: str, flag: str) -> np.ndarray:
         raise UserError(f"{flag} {spec}: not a .npy or .npz file (no numpy header); for a CSV: "
                         "np.save(FILE, np.loadtxt(CSV, delimiter=',', dtype=np.float32))")
     try:
-        loaded = np.load(p, allow_pickle=False)
+        loaded = np.load(p, allow_pickle=False, mmap_mode="r" if mmap and head.startswith(b"\x93NUMPY") else None)
     except (OSError, ValueError) as exc:
         if "Object arrays" in str(exc):  # pandas' .values of text, saved with pickle inside
             raise UserError(f"{flag} {spec}: an object array, which would need pickle to load (never done here); "

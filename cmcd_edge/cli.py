@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from cmcd_edge import __version__, cli_base
 from cmcd_edge.cli_base import Group, LevelPrefix, config_option, main_rank, on_interrupt, require, single_process
@@ -311,37 +310,19 @@ def build_engine_cmd(bundle: str, **kw) -> None:
 @click.argument("input_npy", metavar="INPUT.npy", type=click.Path())
 @click.option("--variant", default="auto", show_default=True, help="auto | int8 | fp32 | fp16")
 @click.option("--backend", default="auto", show_default=True, help="auto | tensorrt | ort-tensorrt | cuda | cpu")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write JSON here instead of printing.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write here instead of printing: .json, .csv (a row a sample) or .npz (arrays).")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Classes to print per sample.")
 @click.option("--allow-nonfinite", is_flag=True, help="Run samples holding NaN or Inf instead of refusing them.")
 def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | None, top: int,
             allow_nonfinite: bool) -> None:
-    """Classify samples (one sample or a batch in a .npy file) with a bundle. Needs no torch.
+    """Classify samples (one sample or a batch in a .npy file, read in slices) with a bundle. Needs no torch.
 
     Example: cmcd-edge predict bundles/zer samples.npy --top 2
     """
-    from cmcd_edge.arrays import load_array
-    from cmcd_edge.runtime import Predictor
-    from cmcd_edge.runtime.errors import InputShapeError
+    from cmcd_edge.predictcli import run_predict
 
-    p = Predictor.load(bundle, variant=variant, backend=backend, allow_nonfinite=allow_nonfinite, warmup=())  # runs once
-    x = load_array(input_npy, "INPUT.npy")
-    try:
-        names, probs = p.classify(x)
-    except InputShapeError as exc:
-        raise UserError(f"{input_npy}: {exc}") from exc
-    probs = np.atleast_2d(probs)
-    names = [names] if isinstance(names, str) else names
-    rows = [{"class": n, "probabilities": {c: round(float(v), 6) for c, v in zip(p.classes, pr, strict=True)}}
-            for n, pr in zip(names, probs, strict=True)]
-    doc = {"bundle": bundle, "variant": p.variant.name, "backend": p.backend, "predictions": rows}
-    if out:
-        write_json(out, doc)
-        click.echo(f"{len(rows)} predictions ({p.variant.name}, {p.backend}) -> {out}")
-        return
-    for i, pr in enumerate(probs):
-        best = np.argsort(-pr)[:top]
-        click.echo(f"{i}: " + "  ".join(f"{p.classes[j]} {pr[j]:.3f}" for j in best))
+    run_predict(bundle, input_npy, variant=variant, backend=backend, out=out, top=top, allow_nonfinite=allow_nonfinite)
 
 
 @main.command()

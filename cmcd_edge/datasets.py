@@ -246,11 +246,11 @@ def validate(ds: Dataset, views: list[str] | None = None) -> None:
         bad: list[np.ndarray] = []
         if np.issubdtype(arr.dtype, np.floating):
             for start in range(0, arr.shape[0], _CHUNK_ROWS):
-                bad.append(start + _nonfinite_rows(np.asarray(arr[start:start + _CHUNK_ROWS])))
+                bad.append(start + nonfinite_rows(np.asarray(arr[start:start + _CHUNK_ROWS])))
         _refuse_nonfinite(info.path, np.concatenate(bad) if bad else np.zeros(0, np.int64))
 
 
-def _nonfinite_rows(block: np.ndarray) -> np.ndarray:
+def nonfinite_rows(block: np.ndarray) -> np.ndarray:
     """Indices of the rows of ``block`` holding a NaN or Inf anywhere."""
     return np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
 
@@ -279,7 +279,7 @@ def write_dataset(out: str | Path, views: dict[str, ViewSpec], labels: np.ndarra
         if spec.array.shape[0] != labels.shape[0]:
             raise DataError(f"{where}: {spec.array.shape[0]} rows but labels have {labels.shape[0]}")
         if np.issubdtype(spec.array.dtype, np.floating):
-            _refuse_nonfinite(where, _nonfinite_rows(spec.array))
+            _refuse_nonfinite(where, nonfinite_rows(spec.array))
     _check_labels(Path("labels"), labels, len(classes))
     for what, arr in (("groups", groups), ("splits", splits)):  # named here, not as the temp folder's copy
         if arr is not None:

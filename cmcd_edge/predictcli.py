@@ -1,0 +1,100 @@
+"""`cmcd-edge predict`: a bundle over the samples of a .npy file, read in slices (a memory map), printed or written
+as .json, .csv or .npz. Device side: no torch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from cmcd_edge.arrays import load_array
+from cmcd_edge.datasets import nonfinite_rows
+from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import write_bytes, write_json, write_text
+from cmcd_edge.runtime import Predictor
+from cmcd_edge.runtime.errors import InputShapeError
+
+FORMATS = (".json", ".csv", ".npz")
+CHUNK_ROWS = 4096  # samples a call: a file larger than memory is read one slice at a time
+
+
+def run_predict(bundle: str, input_npy: str, *, variant: str, backend: str, out: str | None, top: int,
+                allow_nonfinite: bool, chunk_rows: int = CHUNK_ROWS) -> None:
+    suffix = Path(out).suffix.lower() if out else None
+    if out and suffix not in FORMATS:  # before a bundle load and a pass over the input that could not be written
+        raise UserError(f"--out {out}: write {', '.join(FORMATS[:-1])} or {FORMATS[-1]} (the file's suffix picks the "
+                        "format)")
+    p = Predictor.load(bundle, variant=variant, backend=backend, allow_nonfinite=allow_nonfinite, warmup=())
+    x = load_array(input_npy, "INPUT.npy", mmap=True)
+    if x.ndim != len(p.input_shape) + 1 or not len(x):  # one sample, or neither a sample nor a batch (the check
+        try:                                             # names which)
+            p.check_input(np.asarray(x))
+        except InputShapeError as exc:
+            raise UserError(f"{input_npy}: {exc}") from exc
+    batch = x[None] if x.ndim == len(p.input_shape) else x
+    probs = np.empty((len(batch), len(p.classes)), np.float32) if out else None
+    for start in range(0, len(batch), chunk_rows):
+        block = np.asarray(batch[start:start + chunk_rows])
+        try:
+            _, pr = p.classify(block)
+        except InputShapeError as exc:
+            raise UserError(f"{input_npy}: {_named_by_file_row(exc, batch, start, chunk_rows)}") from exc
+        pr = np.atleast_2d(pr)
+        if probs is not None:
+            probs[start:start + len(pr)] = pr
+        else:
+            for i, row in enumerate(pr, start):
+                best = np.argsort(-row)[:top]
+                click.echo(f"{i}: " + "  ".join(f"{p.classes[j]} {row[j]:.3f}" for j in best))
+    if probs is None:
+        return
+    {".json": _write_json, ".csv": _write_csv, ".npz": _write_npz}[suffix](out, p, bundle, probs)
+    click.echo(f"{len(probs)} predictions ({p.variant.name}, {p.backend}) -> {out}")
+
+
+def _named_by_file_row(exc: InputShapeError, batch: np.ndarray, start: int, chunk_rows: int) -> str:
+    """The Predictor names a NaN's sample in the slice it was given; this names it by its row in the file, with how
+    many more the rest of the file holds."""
+    if not np.issubdtype(batch.dtype, np.floating) or not len(nonfinite_rows(np.asarray(batch[start:start + chunk_rows]))):
+        return str(exc)
+    bad = np.concatenate([i + nonfinite_rows(np.asarray(batch[i:i + chunk_rows]))
+                          for i in range(start, len(batch), chunk_rows)])
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return f"input contains NaN or Inf in sample {int(bad[0])}{more} (--allow-nonfinite runs them anyway)"
+
+
+def _write_json(out: str, p: Predictor, bundle: str, probs: np.ndarray) -> None:
+    """{"bundle", "variant", "backend", "predictions": [{"class", "probabilities": {class: p}}]}, a sample a line.
+    json's C encoder writes each line: with ``indent`` the whole document goes through its pure-Python encoder,
+    4 s of 6 for 200,000 samples."""
+    rows = [{"class": p.classes[b], "probabilities": {c: round(v, 6) for c, v in zip(p.classes, pr, strict=True)}}
+            for b, pr in zip(probs.argmax(1).tolist(), probs.tolist(), strict=True)]  # Python floats: 3x faster
+    doc = {"bundle": bundle, "variant": p.variant.name, "backend": p.backend, "predictions": rows}
+    if not np.isfinite(probs).all():  # --allow-nonfinite: write_json writes NaN as null, and warns where
+        write_json(out, doc)
+        return
+    head = json.dumps({k: v for k, v in doc.items() if k != "predictions"}, indent=2)[:-2]
+    body = ",\n".join(f"    {json.dumps(r, allow_nan=False)}" for r in rows)
+    write_text(out, f'{head},\n  "predictions": [\n{body}\n  ]\n}}\n')
+
+
+def _write_csv(out: str, p: Predictor, bundle: str, probs: np.ndarray) -> None:
+    """One row a sample: its index, the predicted class, then a probability column per class (named by class)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["sample", "class", *p.classes])
+    best = probs.argmax(1).tolist()
+    w.writerows([i, p.classes[b], *(f"{v:.6f}" for v in pr)]
+                for i, (b, pr) in enumerate(zip(best, probs.tolist(), strict=True)))
+    write_text(out, buf.getvalue())
+
+
+def _write_npz(out: str, p: Predictor, bundle: str, probs: np.ndarray) -> None:
+    """probabilities [N, K] float32, predicted [N] int64 (class ids), classes [K] (text: loads without pickle)."""
+    buf = io.BytesIO()
+    np.savez(buf, probabilities=probs, predicted=probs.argmax(1).astype(np.int64), classes=np.array(p.classes, dtype=str))
+    write_bytes(out, buf.getvalue())
