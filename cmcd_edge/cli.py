@@ -322,6 +322,9 @@ def predict(bundle: str, input_npy: str, variant: str, backend: str, out: str | 
     """
     from cmcd_edge.predictcli import run_predict
 
+    if out:
+        cli_base.refuse_inert(("top",), "sets the classes printed per sample; --out writes every class's probability; "
+                              "drop one")
     run_predict(bundle, input_npy, variant=variant, backend=backend, out=out, top=top, allow_nonfinite=allow_nonfinite)
 
 

@@ -79,3 +79,11 @@ def test_predict_input_neither_a_sample_nor_a_batch_is_named_whole(toy_bundle, c
     """Read in slices, the input is still checked whole: its own shape is named, not a slice's."""
     np.save(tmp_path / "x.npy", np.zeros(shape, np.float32))
     assert_one_line_error(cli("predict", toy_bundle, tmp_path / "x.npy"), 2, f"x.npy: {needle}")
+
+
+def test_predict_top_with_out_is_refused(toy_bundle, cli, tmp_path):
+    """Was: `--top 2 --out p.csv` wrote every class's probability, and --top did nothing, without a word."""
+    res = cli("predict", toy_bundle, tmp_path / "x.npy", "--top", "2", "--out", tmp_path / "p.csv")
+    assert_one_line_error(res, 2, "--top 2: sets the classes printed per sample; --out writes every class's "
+                          "probability; drop one")
+    assert not (tmp_path / "p.csv").exists()
