@@ -16,7 +16,7 @@ from cmcd_edge.cli_base import csv_items
 from cmcd_edge.errors import EngineMismatch, UserError
 from cmcd_edge.fsutil import write_json
 from cmcd_edge.runtime import bench as rb
-from cmcd_edge.runtime.manifest import load_manifest
+from cmcd_edge.runtime.manifest import Manifest, load_manifest
 from cmcd_edge.runtime.predictor import Predictor, auto_variant
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class _Bundle:
 
     path: str
     label: str
-    manifest: object
+    manifest: Manifest
     names: list[str]
     test: tuple | None = None  # (rows, labels)
     accuracy_on: dict | None = None

@@ -295,9 +295,13 @@ def _probe_ce(fit_x: np.ndarray, fit_y: np.ndarray, eval_x: np.ndarray, eval_y: 
 def probe_bound(fit_x: np.ndarray, fit_y: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray, n_classes: int,
                 ridge: float) -> float:
     """H(Y) - CE on the eval rows (nats), for a probe fitted on the fit rows: one variational lower bound on I(H; Y)."""
-    p = np.bincount(eval_y, minlength=n_classes) / len(eval_y)
-    h_y = float(-(p[p > 0] * np.log(p[p > 0])).sum())
-    return h_y - _probe_ce(fit_x, fit_y, eval_x, eval_y, n_classes, ridge)
+    return label_entropy(eval_y, n_classes) - _probe_ce(fit_x, fit_y, eval_x, eval_y, n_classes, ridge)
+
+
+def label_entropy(y: np.ndarray, n_classes: int) -> float:
+    """H(Y) of the labels ``y`` as they are spread (nats): the most any I(H; Y) can be."""
+    p = np.bincount(y, minlength=n_classes) / len(y)
+    return float(-(p[p > 0] * np.log(p[p > 0])).sum())
 
 
 def _choose_ridge(x: np.ndarray, y: np.ndarray, n_classes: int, rng: np.random.Generator, folds: int = 3) -> float:

@@ -195,6 +195,29 @@ def test_select_ranks_on_a_capped_seeded_subsample_of_the_heldout_rows(tmp_path,
     top = res["ranking"][0]
     assert top["delta"] == pytest.approx(top["mi_teacher_student"]["mean"] - top["mi_student_label"]["mean"])
     assert top["delta_per_seed"] == pytest.approx([top["delta"]]) and top["seeds_agreeing"] == 1
+    assert not any("label-only student" in w for w in res["warnings"])  # this target's student learns its classes
+
+
+def test_select_warns_when_the_label_only_student_learned_next_to_nothing(tmp_path):
+    """Was: a target whose label-only student learns nothing from few labels made I(T;S), measured through it, small
+    for every candidate, and the ranking said "marginal" without a word; on a synthetic activity set the source so
+    called gave a 96% cmcd student against 24% label-only (BENCHMARKS.md)."""
+    from cmcd_edge import datasets
+    from cmcd_edge.distill import select
+
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    src = (np.eye(3)[y] * 3 + rng.normal(size=(300, 3))).astype(np.float32)
+    noise = rng.normal(size=(300, 6)).astype(np.float32)  # no class signal at all
+    ds = datasets.write_dataset(tmp_path / "d", {"src": datasets.ViewSpec(src, "vector"),
+                                                 "tgt": datasets.ViewSpec(noise, "vector")}, y, ["a", "b", "c"])
+    res = select.rank_teachers(str(ds.root), "tgt", ["src"], seeds=1, teacher_epochs=3, student_epochs=3,
+                               estimators=("gaussian",))
+    assert res["label_entropy_nats"] == pytest.approx(np.log(3), abs=0.01)
+    warned = [w for w in res["warnings"] if "label-only student" in w]
+    assert len(warned) == 1 and warned[0].startswith("tgt: the label-only student's embedding holds 0.0")
+    assert f"cmcd-edge compare --data {ds.root} --source src --target tgt --methods cmcd,supervised" in warned[0]
+    assert f"warning: {warned[0]}" in select.table(res)
 
 
 def test_disagreement_warning_names_the_view():
