@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import click
 
 from cmcd_edge.cli_base import require
-from cmcd_edge.errors import EnvironmentFailure, OutputBusy
+from cmcd_edge.errors import EnvironmentFailure, OutputBusy, UserError
 from cmcd_edge.fsutil import exclusive
 
 FOLDER = click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
@@ -19,6 +20,10 @@ FOLDER = click.argument("folder", type=click.Path(file_okay=False, exists=True, 
 @click.group("teacher-cache")
 def teacher_cache() -> None:
     """List and prune a --teacher-cache folder."""
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _teacher(key: dict) -> str:
@@ -41,18 +46,18 @@ def list_entries(folder: Path, as_json: bool) -> None:
     found = entries(folder)
     if as_json:
         click.echo(json.dumps([{"entry": e.path.name, "key": e.key, "made_on": e.made_on, "bytes": e.size,
-                                "usable": e.usable} for e in found], indent=2))
+                                "last_used": _utc(e.last_used), "usable": e.usable} for e in found], indent=2))
         return
-    rows = [("entry", "source", "teacher", "data", "made", "MB", "usable here")]
+    rows = [("entry", "source", "teacher", "data", "made", "last used", "MB", "usable here")]
     for e in found:
         if e.key is None:
-            rows.append((e.path.name, "-", "- (no key.json: damaged, or a write in progress)", "-", "-",
+            rows.append((e.path.name, "-", "- (no key.json: damaged, or a write in progress)", "-", "-", "-",
                          f"{e.size / 1e6:.1f}", "no"))
             continue
         made = e.made_on
         rows.append((e.path.name, e.key["source"], _teacher(e.key), str(made["data"]) if "data" in made else "-",
                      f"{made['time'] if 'time' in made else '-'} on {made['cpu'] if 'cpu' in made else '-'}",
-                     f"{e.size / 1e6:.1f}", "yes" if e.usable else "no (other code or versions)"))
+                     _utc(e.last_used), f"{e.size / 1e6:.1f}", "yes" if e.usable else "no (other code or versions)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
     total, stale = sum(e.size for e in found), sum(not e.usable for e in found)
@@ -60,23 +65,47 @@ def list_entries(folder: Path, as_json: bool) -> None:
                "cannot use (`cmcd-edge teacher-cache prune` removes them)")
 
 
+def parse_size(text: str) -> int:
+    """Bytes of ``500M``, ``10G``, ``1.5GB``, ``2T`` or a plain byte count (powers of 1000, as `list` prints MB)."""
+    units = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    t = text.strip().upper().removesuffix("B")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[:len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # NaN too
+        raise UserError(f"--max-size {text!r}: expected a size such as 500M, 10G or 2T")
+    return int(value * units[unit])
+
+
 @teacher_cache.command("prune")
 @FOLDER
 @click.option("--all", "everything", is_flag=True, help="Remove every entry, not only those this install cannot use.")
-def prune(folder: Path, everything: bool) -> None:
+@click.option("--max-size", default=None, metavar="SIZE",
+              help="Then remove the least recently used entries until the rest take at most SIZE (500M, 10G).")
+def prune(folder: Path, everything: bool, max_size: str | None) -> None:
     """Remove the entries this install can never be served (made by other code or versions, damaged, or left by a
-    killed write); with --all, every entry. An entry another process is writing is left alone.
+    killed write); with --all, every entry; with --max-size, then the entries used longest ago (a run that is served
+    an entry marks it used) until the rest fit. An entry another process is writing is left alone.
 
-    Example: cmcd-edge teacher-cache prune ~/.cache/cmcd-teachers
+    Example: cmcd-edge teacher-cache prune ~/.cache/cmcd-teachers --max-size 20G
     """
     require("torch", "train")
     from cmcd_edge.distill.teacher_cache import entries
 
+    if everything and max_size is not None:
+        raise UserError(f"--max-size {max_size}: keeps the entries used last, but --all removes every entry; drop one")
+    limit = None if max_size is None else parse_size(max_size)
     found = entries(folder)
+    doomed = [e for e in found if everything or not e.usable]
+    kept = sorted((e for e in found if e not in doomed), key=lambda e: e.last_used)  # least recently used first
+    total = sum(e.size for e in kept)
+    while limit is not None and kept and total > limit:
+        doomed.append(kept.pop(0))
+        total -= doomed[-1].size
     removed, freed, busy = 0, 0, 0
-    for e in found:
-        if e.usable and not everything:
-            continue
+    for e in doomed:
         try:
             with exclusive(folder / e.name):  # the lock a write of this entry holds
                 shutil.rmtree(e.path)
@@ -88,4 +117,6 @@ def prune(folder: Path, everything: bool) -> None:
         removed, freed = removed + 1, freed + e.size
     left = len(found) - removed
     note = f"; {busy} being written by another process, left alone" if busy else ""
-    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB); {left} left in {folder}{note}")
+    size = f" ({total / 1e6:.1f} MB, at most {max_size})" if limit is not None else ""
+    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB); {left} left in "
+               f"{folder}{size}{note}")

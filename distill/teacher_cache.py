@@ -16,10 +16,12 @@ cache only saves time."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -122,6 +124,8 @@ class TeacherCache:
                             f"delete {entry} to recompute it")
         log.info("teacher: outputs of %s from %s (no teacher %s)", self.key["source"], entry,
                  "training" if self.key["teacher"] == "train" else "pass over the rows")
+        with contextlib.suppress(OSError):  # its last use, for `teacher-cache prune --max-size` (a read-only cache: none)
+            os.utime(entry / "key.json")
         return t if self.key["teacher"] == "train" else t.scored_on(ds, splits)
 
     def lookup(self, ds: Dataset, splits: Splits, dist: ddp.Dist, device: torch.device) -> TeacherOutputs | None:
@@ -172,6 +176,7 @@ class Entry:
     key: dict | None  # None: no readable key.json (damaged, or litter of a write killed before its rename)
     made_on: dict
     size: int
+    last_used: float  # when a run was last served it, or it was made (key.json's mtime; the folder's without one)
 
     @property
     def usable(self) -> bool:
@@ -200,5 +205,6 @@ def entries(root: Path) -> list[Entry]:
         if not isinstance(key, dict) or not isinstance(made_on, dict):
             key, made_on = None, {}
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-        found.append(Entry(path, key, made_on, size))
+        used = (path / "key.json") if (path / "key.json").is_file() else path
+        found.append(Entry(path, key, made_on, size, used.stat().st_mtime))
     return sorted(found, key=lambda e: str(e.made_on["time"]) if "time" in e.made_on else "")

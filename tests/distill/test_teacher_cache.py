@@ -229,6 +229,49 @@ def test_teacher_cache_list_and_prune_remove_what_this_install_cannot_use(cfg, t
     assert not [p for p in cache.iterdir() if p.is_dir()]
 
 
+def test_teacher_cache_prune_max_size_removes_the_least_recently_used_entries(cfg, tmp_path, cli):
+    """Was: no size bound short of --all, and no record of use: a cache of large teachers (a camera teacher's outputs
+    over a million rows are gigabytes) grew until the disk filled. A run served an entry now marks it used."""
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    for seed in (0, 1, 2):  # three teachers, made in that order
+        run_distill(dataclasses.replace(cfg, teacher_cache=str(cache), seed=seed), tmp_path / f"s{seed}")
+    by_seed = {json.loads((e / "key.json").read_text())["key"]["seed"]: e for e in cache.iterdir() if e.is_dir()}
+    past = time.time() - 3600
+    for seed, entry in by_seed.items():  # made an hour ago, a second apart
+        os.utime(entry / "key.json", (past + seed, past + seed))
+    run_distill(dataclasses.replace(cfg, teacher_cache=str(cache), seed=0, method="cmd"), tmp_path / "again")
+    assert (by_seed[0] / "key.json").stat().st_mtime > past + 60  # served: marked used now
+    listed = {e["entry"]: e for e in json.loads(cli("teacher-cache", "list", cache, "--json").stdout)}
+    assert listed[by_seed[0].name]["last_used"] > listed[by_seed[2].name]["last_used"]
+    size = sum(f.stat().st_size for f in by_seed[0].iterdir())
+    res = cli("teacher-cache", "prune", cache, "--max-size", str(2 * size + 10))
+    assert res.returncode == 0 and res.stdout.startswith("removed 1 entry ("), res.stdout + res.stderr
+    assert f"at most {2 * size + 10}" in res.stdout
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted([by_seed[0].name, by_seed[2].name])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--max-size", "lots"), "--max-size 'lots': expected a size such as 500M, 10G or 2T"),
+    (("--max-size", "-1G"), "--max-size '-1G': expected a size"),
+    (("--max-size", "1G", "--all"), "--max-size 1G: keeps the entries used last, but --all removes every entry"),
+])
+def test_teacher_cache_prune_max_size_refuses_a_bad_size(tmp_path, cli, args, needle):
+    from tests.helpers import assert_one_line_error
+
+    (tmp_path / "cache").mkdir()
+    assert_one_line_error(cli("teacher-cache", "prune", tmp_path / "cache", *args), 2, needle)
+
+
+def test_parse_size_reads_units_of_1000():
+    from cmcd_edge.cli_cache import parse_size
+
+    assert [parse_size(t) for t in ("500M", "10G", "1.5GB", "2t", "123", "0")] == \
+        [500 * 10**6, 10 * 10**9, 15 * 10**8, 2 * 10**12, 123, 0]
+
+
 def test_teacher_cache_prune_leaves_an_entry_another_process_is_writing(tmp_path, cli):
     from cmcd_edge.fsutil import exclusive
 
