@@ -113,6 +113,8 @@ class TeacherCache:
         if stored != self.key:
             raise UserError(f"{self.shown}: {entry.name} holds the outputs of another teacher than its name says "
                             f"(key.json differs); delete {entry} to recompute it")
+        with contextlib.suppress(OSError):  # used now, before the read: `teacher-cache prune --max-size` removes the
+            os.utime(entry / "key.json")  # least recently used first (a read-only cache keeps its made time)
         try:
             t = TeacherOutputs.load(entry)
         except UserError as exc:
@@ -124,8 +126,6 @@ class TeacherCache:
                             f"delete {entry} to recompute it")
         log.info("teacher: outputs of %s from %s (no teacher %s)", self.key["source"], entry,
                  "training" if self.key["teacher"] == "train" else "pass over the rows")
-        with contextlib.suppress(OSError):  # its last use, for `teacher-cache prune --max-size` (a read-only cache: none)
-            os.utime(entry / "key.json")
         return t if self.key["teacher"] == "train" else t.scored_on(ds, splits)
 
     def lookup(self, ds: Dataset, splits: Splits, dist: ddp.Dist, device: torch.device) -> TeacherOutputs | None:
