@@ -116,3 +116,5 @@ t bench-pairs $B/python benchmarks/bench_pairs.py /tmp/cmcd-demo/bundle --rounds
 test -d /tmp/base24 || git worktree add -f /tmp/base24 00068a2
 t predict-out $B/python benchmarks/predict_out.py /tmp/cmcd-demo/bundle --rows 200000 --baseline /tmp/base24 \
   --out $R/predict_out.json > $R/predict_out.txt
+# session 24: the machine's speed over time (0.5 s blocks of one call in one process)
+$B/python benchmarks/speed_levels.py /tmp/cmcd-demo/bundle --blocks 30 --runs 4 > $R/speed_levels.txt
