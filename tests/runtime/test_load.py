@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cmcd_edge.runtime import Predictor
+from cmcd_edge.runtime.bench import Case, run_interleaved
 
 
 def _rss_mb() -> float:
@@ -61,9 +62,13 @@ def test_8_threads_x_10000_mixed_batches_match_sequential_with_flat_rss(toy_bund
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RSS is read from /proc (Linux)")
 def test_soak_60s_bench_loop_has_no_latency_drift_or_memory_growth(toy_bundle):
-    """A leak shows as memory that keeps growing, or as calls that keep getting slower. Latency is compared by its
-    floor (the fastest one-second median in the first and the last 10 s): background load on a shared machine only
-    adds time, so the floor moves only if the calls themselves got slower (a plain p50/p99 ratio flaked in CI)."""
+    """A leak shows as memory that keeps growing, or as calls that keep getting slower. The soaked Predictor is timed
+    against a fresh one, interleaved: the machine's speed moves both alike. (The build machine's CPU switches between
+    two speed levels 1.55x apart every few seconds, BENCHMARKS.md; the earlier check, the floor of one-second medians
+    in the first against the last 10 s under 1.5x, failed when the last 10 s met only the slow level.) The floors are
+    still compared, against 2x: a gross drift, beyond what the machine's levels explain. Mutation-checked: calls made
+    slower as they add up (about +2 us by the end, no memory growth) read x1.28 against 1.15 and fail; the old floor
+    check read that mutation as x1.16-x1.23 and passed it."""
     p = Predictor.load(toy_bundle, threads=1)
     x = np.random.default_rng(0).normal(size=(1, *p.input_shape)).astype(np.float32)
     for _ in range(2000):
@@ -85,5 +90,12 @@ def test_soak_60s_bench_loop_has_no_latency_drift_or_memory_growth(toy_bundle):
     print(f"\nsoak: {len(lat)} calls; floor of 1-s medians first 10 s {first:.1f} us, last 10 s {last:.1f} us "
           f"(x{last / first:.2f}); p99 first/last 10 s {np.percentile(lat[stamps < 10], 99):.1f} / "
           f"{np.percentile(lat[stamps > stamps[-1] - 10], 99):.1f} us; RSS growth {growth:+.2f} MB")
-    assert last / first < 1.5, f"latency floor drifted x{last / first:.2f}"
+    fresh = Predictor.load(toy_bundle, threads=1)
+    cases = [Case(name, "cpu", 1, 1, q.predict, x) for name, q in (("soaked", p), ("fresh", fresh))]
+    run_interleaved(cases, duration_s=3.0, warmup_s=0.5)
+    soaked_p50, fresh_p50 = (np.median(c.times_ns) / 1e3 for c in cases)
+    print(f"soaked {soaked_p50:.1f} us against a fresh Predictor {fresh_p50:.1f} us, interleaved "
+          f"(x{soaked_p50 / fresh_p50:.2f})")
+    assert soaked_p50 / fresh_p50 < 1.15, f"the soaked Predictor is x{soaked_p50 / fresh_p50:.2f} slower than a fresh one"
+    assert last / first < 2.0, f"latency floor drifted x{last / first:.2f}"
     assert growth < 10, f"RSS grew {growth:.1f} MB"
