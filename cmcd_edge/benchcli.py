@@ -219,6 +219,9 @@ def run_bench(bundles: str | list[str], *, threads: list[int], batches: list[int
     log.info("benchmarking %d cases, %gs each, interleaved ...", len(cases), duration)
     rb.run_interleaved(cases, duration_s=duration, warmup_s=warmup)
     results = rb.results_of(cases)
+    speed = rb.speed_blocks(cases)
+    if speed_note(speed):
+        log.warning("%s", speed_note(speed))
     overhead = []
     for pc, raw in overhead_pairs:
         a, r = rb.stats(pc.times_ns, pc.batch, None), rb.stats(raw.times_ns, raw.batch, None)
@@ -228,7 +231,8 @@ def run_bench(bundles: str | list[str], *, threads: list[int], batches: list[int
                          "overhead_pct": 100 * (a["p50_ms"] - r["p50_ms"]) / r["p50_ms"]})
     several = len(opened) > 1
     doc = {"bundles": [b.doc() for b in opened], "environment": env,
-           "results": [r for r in results if not r["variant"].endswith(":raw")], "predictor_overhead": overhead}
+           "results": [r for r in results if not r["variant"].endswith(":raw")], "predictor_overhead": overhead,
+           "speed_blocks": speed}
     if sampler is not None:
         samples = sampler.stop()
         power = [rb.jetson.total_power_mw(s) for s in samples if rb.jetson.total_power_mw(s)]
@@ -260,6 +264,18 @@ def run_bench(bundles: str | list[str], *, threads: list[int], batches: list[int
     if plot:
         _plot(doc, cases, Path(plot))
     return doc
+
+
+SPEED_SPREAD = 1.25  # 0.5 s blocks further apart than this: the machine's speed moved during the run
+
+
+def speed_note(speed: dict | None) -> str | None:
+    """The warning for a run during which the machine's speed moved (:func:`runtime.bench.speed_blocks`), or None."""
+    if speed is None or speed["spread"] <= SPEED_SPREAD:
+        return None
+    return (f"the machine's speed moved during this run: some {speed['block_s']:g} s blocks ran {speed['spread']:.2f}x "
+            "slower than others, every case alike (they are interleaved). Ratios within this run hold; absolute "
+            "latencies may differ in another run (a shared or cloud machine, or clocks not fixed)")
 
 
 def _pyplot():

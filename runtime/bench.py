@@ -28,6 +28,7 @@ class Case:
     x: np.ndarray
     macs_per_sample: int | None = None
     times_ns: list[int] = field(default_factory=list)
+    stamps_ns: list[int] = field(default_factory=list)  # when each timed call started (perf_counter_ns)
     test_accuracy: float | None = None
     bundle: str | None = None  # which bundle, when one run times several
 
@@ -65,7 +66,29 @@ def run_interleaved(cases: list[Case], duration_s: float = 3.0, warmup_s: float 
                 c.fn(c.x)
                 dt = time.perf_counter_ns() - t0
                 c.times_ns.append(dt)
+                c.stamps_ns.append(t0)
                 spent[id(c)] += dt
+
+
+def speed_blocks(cases: list[Case], block_s: float = 0.5, min_calls: int = 20) -> dict | None:
+    """How the machine's speed moved during a run: each call's time over its case's median, pooled over every case
+    and cut into ``block_s`` blocks by when the call ran; ``spread`` is the slowest block's median over the fastest's.
+    Interleaved cases share the blocks, so their ratios hold whatever it reads; absolute latencies do not (a cloud VM
+    here switches between two speeds 1.55x apart every few seconds). None with fewer than two blocks."""
+    stamps, rel = [], []
+    for c in cases:
+        if len(c.times_ns) >= 2 and len(c.stamps_ns) == len(c.times_ns):
+            t = np.asarray(c.times_ns, dtype=np.float64)
+            stamps.append(np.asarray(c.stamps_ns, dtype=np.int64))
+            rel.append(t / np.median(t))
+    if not stamps:
+        return None
+    at, r = np.concatenate(stamps), np.concatenate(rel)
+    block = (at - at.min()) // int(block_s * 1e9)
+    meds = [float(np.median(r[block == b])) for b in np.unique(block) if (block == b).sum() >= min_calls]
+    if len(meds) < 2:
+        return None
+    return {"block_s": block_s, "blocks": len(meds), "spread": max(meds) / min(meds)}
 
 
 def environment() -> dict:

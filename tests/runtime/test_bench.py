@@ -211,3 +211,41 @@ def test_bench_quiet_writes_nothing_to_stderr(toy_bundle, cli, tmp_path):
     assert res.returncode == 0 and res.stderr == "", res.stderr
     res = cli("bench", toy_bundle, "--variants", "fp32", "--batch", "1", "--duration", "0.05", "--warmup", "0")
     assert res.returncode == 0 and "benchmarking 2 cases, 0.05s each, interleaved" in res.stderr, res.stderr
+
+
+def _timed(level_of_second, calls_per_s=200, base_ns=10_000):
+    """A case whose calls ran at ``level_of_second(s)`` times ``base_ns``, ``calls_per_s`` a second for 4 s."""
+    from cmcd_edge.runtime.bench import Case
+
+    c = Case("fp32", "cpu", 1, 1, lambda x: x, np.zeros(1))
+    for i in range(4 * calls_per_s):
+        at = int(i * 1e9 / calls_per_s)
+        c.stamps_ns.append(at)
+        c.times_ns.append(int(base_ns * level_of_second(at / 1e9)))
+    return c
+
+
+def test_speed_blocks_reads_the_machines_speed_moving_during_a_run():
+    """Golden values: two cases whose calls ran 1.5x slower in the third second, alike (as interleaved cases are),
+    read a spread of 1.5 over 8 half-second blocks; a steady machine reads 1.0 and no warning."""
+    from cmcd_edge.benchcli import speed_note
+    from cmcd_edge.runtime.bench import speed_blocks
+
+    def slow_third(t):
+        return 1.5 if 2 <= t < 3 else 1.0
+
+    moved = speed_blocks([_timed(slow_third), _timed(slow_third, base_ns=40_000)])
+    assert moved == {"block_s": 0.5, "blocks": 8, "spread": pytest.approx(1.5)}
+    assert speed_note(moved).startswith("the machine's speed moved during this run: some 0.5 s blocks ran 1.50x slower")
+    steady = speed_blocks([_timed(lambda t: 1.0)])
+    assert steady["spread"] == pytest.approx(1.0) and speed_note(steady) is None
+    assert speed_blocks([_timed(lambda t: 1.0, calls_per_s=10)]) is None  # under 20 calls a block: nothing to read
+
+
+def test_bench_json_records_the_speed_blocks(toy_bundle, cli, tmp_path):
+    res = cli("bench", toy_bundle, "--variants", "fp32", "--batch", "1", "--duration", "1.0", "--warmup", "0",
+              "--no-accuracy", "--out", tmp_path / "b.json")
+    assert res.returncode == 0, res.stderr
+    speed = json.loads((tmp_path / "b.json").read_text())["speed_blocks"]
+    assert speed["block_s"] == 0.5 and speed["blocks"] >= 2 and speed["spread"] >= 1.0
+    assert ("the machine's speed moved" in res.stderr) == (speed["spread"] > 1.25)
