@@ -52,22 +52,32 @@ def _temp_in(folder: Path, make: Callable[..., Any], name: str) -> Any:
         raise _fail(folder / name, exc) from exc
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """A file to write ``path`` through a piece at a time: a temp file beside it, renamed into place when the block
+    ends without an error (removed when it raises), so a reader never sees it half-written."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; name a file to write")
     fd, tmp = _temp_in(make_dir(path.parent), tempfile.mkstemp, path.name)
     try:
         os.chmod(tmp, _umask_mode(0o666))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise _fail(path, exc) from exc
+        if isinstance(exc, OSError):
+            raise _fail(path, exc) from exc
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with open_atomic(path) as f:
+        f.write(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -126,3 +126,20 @@ def test_write_json_writes_strict_json_and_names_a_nan_it_wrote_as_null(tmp_path
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"methods": {"kd": {"runs": [0.5, None]}}, "ok": 1.0, "inf": None}
     assert "methods.kd.runs[1], inf not a finite number, written as null" in caplog.text
+
+
+def test_open_atomic_leaves_the_old_file_until_the_block_ends_and_nothing_when_it_raises(tmp_path):
+    """predict streams its .json and .csv through it: a reader sees the old file or the whole new one, never half."""
+    from cmcd_edge.fsutil import open_atomic
+
+    out = tmp_path / "p.csv"
+    out.write_text("old\n")
+    with open_atomic(out, "w") as f:
+        f.write("new,")
+        assert out.read_text() == "old\n"  # not yet replaced
+        f.write("row\n")
+    assert out.read_text() == "new,row\n"
+    with pytest.raises(KeyboardInterrupt), open_atomic(out, "w") as f:
+        f.write("half")
+        raise KeyboardInterrupt
+    assert out.read_text() == "new,row\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]  # no temp left
