@@ -289,4 +289,6 @@ def best_source(data: str, target: str, seed: int = 0, device: str = "auto",
     if best["verdict"].startswith("skip"):
         log.warning("the best candidate %s has delta %.3f nats: distillation is unlikely to help", best["view"],
                     best["delta"])
+    for w in weak_student(data, target, res["ranking"], res["label_entropy_nats"]):  # the pick stands on little
+        log.warning("%s", w)
     return best["view"], res

@@ -320,3 +320,26 @@ def test_select_teacher_config_file_with_a_bad_value_names_the_file_and_the_key(
     (tmp_path / "s.json").write_text('{"seeds": 0}')
     res = cli("select-teacher", "--data", data, "--target", "tgt", "--config", tmp_path / "s.json")
     assert_one_line_error(res, 2, f"Error: --config {tmp_path / 's.json'}: seeds 0: must be >= 1")  # was: '--seeds 0'
+
+
+def test_source_auto_passes_on_the_weak_student_warning(monkeypatch, caplog):
+    """`distill --source auto` printed only its pick; when the ranking's label-only student learned next to nothing,
+    the pick stands on little, and the warning with the compare command to check it is now said there too."""
+    from cmcd_edge.distill import select
+
+    def row(view, i_ts, i_sy):
+        return {"view": view, "delta": i_ts - i_sy, "verdict": verdict(i_ts - i_sy),
+                "mi_student_label": {"mean": i_sy, "std": 0.0}}
+
+    def ranked(i_sy):
+        return lambda *a, **k: {"ranking": [row("acc", 0.10, i_sy)], "label_entropy_nats": 1.79}
+
+    monkeypatch.setattr(select, "rank_teachers", ranked(0.07))
+    with caplog.at_level("WARNING"):
+        assert select.best_source("d", "gyro")[0] == "acc"
+    assert "gyro: the label-only student's embedding holds 0.07 of the labels' 1.79 nats (4%)" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(select, "rank_teachers", ranked(1.0))
+    with caplog.at_level("WARNING"):
+        select.best_source("d", "gyro")
+    assert "label-only student" not in caplog.text
