@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -16,6 +16,7 @@ from cmcd_edge.cli_base import csv_items
 from cmcd_edge.errors import EngineMismatch, UserError
 from cmcd_edge.fsutil import write_json
 from cmcd_edge.runtime import bench as rb
+from cmcd_edge.runtime import scores
 from cmcd_edge.runtime.manifest import Manifest, load_manifest
 from cmcd_edge.runtime.predictor import Predictor, auto_variant
 
@@ -114,9 +115,11 @@ class _Bundle:
     test: tuple | None = None  # (rows, labels)
     accuracy_on: dict | None = None
     scored_key: tuple | None = None  # (data, rows, the picked row ids): equal keys, top-1 on the same rows
+    scores: dict = field(default_factory=dict)  # variant -> top1, macro_f1, per_class
 
     def doc(self) -> dict:
-        return {"path": self.path, "label": self.label, "accuracy_on": self.accuracy_on}
+        return {"path": self.path, "label": self.label, "accuracy_on": self.accuracy_on,
+                **({"scores": self.scores} if self.scores else {})}
 
 
 def _open_bundles(bundles: list[str], variants: str, data: str | None, rows: str, no_accuracy: bool) -> list[_Bundle]:
@@ -165,6 +168,8 @@ def _cases(b: _Bundle, t: int, batches: list[int], backend: str, every_variant: 
             x = b.test[0]  # 256 rows a call: a large test split never sits in memory whole
             pred = np.concatenate([p.predict(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
             acc = float((pred == b.test[1]).mean())
+            b.scores[name] = {"top1": acc, "macro_f1": scores.macro_f1(pred, b.test[1], len(p.classes)),
+                              "per_class": scores.per_class(pred, b.test[1], p.classes)}
         for batch in batches:
             x = b.test[0][:batch] if b.test is not None and len(b.test[0]) >= batch else \
                 rng.normal(size=(batch, *p.input_shape)).astype(np.float32)
@@ -246,6 +251,11 @@ def run_bench(bundles: str | list[str], *, threads: list[int], batches: list[int
         if b.accuracy_on is not None:
             click.echo(f"{b.label + ': ' if several and not same_rows else ''}top-1 on {split} of "
                        f"{b.accuracy_on['data']}: {b.accuracy_on['scored']} rows")
+    for b in opened:
+        for name, sc in b.scores.items():
+            low = sorted(sc["per_class"].items(), key=lambda kv: (kv[1]["top1"], kv[0]))[:3]
+            click.echo(f"{b.label + ': ' if several else ''}{name}: macro-F1 {100 * sc['macro_f1']:.2f}%; lowest "
+                       "per-class top-1: " + ", ".join(f"{c} {100 * v['top1']:.1f}% of {v['rows']}" for c, v in low))
     for o in overhead:
         click.echo(f"{o['bundle'] + ': ' if several else ''}Predictor overhead over raw session.run ({o['variant']}, "
                    f"batch {o['batch']}, {o['threads']} thr): {o['overhead_us']:+.1f} us ({o['overhead_pct']:+.1f}%)")

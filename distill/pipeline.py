@@ -22,13 +22,14 @@ from torch import nn
 from cmcd_edge import __version__, datasets
 from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.config import DistillConfig
-from cmcd_edge.distill.evaluate import confusions, macro_f1, modality_gap, per_class
+from cmcd_edge.distill.evaluate import modality_gap
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, remove_stale_temps, write_bytes, write_json, write_text
+from cmcd_edge.runtime.scores import confusions, macro_f1, per_class
 from cmcd_edge.splitting import classes_raised_to_one, make_splits
 
 log = logging.getLogger(__name__)

@@ -249,3 +249,23 @@ def test_bench_json_records_the_speed_blocks(toy_bundle, cli, tmp_path):
     speed = json.loads((tmp_path / "b.json").read_text())["speed_blocks"]
     assert speed["block_s"] == 0.5 and speed["blocks"] >= 2 and speed["spread"] >= 1.0
     assert ("the machine's speed moved" in res.stderr) == (speed["spread"] > 1.25)
+
+
+def test_bench_scores_each_variant_by_class_beside_top1(toy_bundle, cli, tmp_path):
+    """Was: one top-1 per variant, so an INT8 variant that lost a whole class on the device data hid behind an overall
+    figure within the gate; bench now gives macro-F1 and per-class top-1 (the weakest three printed)."""
+    from cmcd_edge.benchcli import _scored_rows
+    from cmcd_edge.runtime.manifest import load_manifest
+    from cmcd_edge.runtime.scores import macro_f1, per_class
+
+    res = cli("bench", toy_bundle, "--batch", "1", "--duration", "0.05", "--warmup", "0", "--out", tmp_path / "b.json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "b.json").read_text())
+    rows, labels, _ = _scored_rows(load_manifest(toy_bundle), None)
+    for variant, sc in doc["bundles"][0]["scores"].items():
+        pred = Predictor.load(toy_bundle, variant=variant).predict(rows[0:len(rows)]).argmax(1)
+        assert sc["macro_f1"] == pytest.approx(macro_f1(pred, labels, 4))
+        assert sc["per_class"] == per_class(pred, labels, ("c0", "c1", "c2", "c3"))  # the same rows, the same counts
+        assert sc["top1"] == next(r["test_accuracy"] for r in doc["results"] if r["variant"] == variant)
+        low = min(sc["per_class"].items(), key=lambda kv: (kv[1]["top1"], kv[0]))
+        assert f"{variant}: macro-F1 {100 * sc['macro_f1']:.2f}%; lowest per-class top-1: {low[0]} " in res.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmcd_edge.distill.evaluate import confusions, macro_f1, per_class
+from cmcd_edge.runtime.scores import confusions, macro_f1, per_class
 
 CLASSES = ("a", "b", "c")
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
