@@ -27,6 +27,7 @@ from cmcd_edge.registry import check_choice
 from cmcd_edge.runtime.cpu import cpu_isa, read_cpuinfo
 from cmcd_edge.runtime.manifest import SCHEMA_VERSION, sha256_file
 from cmcd_edge.runtime.predictor import RUNS_TARGET
+from cmcd_edge.runtime.scores import per_class
 from cmcd_edge.runtime.session import make_session, run_batched
 from cmcd_edge.splitting import make_splits
 
@@ -139,7 +140,10 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                                         "threads": 1}
             log.info("CPU latency at batch 1, 1 thread: %s", ", ".join(f"{k} {v:.1f} us" for k, v in p50.items()))
         report = {"variants": variants, "fp32_parity": par, "wall_s": round(time.perf_counter() - t0, 2),
-                  "source_run": str(Path(cfg.run).resolve()), "max_accuracy_drop_points": cfg.max_accuracy_drop}
+                  "source_run": str(Path(cfg.run).resolve()), "max_accuracy_drop_points": cfg.max_accuracy_drop,
+                  "per_class_top1": {v["name"]: per_class(run_batched(make_session(tmp / v["file"]), test[0])
+                                                          .argmax(1), test[1], tuple(manifest["classes"]))
+                                     for v in variants}}
         write_json(tmp / "manifest.json", manifest)
         write_json(tmp / "report.json", report)
         write_text(tmp / "report.md", report_markdown(manifest) + report_details(manifest, report))
@@ -286,12 +290,25 @@ def report_details(manifest: dict, report: dict) -> str:
     budget = report["max_accuracy_drop_points"]
     lines.append(f"Accuracy gate: a variant may lose at most {budget:g} point{'' if budget == 1 else 's'} of test "
                  "top-1 against FP32.")
+    lines += [class_drop_line(name, report["per_class_top1"]["fp32"], pc)
+              for name, pc in report.get("per_class_top1", {}).items() if name != "fp32"]
     timed = manifest.get("cpu_timed_on")
     if timed:
         p50 = ", ".join(f"{v['name']} {v['cpu_p50_us']:.1f} us" for v in manifest["variants"] if "cpu_p50_us" in v)
         lines.append(f"CPU latency (p50) at batch {timed['batch']}, {timed['threads']} thread, on {timed['cpu']} "
                      f"({timed['isa']}): {p50}.")
     return "\n".join(lines) + "\n"
+
+
+def class_drop_line(name: str, fp32: dict, variant: dict) -> str:
+    """The class a variant loses most top-1 on against FP32: an overall drop within the gate can hide one class's."""
+    c = max(fp32, key=lambda k: (fp32[k]["top1"] - variant[k]["top1"], k))
+    drop = 100 * (fp32[c]["top1"] - variant[c]["top1"])
+    if drop <= 0:
+        return f"Per class, {name} loses no test top-1 against FP32."
+    lost = round(drop * fp32[c]["rows"] / 100)
+    return (f"Per class, {name} loses most on {c}: {100 * fp32[c]['top1']:.1f}% -> {100 * variant[c]['top1']:.1f}% "
+            f"({lost} of its {fp32[c]['rows']} test rows).")
 
 
 def load_report(bundle: Path) -> dict:

@@ -293,3 +293,23 @@ def test_int8_agrees_with_fp32_on_conv_students(kind, shape, stem, tmp_path):
     ref = run_batched(make_session(fp32), held)
     _, agree, cos = score(int8, held, ref.argmax(1), ref)
     assert agree >= 0.99 and cos >= 0.999, (agree, cos)
+
+
+def test_export_report_names_the_class_each_variant_loses_most_on(toy_bundle):
+    """Was: one top-1 per variant, so a variant within the gate overall could lose most of one class unseen. The
+    report now holds each variant's per-class top-1 on the test split and says which class it loses most on."""
+    from cmcd_edge.export.bundle import class_drop_line, load_report
+
+    rep = load_report(toy_bundle)
+    pcs = rep["per_class_top1"]
+    assert set(pcs) == {v["name"] for v in rep["variants"]}
+    for v in rep["variants"]:  # the per-class figures add up to the variant's own top-1
+        pc = pcs[v["name"]]
+        assert sum(c["rows"] * c["top1"] for c in pc.values()) / sum(c["rows"] for c in pc.values()) == \
+            pytest.approx(v["test_accuracy"])
+    md = (toy_bundle / "report.md").read_text()
+    assert class_drop_line("int8", pcs["fp32"], pcs["int8"]) in md
+    fp32 = {"a": {"rows": 40, "top1": 0.9}, "b": {"rows": 10, "top1": 0.8}}  # golden values
+    assert class_drop_line("int8", fp32, {"a": {"rows": 40, "top1": 0.925}, "b": {"rows": 10, "top1": 0.5}}) == \
+        "Per class, int8 loses most on b: 80.0% -> 50.0% (3 of its 10 test rows)."
+    assert class_drop_line("fp16", fp32, fp32) == "Per class, fp16 loses no test top-1 against FP32."
