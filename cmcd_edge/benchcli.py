@@ -225,8 +225,9 @@ def run_bench(bundles: str | list[str], *, threads: list[int], batches: list[int
     rb.run_interleaved(cases, duration_s=duration, warmup_s=warmup)
     results = rb.results_of(cases)
     speed = rb.speed_blocks(cases)
-    if speed_note(speed):
-        log.warning("%s", speed_note(speed))
+    note = speed_note(speed)
+    if note:
+        log.warning("%s", note)
     overhead = []
     for pc, raw in overhead_pairs:
         a, r = rb.stats(pc.times_ns, pc.batch, None), rb.stats(raw.times_ns, raw.batch, None)

@@ -98,8 +98,10 @@ def prune(folder: Path, everything: bool, max_size: str | None) -> None:
         raise UserError(f"--max-size {max_size}: keeps the entries used last, but --all removes every entry; drop one")
     limit = None if max_size is None else parse_size(max_size)
     found = entries(folder)
-    doomed = [e for e in found if everything or not e.usable]
-    kept = sorted((e for e in found if e not in doomed), key=lambda e: e.last_used)  # least recently used first
+    doomed, kept = [], []
+    for e in found:
+        (doomed if everything or not e.usable else kept).append(e)
+    kept.sort(key=lambda e: e.last_used)  # least recently used first
     total = sum(e.size for e in kept)
     while limit is not None and kept and total > limit:
         doomed.append(kept.pop(0))

@@ -60,19 +60,27 @@ def run_predict(bundle: str, input_npy: str, *, variant: str, backend: str, out:
 def _named_by_file_row(exc: InputShapeError, batch: np.ndarray, start: int, chunk_rows: int) -> str:
     """The Predictor names a NaN's sample in the slice it was given; this names it by its row in the file, with how
     many more the rest of the file holds."""
-    if not np.issubdtype(batch.dtype, np.floating) or not len(nonfinite_rows(np.asarray(batch[start:start + chunk_rows]))):
+    if not np.issubdtype(batch.dtype, np.floating):
         return str(exc)
     bad = np.concatenate([i + nonfinite_rows(np.asarray(batch[i:i + chunk_rows]))
                           for i in range(start, len(batch), chunk_rows)])
+    if not len(bad) or bad[0] >= start + chunk_rows:  # this slice failed for another reason
+        return str(exc)
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
     return f"input contains NaN or Inf in sample {int(bad[0])}{more} (--allow-nonfinite runs them anyway)"
 
 
-def _rows_json(p: Predictor, probs: np.ndarray) -> Iterator[dict]:
-    for start in range(0, len(probs), CHUNK_ROWS):  # Python floats a slice at a time: 3x faster than numpy scalars
+def _predicted(p: Predictor, probs: np.ndarray) -> Iterator[tuple[int, str, list[float]]]:
+    """(sample, predicted class, its probabilities as Python floats), a slice at a time: 3x faster than numpy scalars."""
+    for start in range(0, len(probs), CHUNK_ROWS):
         block = probs[start:start + CHUNK_ROWS]
-        for b, pr in zip(block.argmax(1).tolist(), block.tolist(), strict=True):
-            yield {"class": p.classes[b], "probabilities": {c: round(v, 6) for c, v in zip(p.classes, pr, strict=True)}}
+        yield from ((i, p.classes[b], pr) for i, (b, pr) in
+                    enumerate(zip(block.argmax(1).tolist(), block.tolist(), strict=True), start))
+
+
+def _rows_json(p: Predictor, probs: np.ndarray) -> Iterator[dict]:
+    for _, name, pr in _predicted(p, probs):
+        yield {"class": name, "probabilities": {c: round(v, 6) for c, v in zip(p.classes, pr, strict=True)}}
 
 
 def _write_json(out: str, p: Predictor, bundle: str, probs: np.ndarray) -> None:
@@ -98,10 +106,7 @@ def _write_csv(out: str, p: Predictor, bundle: str, probs: np.ndarray) -> None:
     with open_atomic(out, "w") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["sample", "class", *p.classes])
-        for start in range(0, len(probs), CHUNK_ROWS):
-            block = probs[start:start + CHUNK_ROWS]
-            w.writerows([i, p.classes[b], *(f"{v:.6f}" for v in pr)] for i, (b, pr) in
-                        enumerate(zip(block.argmax(1).tolist(), block.tolist(), strict=True), start))
+        w.writerows([i, name, *(f"{v:.6f}" for v in pr)] for i, name, pr in _predicted(p, probs))
 
 
 def _write_npz(out: str, p: Predictor, bundle: str, probs: np.ndarray) -> None:
