@@ -11,6 +11,8 @@ for tgt in zer fou mor; do
   t compare-$tgt $B/cmcd-edge -q compare --data builtin:mfeat --source fac --target $tgt --seeds 3 --out $R/compare-$tgt --force \
     --teacher-cache /tmp/cmcd-teachers  # fou and mor take zer's seed teachers (the same results, session 23)
 done
+# session 25: compare --extend grows a copy of compare-zer to 4 seeds, against a fresh 4-seed compare
+$B/python benchmarks/compare_extend.py --base $R/compare-zer --out $R/compare_extend.json > $R/compare_extend.txt
 # session 19's control: the same protocol with a teacher on a pure-noise view (what the train labels alone pass on)
 rm -rf /tmp/mfeat-noise
 $B/python benchmarks/noise_source.py /tmp/mfeat-noise

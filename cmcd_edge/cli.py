@@ -146,9 +146,12 @@ def _speed(m: dict) -> str:
 @click.option("--seeds", type=int, default=3, show_default=True, help="Number of seeds (seed, seed+1, ...).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.json/.md and runs.")
 @click.option("--force", is_flag=True, help="Recompute an existing comparison.")
+@click.option("--extend", is_flag=True,
+              help="Add seeds or methods to a finished comparison in --out: its finished runs are kept.")
 @click.option("--upper-bound/--no-upper-bound", default=True, show_default=True,
               help="Also train the 100%-labels student (the ceiling).")
-def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, source: str, **kw) -> None:
+def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper_bound: bool, source: str,
+            **kw) -> None:
     """Compare methods over seeds under one protocol (teachers shared per seed).
 
     Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
@@ -156,13 +159,16 @@ def compare(methods: str, seeds: int, out: str, force: bool, upper_bound: bool, 
     single_process("compare", "launch it as a plain command (its runs are small and run one after another); "
                     "torchrun is for one large `distill`")
     require("torch", "train")
-    from cmcd_edge.distill.compare import results_markdown, run_compare
+    from cmcd_edge.distill.compare import check_request, run_compare
+    from cmcd_edge.distill.compare_results import results_markdown
 
+    method_list = cli_base.csv_items(methods, "--methods")
+    check_request(method_list, kw["seed"], seeds, force=force, extend=extend)  # before --source auto's ranking
     on_interrupt(lambda: f"{out} keeps its finished runs and the last epoch of the one it was in: rerun the same "
                  "command (without --force) to continue")
     source, ranking = _source(source, kw)
-    res = run_compare(_make_config("cmcd", source=source, **kw), cli_base.csv_items(methods, "--methods"), seeds,
-                      Path(out), force=force, upper_bound=upper_bound, ranking=ranking)
+    res = run_compare(_make_config("cmcd", source=source, **kw), method_list, seeds, Path(out), force=force,
+                      extend=extend, upper_bound=upper_bound, ranking=ranking)
     click.echo(results_markdown(res))
 
 

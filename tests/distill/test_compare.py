@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from cmcd_edge.distill.compare import _ceiling_lines, _paired, _verdict_lines, run_compare, seeds_to_decide, t975
+from cmcd_edge.distill.compare import run_compare
+from cmcd_edge.distill.compare_results import _ceiling_lines, _verdict_lines, paired, seeds_to_decide, t975
 from cmcd_edge.errors import UserError
 from tests.conftest import CLI
 from tests.helpers import INTERRUPTED, assert_one_line_error
@@ -125,7 +126,7 @@ def test_compare_reports_the_first_method_minus_each_other_seed_by_seed(base, tm
 ])
 def test_paired_verdict_from_the_t_interval(runs, verdict):
     acc = {"a": [0.8 + d for d in runs], "b": [0.8, 0.8, 0.8]}
-    assert _paired(["a", "b"], acc)["minus"]["b"]["verdict"] == verdict
+    assert paired(["a", "b"], acc)["minus"]["b"]["verdict"] == verdict
 
 
 def test_seeds_to_decide_golden_values():
@@ -141,14 +142,17 @@ def test_seeds_to_decide_golden_values():
 def test_verdict_sentence_names_each_group_and_the_seeds_undecided_gaps_need():
     acc = {"cmcd": [0.85, 0.84, 0.86], "kd": [0.849, 0.841, 0.859], "sup": [0.75, 0.76, 0.74],
            "fitnet": [0.88, 0.84, 0.83]}
-    r = {"seeds": [0, 1, 2], "paired": _paired(list(acc), acc)}
-    line = _verdict_lines(r)[-1]
+    r = {"seeds": [0, 1, 2], "paired": paired(list(acc), acc)}
+    *_, line, _, more = _verdict_lines(r)
+    assert more == "To add seeds, rerun the same command with `--seeds N --extend`: its finished runs are kept."
     n = r["paired"]["minus"]["fitnet"]["seeds_to_decide"]
     assert line == (f"cmcd at 95% over seeds [0, 1, 2] (paired t interval): better than sup; tied within +-1 point "
                     f"with kd; not decided against fitnet (~{n} seeds): the seeds each gap would need, at this run's "
                     f"per-seed mean and spread.")
-    one = {"seeds": [0], "paired": _paired(["cmcd", "kd"], {"cmcd": [0.8], "kd": [0.7]})}
+    one = {"seeds": [0], "paired": paired(["cmcd", "kd"], {"cmcd": [0.8], "kd": [0.7]})}
     assert "one seed gives no interval" in _verdict_lines(one)[-1]
+    decided = {k: acc[k] for k in ("cmcd", "kd", "sup")}
+    assert "--extend" not in "".join(_verdict_lines({"seeds": [0, 1, 2], "paired": paired(list(decided), decided)}))
 
 
 @pytest.mark.parametrize("teacher,upper,says", [
@@ -158,7 +162,7 @@ def test_verdict_sentence_names_each_group_and_the_seeds_undecided_gaps_need():
 ])
 def test_ceiling_line_only_for_a_built_in_teacher_beside_the_ceiling(teacher, upper, says):
     acc = {"cmcd": [0.85, 0.84], "supervised": [0.75, 0.76], **({"supervised@100%": [0.83, 0.84]} if upper else {})}
-    r = {"source": "fac", "config": {"teacher": teacher}, "paired": _paired(list(acc), acc)}
+    r = {"source": "fac", "config": {"teacher": teacher}, "paired": paired(list(acc), acc)}
     assert bool(_ceiling_lines(r)) == says
 
 
@@ -208,13 +212,13 @@ def test_compare_resume_retrains_a_run_from_a_version_without_per_class_figures(
 
 
 def test_summary_aligns_per_class_figures_with_seeds_when_a_class_misses_a_seed():
-    from cmcd_edge.distill.compare import _summary
+    from cmcd_edge.distill.compare_results import summary
 
     def run(acc, per_class):
         return {"test_accuracy": acc, "test_macro_f1": acc, "val_accuracy": acc, "wall_s": 1.0,
                 "test_per_class": {c: {"rows": n, "top1": t} for c, (n, t) in per_class.items()}}
 
-    s = _summary([run(0.5, {"a": (2, 0.5), "b": (2, 0.5)}), run(1.0, {"b": (3, 1.0)})])
+    s = summary([run(0.5, {"a": (2, 0.5), "b": (2, 0.5)}), run(1.0, {"b": (3, 1.0)})])
     assert s["test_per_class"] == {"a": {"top1": 0.5, "runs": [0.5, None], "rows": [2, 0]},
                                    "b": {"top1": 0.75, "runs": [0.5, 1.0], "rows": [2, 3]}}
     assert s["test_accuracy"]["mean"] == 0.75 and s["wall_s"] == 2.0

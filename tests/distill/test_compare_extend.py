@@ -1,0 +1,104 @@
+"""compare --extend: more seeds or methods for a finished comparison, its finished runs and teachers kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from cmcd_edge.distill.compare import run_compare
+from cmcd_edge.errors import UserError
+from tests.helpers import assert_one_line_error
+
+
+def _mtimes(folder):
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_compare_extend_trains_only_the_seeds_and_methods_it_lacks(base, tmp_path, caplog):
+    """The compare's own table says how many seeds a gap needs; adding them meant --force (every run trained again)
+    or a second folder joined by hand. Now the finished runs and teachers are kept, and the result is the one a
+    fresh compare over all the seeds gives (CPU runs are deterministic)."""
+    out = tmp_path / "cmp"
+    first = run_compare(base, ["kd"], 1, out, upper_bound=False)
+    kept = {p: t for p, t in _mtimes(out).items() if p.parts[0] in ("runs", "teachers")}
+    caplog.set_level("INFO", logger="cmcd_edge.distill.compare")
+    r = run_compare(base, ["kd", "supervised"], 2, out, upper_bound=False, extend=True)
+    now = _mtimes(out)
+    assert {p: now[p] for p in kept} == kept  # seed 0's teacher and kd run: untouched
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["kd-s0", "kd-s1", "supervised-s0", "supervised-s1"]
+    assert r["seeds"] == [0, 1] and set(r["methods"]) == {"kd", "supervised"}
+    assert r["methods"]["kd"]["test_accuracy"]["runs"][0] == first["methods"]["kd"]["test_accuracy"]["runs"][0]
+    assert json.loads((out / "results.json").read_text())["seeds"] == [0, 1]
+    assert "seeds [0, 1]" in (out / "results.md").read_text()
+    assert any("kept 1 finished run, trained 3" in m.getMessage() for m in caplog.records)
+    fresh = run_compare(base, ["kd", "supervised"], 2, tmp_path / "fresh", upper_bound=False)
+    for m in ("kd", "supervised"):
+        assert r["methods"][m]["test_accuracy"]["runs"] == fresh["methods"][m]["test_accuracy"]["runs"]
+
+
+def test_compare_without_extend_names_both_ways_on(base, tmp_path):
+    out = tmp_path / "cmp"
+    run_compare(base, ["supervised"], 1, out, upper_bound=False)
+    with pytest.raises(UserError, match=r"already holds results.json \(seeds \[0\], methods supervised\): pass "
+                                        r"--extend to add seeds or methods \(its finished runs are kept\), or --force"):
+        run_compare(base, ["supervised"], 2, out, upper_bound=False)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"lr": 1e-3}, "lr differ"),
+    ({"labeled_fraction": 0.5}, "labeled_fraction differ"),
+    ({"target": "src", "source": "tgt"}, "source, target differ"),
+])
+def test_compare_extend_refuses_another_config_and_leaves_the_results(base, tmp_path, change, needle):
+    out = tmp_path / "cmp"
+    run_compare(base, ["supervised"], 1, out, upper_bound=False)
+    before = _mtimes(out)
+    with pytest.raises(UserError) as err:
+        run_compare(dataclasses.replace(base, **change), ["supervised"], 2, out, upper_bound=False, extend=True)
+    assert f"--extend: {out} was made with another config ({needle})" in str(err.value)
+    assert "use the same flags, or --force" in str(err.value)
+    assert _mtimes(out) == before
+
+
+def test_compare_extend_refuses_data_changed_since(base, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(base.data, data)
+    cfg = dataclasses.replace(base, data=str(data))
+    out = tmp_path / "cmp"
+    run_compare(cfg, ["supervised"], 1, out, upper_bound=False)
+    view = data / "views" / "src.npy"
+    raw = bytearray(view.read_bytes())
+    raw[-4] ^= 1  # the last value's lowest mantissa bit
+    view.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"--extend: .*cmp's data changed since it was made: use --force"):
+        run_compare(cfg, ["supervised"], 2, out, upper_bound=False, extend=True)
+
+
+def test_compare_extend_keeps_runs_whose_data_moved(base, tmp_path):
+    import shutil
+
+    shutil.copytree(base.data, tmp_path / "here")
+    out = tmp_path / "cmp"
+    run_compare(dataclasses.replace(base, data=str(tmp_path / "here")), ["supervised"], 1, out, upper_bound=False)
+    sup = out / "runs" / "supervised-s0" / "metrics.json"
+    mtime = sup.stat().st_mtime_ns
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    run_compare(dataclasses.replace(base, data=str(tmp_path / "there")), ["supervised"], 2, out, upper_bound=False,
+                extend=True)
+    assert sup.stat().st_mtime_ns == mtime
+
+
+def test_compare_extend_on_an_empty_folder_is_a_plain_compare(base, tmp_path):
+    r = run_compare(base, ["supervised"], 1, tmp_path / "cmp", upper_bound=False, extend=True)
+    assert r["seeds"] == [0]
+
+
+def test_compare_cli_refuses_extend_with_force(cli, base, tmp_path):
+    res = cli("compare", "--data", base.data, "--source", "src", "--target", "tgt", "--methods", "kd", "--seeds", "1",
+              "--out", tmp_path / "cmp", "--extend", "--force")
+    assert_one_line_error(res, 2, "--extend and --force")
+    assert not (tmp_path / "cmp").exists()
