@@ -269,3 +269,20 @@ def test_bench_scores_each_variant_by_class_beside_top1(toy_bundle, cli, tmp_pat
         assert sc["top1"] == next(r["test_accuracy"] for r in doc["results"] if r["variant"] == variant)
         low = min(sc["per_class"].items(), key=lambda kv: (kv[1]["top1"], kv[0]))
         assert f"{variant}: macro-F1 {100 * sc['macro_f1']:.2f}%; lowest per-class top-1: {low[0]} " in res.stdout
+
+
+def test_bench_scores_each_variant_once_whatever_the_thread_counts(toy_bundle, monkeypatch, tmp_path):
+    """Was: every variant ran over the whole scored split again at each --threads (three passes for --threads 1,2,4
+    over a device-recorded set of `--rows all`), for the same top-1."""
+    from cmcd_edge import benchcli
+
+    scored = []
+    real = benchcli._score
+    monkeypatch.setattr(benchcli, "_score", lambda p, x, y: scored.append(p.variant.name) or real(p, x, y))
+    doc = benchcli.run_bench(str(toy_bundle), threads=[1, 2], batches=[1], variants="fp32,int8", backend="cpu",
+                             duration=0.05, warmup=0.0, data=None, no_accuracy=False, torch_run=None, out=None,
+                             plot=None)
+    assert sorted(scored) == ["fp32", "int8"]
+    acc = {(r["variant"], r["threads"]): r["test_accuracy"] for r in doc["results"] if ":" not in r["variant"]}
+    assert set(acc) == {(v, t) for v in ("fp32", "int8") for t in (1, 2)}
+    assert acc["int8", 2] == acc["int8", 1] == doc["bundles"][0]["scores"]["int8"]["top1"] is not None
