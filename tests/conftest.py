@@ -23,6 +23,22 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _children_tmpdir(tmp_path_factory):
+    """Child processes (torchrun makes a torchelastic_* folder per launch and never removes it) write their temp files
+    under pytest's own base folder, which pytest prunes, not into the machine's /tmp (358 such folders had piled up
+    there on the build machine)."""
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("children-tmp"))
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR")
+    else:
+        os.environ["TMPDIR"] = old
+
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "cmcd_edge"]
 
