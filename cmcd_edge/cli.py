@@ -159,14 +159,17 @@ def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper
     single_process("compare", "launch it as a plain command (its runs are small and run one after another); "
                     "torchrun is for one large `distill`")
     require("torch", "train")
-    from cmcd_edge.distill.compare import check_request, run_compare
+    from cmcd_edge.distill.compare import check_request, kept_ranking, run_compare
     from cmcd_edge.distill.compare_results import results_markdown
 
     method_list = cli_base.csv_items(methods, "--methods")
     check_request(method_list, kw["seed"], seeds, force=force, extend=extend)  # before --source auto's ranking
     on_interrupt(lambda: f"{out} keeps its finished runs and the last epoch of the one it was in: rerun the same "
                  "command (without --force) to continue")
-    source, ranking = _source(source, kw)
+    kept = kept_ranking(Path(out)) if extend and source == "auto" else None
+    if kept is not None:
+        click.echo(f"--source auto: {kept[0]} (the ranking kept in {Path(out) / 'results.json'})")
+    source, ranking = kept or _source(source, kw)
     res = run_compare(_make_config("cmcd", source=source, **kw), method_list, seeds, Path(out), force=force,
                       extend=extend, upper_bound=upper_bound, ranking=ranking)
     click.echo(results_markdown(res))

@@ -149,6 +149,17 @@ def _check_extends(out: Path, base: DistillConfig, extend: bool) -> None:
         raise UserError(f"--extend: {out}'s data changed since it was made: use --force to recompute, or a new --out")
 
 
+def kept_ranking(out: Path) -> tuple[str, dict] | None:
+    """``--source auto --extend``: the pick and ranking the finished compare in ``out`` made, to be taken again rather
+    than ranking every view anew (deterministic on a CPU, and minutes on large data); None without one. Whether the
+    compare's target, data and settings match is :func:`_check_extends`' to say."""
+    try:
+        r = json.loads((out / "results.json").read_text())
+        return (r["source"], r["source_ranking"]) if r["source_ranking"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upper_bound: bool,
              ranking: dict | None) -> dict:
     seed_list = [base.seed + i for i in range(seeds)]

@@ -290,7 +290,7 @@ def test_select_progress_file_that_is_not_one_is_refused_with_the_fix(tmp_path):
     assert Progress(tmp_path / "new.partial.json", {"target": "tgt"}).measured(3) == {"src": {"gaussian": 0.5}}
 
 
-def test_source_auto_takes_the_top_of_the_ranking_in_distill_and_compare(tmp_path, cli):
+def test_source_auto_takes_the_top_of_the_ranking_in_distill_and_compare(tmp_path, cli, monkeypatch):
     """`--source auto` ran select-teacher and distilled from its pick, but had no test; compare's help offered it
     too, and compare ended in `--source 'auto': no such view`."""
     from cmcd_edge import datasets
@@ -313,6 +313,14 @@ def test_source_auto_takes_the_top_of_the_ranking_in_distill_and_compare(tmp_pat
     assert "--source auto: src (top of the CCH ranking)" in res.stdout
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert results["source"] == "src" and results["source_ranking"]["ranking"][0]["view"] == "src"
+    # --extend takes the ranking the compare kept (was: every view ranked again, minutes on large data)
+    monkeypatch.setattr("cmcd_edge.distill.select.rank_teachers", lambda *a, **k: pytest.fail("ranked again"))
+    res = cli("compare", *common, "--methods", "cmcd,supervised", "--seeds", "2", "--no-upper-bound",
+              "--out", tmp_path / "cmp", "--extend")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"--source auto: src (the ranking kept in {tmp_path / 'cmp' / 'results.json'})" in res.stdout
+    extended = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert extended["seeds"] == [0, 1] and extended["source_ranking"] == results["source_ranking"]
 
 
 def test_select_teacher_config_file_with_a_bad_value_names_the_file_and_the_key(cli, tmp_path):
