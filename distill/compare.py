@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cmcd_edge import datasets
-from cmcd_edge.distill import ddp, engine
+from cmcd_edge.distill import ddp, engine, machine
 from cmcd_edge.distill.compare_results import UPPER, confused_pairs, paired, results_markdown, summary, teacher_stats
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS, methods_without
@@ -147,6 +147,10 @@ def _check_extends(out: Path, base: DistillConfig, extend: bool) -> None:
                         "or --force to recompute, or a new --out")
     if datasets.changed_since(datasets.load(base.data), old.get("data_fingerprint")):
         raise UserError(f"--extend: {out}'s data changed since it was made: use --force to recompute, or a new --out")
+    note = machine.other_machines(old["made_on"] if "made_on" in old else [],
+                                 machine.made_on(engine.pick_device(base.device)), f"--extend: {out}'s runs were made")
+    if note:
+        log.warning("%s", note)
 
 
 def kept_ranking(out: Path) -> tuple[str, dict] | None:
@@ -166,6 +170,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     extra_runs = list(methods) + ([UPPER] if upper_bound else [])
     runs: dict[str, list[dict]] = {m: [] for m in extra_runs}  # each method's metrics.json, seed by seed
     teacher_acc = []
+    made: list[dict | None] = []  # the machine of each run (run.json's made_on; None from before versions kept it)
     loaded = None  # a --teacher file's or factory's outputs: one pass over the rows serves every seed
     done, trained, total, start = 0, 0, len(seed_list) * len(extra_runs), time.perf_counter()
     for seed in seed_list:
@@ -189,6 +194,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
             if res is None:
                 res, trained = _train(run_dir, cfg, teacher), trained + 1
             runs[m].append(res)
+            made.append(_made_on(run_dir))
             done += 1
             left = engine.time_left(time.perf_counter() - start, trained, trained + total - done)  # a kept run: no time
             log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)  [%d/%d%s]", m, seed, res["test_accuracy"],
@@ -204,6 +210,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
         "upper_bound": {"method": UPPER, **summary(runs[UPPER])} if upper_bound else None,
         "config": base.to_json(),
         "data_fingerprint": datasets.load(base.data).fingerprint(),  # --extend adds runs on these files only
+        "made_on": [m for i, m in enumerate(made) if m is not None and m not in made[:i]],  # CPUs differ in bits
         "source_ranking": ranking,
     }
     write_json(out / "results.json", results)
@@ -219,6 +226,11 @@ def _train(run_dir: Path, cfg: DistillConfig, teacher) -> dict:
         log.info("  %s: continuing the killed run from its checkpoint", run_dir.name)
         return run_distill(cfg, run_dir, resume=True, teacher=teacher).metrics
     return run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
+
+
+def _made_on(run_dir: Path) -> dict | None:
+    record = json.loads((run_dir / "run.json").read_text())
+    return record["made_on"] if "made_on" in record else None
 
 
 def _same_config(run_dir: Path, cfg: DistillConfig) -> bool:

@@ -106,7 +106,8 @@ def seeds_to_decide(mean: float, sd: float, most: int = 1000) -> int | None:
 def results_markdown(r: dict) -> str:
     sup = r["methods"].get("supervised", {}).get("test_accuracy", {}).get("mean")
     lines = [f"{r['source']} -> {r['target']} on {r['data']}, {r['labeled_fraction']:.0%} target labels, "
-             f"seeds {r['seeds']}; teacher ({r['source']}) test top-1 {_teacher_cell(r['teacher_test_accuracy'])}", "",
+             f"seeds {r['seeds']}; teacher ({r['source']}) test top-1 {_teacher_cell(r['teacher_test_accuracy'])}"
+             + _made_on(r), "",
              f"| method | test top-1 (%) | macro-F1 (%) | val top-1 (%) | vs supervised | {_paired_head(r)} | wall s |",
              "|---|---|---|---|---|---|---|"]
     rows = list(r["methods"].items())
@@ -120,6 +121,13 @@ def results_markdown(r: dict) -> str:
         lines.append(f"| {m} | {_pm(a)} | {_pm(f) if f else ''} | {_pm(v['val_accuracy'])} | {delta} | "
                      f"{_paired_cell(r, m)} | {wall} |")
     return "\n".join(lines + _verdict_lines(r) + _ceiling_lines(r) + _per_class_lines(r)) + "\n"
+
+
+def _made_on(r: dict) -> str:
+    """"; trained on AMD EPYC (AVX512)": CPU runs repeat bit for bit on one CPU type only."""
+    made = r["made_on"] if "made_on" in r else []
+    names = [f"{m['gpu']}" if m["gpu"] else f"{m['cpu']} ({m['cpu_capability']})" for m in made]
+    return f"; trained on {' and '.join(names)}" if names else ""
 
 
 def _ceiling_lines(r: dict) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cmcd_edge import __version__, datasets
-from cmcd_edge.distill import ddp, engine, students
+from cmcd_edge.distill import ddp, engine, machine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import modality_gap
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
@@ -85,6 +85,11 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> Non
         why = resume_refusal(out, cfg)
         if why:
             raise UserError(why)
+        record = json.loads((out / "run.json").read_text())
+        note = machine.other_machines([record["made_on"]] if "made_on" in record else [],
+                                     machine.made_on(engine.pick_device(cfg.device)), f"--resume: {out} started")
+        if note:
+            log.warning("%s", note)
         for stale in remove_stale_temps(out):
             log.info("resume: removed %s, left by the killed run", stale.name)
         return
@@ -366,7 +371,7 @@ def recipe_change(record: dict, cfg: DistillConfig) -> str | None:
 
 def _run_json(cfg, ds, splits, teacher, status: str) -> dict:
     return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "status": status, "versions": versions(),
-            "data_fingerprint": ds.fingerprint(),
+            "made_on": machine.made_on(engine.pick_device(cfg.device)), "data_fingerprint": ds.fingerprint(),
             "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
                                          "labeled": len(splits.labeled)},
             "teacher": None if teacher is None else teacher.info}

@@ -32,12 +32,11 @@ import torch
 
 from cmcd_edge import __version__, datasets, splitting
 from cmcd_edge.datasets import Dataset
-from cmcd_edge.distill import ddp, engine, rows, students, teachers
+from cmcd_edge.distill import ddp, engine, machine, rows, students, teachers
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
 from cmcd_edge.errors import CmcdError, OutputBusy, UserError
 from cmcd_edge.fsutil import atomic_dir, write_bytes, write_json
-from cmcd_edge.runtime.cpu import read_cpuinfo
 from cmcd_edge.splitting import Splits
 
 log = logging.getLogger(__name__)
@@ -142,9 +141,8 @@ class TeacherCache:
         entry = self.entry
         if (entry / "key.json").is_file():  # stored meanwhile by another run of the same teacher
             return
-        cuda = self.key["device"] == "cuda"  # recorded, not keyed: CPU runs repeat bit for bit on one CPU type only
-        made_on = {**self.about, "host": platform.node(), "cpu": read_cpuinfo()[0] or platform.machine(),
-                   "gpu": torch.cuda.get_device_name() if cuda else None,
+        # recorded, not keyed: CPU runs repeat bit for bit on one CPU type only
+        made_on = {**self.about, "host": platform.node(), **machine.made_on(torch.device(self.key["device"])),
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
             with atomic_dir(entry) as tmp:

@@ -180,3 +180,23 @@ def test_resume_refuses_a_teacher_replaced_since_the_run_started(kind, toy, tmp_
     what = "its file" if kind == "pt2" else "its factory's module"
     assert_one_line_error(res, 2, f"--resume: --teacher {ref} changed since {tmp_path / 'run'} started (the sha256 "
                           f"of {what}", "--force")
+
+
+def test_resume_says_when_the_run_started_on_another_machine(toy_run, tmp_path, caplog):
+    """A run resumed on another CPU type (a preempted cloud box replaced by another kind) goes on, and says that it
+    will not repeat an uninterrupted run bit for bit; on its own machine it says nothing."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import prepare_out
+
+    out = tmp_path / "run"
+    shutil.copytree(toy_run, out)
+    record = json.loads((out / "run.json").read_text())
+    cfg = DistillConfig.from_json(record["config"])
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.pipeline")
+    prepare_out(out, cfg, resume=True, force=False)
+    assert not caplog.records
+    record["made_on"] = {**record["made_on"], "cpu": "Other CPU"}
+    (out / "run.json").write_text(json.dumps(record))
+    prepare_out(out, cfg, resume=True, force=False)
+    assert [m.getMessage().split(";")[0] for m in caplog.records] == [f"--resume: {out} started on Other CPU "
+                                                                      f"({record['made_on']['cpu_capability']})"]

@@ -1,0 +1,29 @@
+"""Where a run trained, as far as its results depend on it: recorded in run.json, results.json and teacher-cache
+entries, and compared when a run is resumed or a compare extended on another machine."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from cmcd_edge.runtime.cpu import read_cpuinfo
+
+
+def made_on(device: torch.device) -> dict:
+    """The machine a run trains on, as far as its results depend on it: CPU runs repeat bit for bit on one CPU type
+    only (ATen picks its kernels by ``cpu_capability``; MKL and oneDNN by vendor too), CUDA runs on one GPU type."""
+    return {"cpu": read_cpuinfo()[0] or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def other_machines(made: list[dict], here: dict, what: str) -> str | None:
+    """A warning when ``made`` (the machines earlier runs recorded) holds one other than ``here``; None otherwise."""
+    def name(m: dict) -> str:
+        return f"{m['cpu']} ({m['cpu_capability']})" + (f", {m['gpu']}" if m["gpu"] else "")
+
+    others = sorted({name(m) for m in made if m != here})
+    if not others:
+        return None
+    return (f"{what} on {' and '.join(others)}; this is {name(here)}: training repeats bit for bit on one CPU (or "
+            "GPU) type only, so what trains here is not what that machine would give (equally valid, not identical)")
