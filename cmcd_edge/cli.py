@@ -155,6 +155,8 @@ def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper
     """Compare methods over seeds under one protocol (teachers shared per seed).
 
     Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
+
+    More seeds later (its finished runs kept): the same command with --seeds 6 --extend
     """
     single_process("compare", "launch it as a plain command (its runs are small and run one after another); "
                     "torchrun is for one large `distill`")

@@ -100,10 +100,12 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     with atomic_dir(out, force=cfg.force) as tmp:
         fp32 = tmp / "model.fp32.onnx"
         onnx_export.export_fp32(run.net, run.spec.in_shape, fp32, example=test[0])
-        par = onnx_export.parity(run.net, make_session(fp32), test[0])
+        ref = run_batched(make_session(fp32), test[0], output="logits")  # FP32 over the test rows: once
+        par = onnx_export.parity(run.net, ref, test[0])
         if par["max_abs_rel"] > 1e-4 or par["top1_agreement"] < 1.0:
             raise UserError(f"ONNX parity failed vs torch: {par}; please report this student spec")
-        fp32_acc = float((run_batched(make_session(fp32), test[0]).argmax(1) == test[1]).mean())
+        predicted = {"fp32": ref.argmax(1)}  # each variant's test classes, for the per-class figures
+        fp32_acc = float((predicted["fp32"] == test[1]).mean())
         macs = run.metrics.get("macs")
         variants.append(_variant(tmp, "fp32", "fp32", fp32, fp32_acc, "passed", "any",
                                  {"agreement_with_fp32": 1.0, "macs": macs, "parity": par}))
@@ -111,8 +113,9 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         gate_failed = False
         if cfg.int8:
             calibration, g, speed_float, probe = _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32,
-                                                       preset, test, val)
+                                                       preset, test, val, ref)
             gate_failed = not g.passed
+            predicted["int8"] = g.predicted
             variants.append(_variant(tmp, "int8", "int8", tmp / "model.int8.onnx", g.accuracy,
                                      "passed" if g.passed else "failed", preset.name,
                                      {"agreement_with_fp32": g.agreement, "cosine_with_fp32": g.cosine,
@@ -121,10 +124,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                                       "sensitivity": g.sensitivity[:20], "preset": preset.to_json(), "macs": macs}))
         if cfg.fp16:
             quantize.to_fp16(fp32, tmp / "model.fp16.onnx")
-            from cmcd_edge.export.gate import score
-
-            ref = run_batched(make_session(fp32), test[0])
-            acc16, agree16, cos16 = score(tmp / "model.fp16.onnx", *test, ref)
+            acc16, agree16, cos16, logits16 = gate.scored(tmp / "model.fp16.onnx", *test, ref)
+            predicted["fp16"] = logits16.argmax(1)
             passed16 = 100 * (fp32_acc - acc16) <= cfg.max_accuracy_drop
             gate_failed |= not passed16
             variants.append(_variant(tmp, "fp16", "fp16", tmp / "model.fp16.onnx", acc16,
@@ -141,8 +142,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             log.info("CPU latency at batch 1, 1 thread: %s", ", ".join(f"{k} {v:.1f} us" for k, v in p50.items()))
         report = {"variants": variants, "fp32_parity": par, "wall_s": round(time.perf_counter() - t0, 2),
                   "source_run": str(Path(cfg.run).resolve()), "max_accuracy_drop_points": cfg.max_accuracy_drop,
-                  "per_class_top1": {v["name"]: per_class(run_batched(make_session(tmp / v["file"]), test[0])
-                                                          .argmax(1), test[1], tuple(manifest["classes"]))
+                  "per_class_top1": {v["name"]: per_class(predicted[v["name"]], test[1], tuple(manifest["classes"]))
                                      for v in variants}}
         write_json(tmp / "manifest.json", manifest)
         write_json(tmp / "report.json", report)
@@ -183,7 +183,7 @@ def _calib_key(cfg: ExportConfig, ds, calib_size: int, preset, model_sha256: str
                                  preset.symmetric, cfg.seed)
 
 
-def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val):
+def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val, ref):
     pre = tmp / ".model.pre.onnx"
     quantize.preprocess(fp32, pre)
     train = splits.train
@@ -215,7 +215,7 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
         q_raw([*keep_float, *exclude], path)
 
     g = gate.run_gate(q, [n for n in quantize.quantizable_nodes(pre) if n not in keep_float], tmp / "model.int8.onnx",
-                      fp32, test, val, cfg.max_accuracy_drop)
+                      fp32, test, val, cfg.max_accuracy_drop, ref=ref)
     pre.unlink()
     calibration = {"method": cfg.calib_method, "select": cfg.calib_select, "size": len(rows),
                    "data_fingerprint": ds.fingerprint(), "file": "calibration.json", "preset": preset.to_json()}

@@ -27,27 +27,35 @@ class GateResult:
     sensitivity: list[dict] = field(default_factory=list)
     agreement: float = 1.0
     cosine: float = 1.0
+    predicted: np.ndarray | None = None  # the final INT8 model's test top-1 classes (for per-class figures)
 
 
 def score(path: Path, x: np.ndarray, y: np.ndarray, ref_logits: np.ndarray | None = None) -> tuple[float, float, float]:
     """(top-1, agreement with the reference's top-1, mean cosine of logits to the reference)."""
+    return scored(path, x, y, ref_logits)[:3]
+
+
+def scored(path: Path, x: np.ndarray, y: np.ndarray,
+           ref_logits: np.ndarray | None = None) -> tuple[float, float, float, np.ndarray]:
+    """:func:`score`, and the logits it measured."""
     acc, logits = top1(make_session(path), x, y)
     if ref_logits is None:
-        return acc, 1.0, 1.0
+        return acc, 1.0, 1.0, logits
     agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
     cos = np.sum(logits * ref_logits, 1) / (np.linalg.norm(logits, axis=1) * np.linalg.norm(ref_logits, axis=1) + 1e-12)
-    return acc, agree, float(cos.mean())
+    return acc, agree, float(cos.mean()), logits
 
 
 def run_gate(quantize: Callable[[list[str], Path], None], candidates: list[str], out: Path, fp32: Path,
              test: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], max_drop: float,
-             max_excluded: int = 8) -> GateResult:
-    """``quantize(exclude, path)`` writes an INT8 model with ``exclude`` left float."""
-    fp32_acc, ref = top1(make_session(fp32), *test)
+             max_excluded: int = 8, ref: np.ndarray | None = None) -> GateResult:
+    """``quantize(exclude, path)`` writes an INT8 model with ``exclude`` left float. ``ref``: FP32's logits on the
+    test rows, when the caller has them (else measured here)."""
+    fp32_acc, ref = top1(make_session(fp32), *test) if ref is None else (float((ref.argmax(1) == test[1]).mean()), ref)
     quantize([], out)
-    acc, agree, cos = score(out, *test, ref)
+    acc, agree, cos, logits = scored(out, *test, ref)
     res = GateResult(acc, fp32_acc, 100 * (fp32_acc - acc), 100 * (fp32_acc - acc) <= max_drop + 1e-9,
-                     agreement=agree, cosine=cos)
+                     agreement=agree, cosine=cos, predicted=logits.argmax(1))
     if res.passed or not candidates:
         return res
     log.info("INT8 loses %.2f points (> %.2f): ranking %d nodes by sensitivity", res.drop_points, max_drop, len(candidates))
@@ -66,7 +74,8 @@ def run_gate(quantize: Callable[[list[str], Path], None], candidates: list[str],
             break
         res.excluded.append(s["node"])
         quantize(res.excluded, out)
-        res.accuracy, res.agreement, res.cosine = score(out, *test, ref)
+        res.accuracy, res.agreement, res.cosine, logits = scored(out, *test, ref)
+        res.predicted = logits.argmax(1)
         res.drop_points = 100 * (fp32_acc - res.accuracy)
         log.info("  float: %s -> drop %.2f points", ", ".join(res.excluded), res.drop_points)
         if res.drop_points <= max_drop + 1e-9:

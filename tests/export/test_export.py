@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -313,3 +314,26 @@ def test_export_report_names_the_class_each_variant_loses_most_on(toy_bundle):
     assert class_drop_line("int8", fp32, {"a": {"rows": 40, "top1": 0.925}, "b": {"rows": 10, "top1": 0.5}}) == \
         "Per class, int8 loses most on b: 80.0% -> 50.0% (3 of its 10 test rows)."
     assert class_drop_line("fp16", fp32, fp32) == "Per class, fp16 loses no test top-1 against FP32."
+
+
+def test_export_runs_each_variant_over_the_test_rows_once(toy_run, tmp_path, monkeypatch):
+    """Was: FP32 ran over the test split four times (parity, its top-1, the gate's reference, the FP16 reference) and
+    every variant once more for its per-class figures: nine passes for three variants, where three give the same
+    figures (the per-class ones are checked against a fresh run in test_export_report_names_...)."""
+    from cmcd_edge.export import bundle
+    from cmcd_edge.runtime import session
+
+    n_test = json.loads((toy_run / "run.json").read_text())["splits"]["test"]
+    passes = []
+    real = session.run_batched
+
+    def counted(sess, x, *args, **kw):
+        if len(x) == n_test:
+            passes.append(Path(sess._model_path).name)
+        return real(sess, x, *args, **kw)
+
+    monkeypatch.setattr(session, "run_batched", counted)
+    monkeypatch.setattr(bundle, "run_batched", counted)
+    res = run_export(ExportConfig(run=str(toy_run), out=str(tmp_path / "b"), fp16=True, max_accuracy_drop=5.0))
+    assert [v["gate"] for v in res.manifest["variants"]] == ["passed"] * 3
+    assert sorted(passes) == ["model.fp16.onnx", "model.fp32.onnx", "model.int8.onnx"]
