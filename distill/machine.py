@@ -1,13 +1,23 @@
-"""Where a run trained, as far as its results depend on it: recorded in run.json, results.json and teacher-cache
-entries, and compared when a run is resumed or a compare extended on another machine."""
+"""Where and with what a run trained, as far as its results depend on it: the machine (recorded in run.json,
+results.json and teacher-cache entries, and compared when a run is resumed or a compare extended on another one) and
+the versions of the libraries."""
 
 from __future__ import annotations
 
 import platform
 
+import numpy as np
 import torch
 
+from cmcd_edge import __version__
 from cmcd_edge.runtime.cpu import read_cpuinfo
+
+
+def versions() -> dict:
+    import onnxruntime
+
+    return {"cmcd_edge": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 def made_on(device: torch.device) -> dict:

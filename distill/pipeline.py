@@ -9,7 +9,6 @@ import functools
 import io
 import json
 import logging
-import platform
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmcd_edge import __version__, datasets
+from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, machine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import modality_gap
@@ -53,13 +52,6 @@ class DistillModel(nn.Module):
 class RunResult:
     metrics: dict
     out: Path | None
-
-
-def versions() -> dict:
-    import onnxruntime
-
-    return {"cmcd_edge": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 @functools.cache  # once per dataset and fraction, not once per run of a compare
@@ -370,7 +362,7 @@ def recipe_change(record: dict, cfg: DistillConfig) -> str | None:
 
 
 def _run_json(cfg, ds, splits, teacher, status: str) -> dict:
-    return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "status": status, "versions": versions(),
+    return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "status": status, "versions": machine.versions(),
             "made_on": machine.made_on(engine.pick_device(cfg.device)), "data_fingerprint": ds.fingerprint(),
             "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
                                          "labeled": len(splits.labeled)},
