@@ -20,6 +20,7 @@ from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.errors import InputShapeError
 
 FORMATS = (".json", ".csv", ".npz")
+CSV_HEAD = ("sample", "class")  # then a probability column per class
 CHUNK_ROWS = 4096  # samples a call: a file larger than memory is read one slice at a time
 
 
@@ -30,6 +31,10 @@ def run_predict(bundle: str, input_npy: str, *, variant: str, backend: str, out:
         raise UserError(f"--out {out}: write {', '.join(FORMATS[:-1])} or {FORMATS[-1]} (the file's suffix picks the "
                         "format)")
     p = Predictor.load(bundle, variant=variant, backend=backend, allow_nonfinite=allow_nonfinite, warmup=())
+    clash = [c for c in p.classes if c in CSV_HEAD]
+    if suffix == ".csv" and clash:  # a header with a name twice reads back as another table (pandas: 'class.1')
+        raise UserError(f"--out {out}: class {clash[0]!r} would repeat a column of the CSV header ({', '.join(CSV_HEAD)}, "
+                        "then one per class); write .json or .npz")
     x = load_array(input_npy, "INPUT.npy", mmap=True)
     if x.ndim != len(p.input_shape) + 1 or not len(x):  # one sample, or neither a sample nor a batch (the check
         try:                                             # names which)
@@ -105,7 +110,7 @@ def _write_csv(out: str, p: Predictor, bundle: str, probs: np.ndarray) -> None:
     streamed a slice at a time."""
     with open_atomic(out, "w") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["sample", "class", *p.classes])
+        w.writerow([*CSV_HEAD, *p.classes])
         w.writerows([i, name, *(f"{v:.6f}" for v in pr)] for i, name, pr in _predicted(p, probs))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -87,3 +88,22 @@ def test_predict_top_with_out_is_refused(toy_bundle, cli, tmp_path):
     assert_one_line_error(res, 2, "--top 2: sets the classes printed per sample; --out writes every class's "
                           "probability; drop one")
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["class", "sample"])
+def test_predict_csv_refuses_a_class_named_like_a_header_column(toy_bundle, cli, tmp_path, name):
+    """Was: a class named 'class' gave the header `sample,class,class,c1,...`, which reads back as another table
+    (pandas renames the second 'class.1', and the predicted class and that class's probability swap places for
+    csv.DictReader). .json and .npz name classes apart from their own keys, so they still write."""
+    bundle = tmp_path / "b"
+    shutil.copytree(toy_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["classes"][1] = name
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((3, 8), np.float32))
+    res = cli("predict", bundle, x, "--out", tmp_path / "p.csv")
+    assert_one_line_error(res, 2, f"--out {tmp_path / 'p.csv'}: class '{name}' would repeat a column of the CSV header "
+                          "(sample, class, then one per class); write .json or .npz")
+    assert not (tmp_path / "p.csv").exists()
+    assert cli("predict", bundle, x, "--out", tmp_path / "p.npz").returncode == 0
