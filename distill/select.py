@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cmcd_edge import datasets
-from cmcd_edge.distill import ddp, engine, mi
+from cmcd_edge.distill import ddp, engine, machine, mi
 from cmcd_edge.distill.config import DistillConfig, check_seed
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teacher_cache import TeacherCache, cache_root
@@ -138,7 +138,7 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
             "primary_estimator": "gaussian", "margin_nats": MARGIN, "heldout_rows": heldout_rows,
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
-            "label_entropy_nats": float(np.mean(h_y)),
+            "made_on": machine.made_on(dev), "label_entropy_nats": float(np.mean(h_y)),
             "warnings": disagreements(ranking) + weak_student(data, target, ranking, float(np.mean(h_y))),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
 

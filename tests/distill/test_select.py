@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from cmcd_edge.distill import mi
 from cmcd_edge.distill.select import verdict
@@ -239,6 +240,9 @@ def test_select_teacher_cli_seed_epochs_and_device_reach_the_ranking(cli, tmp_pa
     assert res.returncode == 0, res.stderr
     doc = json.loads(out.read_text())
     assert doc["seeds"] == [7] and doc["teacher_epochs"] == 2 and doc["student_epochs"] == 3 and doc["device"] == "cpu"
+    from cmcd_edge.distill.machine import made_on  # the ranking trains networks: CPU types differ in its bits too
+
+    assert doc["made_on"] == made_on(torch.device("cpu"))
     picked = {m[0]: int(m[1]) for m in re.findall(r"(teacher|distill): epoch (\d+) selected", res.stderr)}
     assert 1 <= picked["teacher"] <= 2 and 1 <= picked["distill"] <= 3  # the epochs each phase was given
 
