@@ -13,6 +13,8 @@ for tgt in zer fou mor; do
 done
 # session 25: compare --extend grows a copy of compare-zer to 4 seeds, against a fresh 4-seed compare
 $B/python benchmarks/compare_extend.py --base $R/compare-zer --out $R/compare_extend.json > $R/compare_extend.txt
+# session 25: compare --jobs 2 against --jobs 1, the same compare, interleaved
+$B/python benchmarks/compare_jobs.py --target zer --rounds 2 --out $R/compare_jobs.json > $R/compare_jobs.txt
 # session 19's control: the same protocol with a teacher on a pure-noise view (what the train labels alone pass on)
 rm -rf /tmp/mfeat-noise
 $B/python benchmarks/noise_source.py /tmp/mfeat-noise

@@ -150,8 +150,11 @@ def _speed(m: dict) -> str:
               help="Add seeds or methods to a finished comparison in --out: its finished runs are kept.")
 @click.option("--upper-bound/--no-upper-bound", default=True, show_default=True,
               help="Also train the 100%-labels student (the ceiling).")
-def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper_bound: bool, source: str,
-            **kw) -> None:
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Runs at a time, each on 1/N of the cores (small students train as fast on fewer threads); "
+                   "its figures are not --jobs 1's bit for bit.")
+def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper_bound: bool, jobs: int,
+            source: str, **kw) -> None:
     """Compare methods over seeds under one protocol (teachers shared per seed).
 
     Example: cmcd-edge compare --data builtin:mfeat --source fac --target zer --seeds 3 --out cmp/zer
@@ -165,7 +168,7 @@ def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper
     from cmcd_edge.distill.compare_results import results_markdown
 
     method_list = cli_base.csv_items(methods, "--methods")
-    check_request(method_list, kw["seed"], seeds, force=force, extend=extend)  # before --source auto's ranking
+    check_request(method_list, kw["seed"], seeds, force=force, extend=extend, jobs=jobs)  # before --source auto's
     on_interrupt(lambda: f"{out} keeps its finished runs and the last epoch of the one it was in: rerun the same "
                  "command (without --force) to continue")
     kept = kept_ranking(Path(out)) if extend and source == "auto" else None
@@ -173,7 +176,7 @@ def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper
         click.echo(f"--source auto: {kept[0]} (the ranking kept in {Path(out) / 'results.json'})")
     source, ranking = kept or _source(source, kw)
     res = run_compare(_make_config("cmcd", source=source, **kw), method_list, seeds, Path(out), force=force,
-                      extend=extend, upper_bound=upper_bound, ranking=ranking)
+                      extend=extend, upper_bound=upper_bound, ranking=ranking, jobs=jobs)
     click.echo(results_markdown(res))
 
 

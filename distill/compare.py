@@ -10,14 +10,16 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, machine
+from cmcd_edge.distill.compare_jobs import Jobs, continues, train_run
 from cmcd_edge.distill.compare_results import UPPER, confused_pairs, paired, results_markdown, summary, teacher_stats
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS, methods_without
-from cmcd_edge.distill.pipeline import recipe_change, resume_refusal, run_distill, training_diff
+from cmcd_edge.distill.pipeline import recipe_change, training_diff
 from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
@@ -101,8 +103,11 @@ def check_methods(methods: list[str]) -> None:
     check_unique("--methods", methods)
 
 
-def check_request(methods: list[str], seed: int, seeds: int, *, force: bool = False, extend: bool = False) -> None:
+def check_request(methods: list[str], seed: int, seeds: int, *, force: bool = False, extend: bool = False,
+                  jobs: int = 1) -> None:
     """The methods, seeds and flags of a compare, checked before anything runs (``--source auto``'s ranking included)."""
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: must be >= 1")
     if extend and force:
         raise UserError("--extend and --force: --extend keeps the finished runs in --out, --force deletes them; "
                         "pass one")
@@ -114,19 +119,27 @@ def check_request(methods: list[str], seed: int, seeds: int, *, force: bool = Fa
 
 
 def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, *, force: bool = False,
-                extend: bool = False, upper_bound: bool = True, ranking: dict | None = None) -> dict:
+                extend: bool = False, upper_bound: bool = True, ranking: dict | None = None, jobs: int = 1) -> dict:
     """Every method over every seed, each seed's teacher shared; results.json and results.md in ``out``.
     ``extend``: ``out`` may hold a finished compare made with the same config (seeds and methods aside): its finished
     runs and teachers are kept, the seeds and methods it lacks are trained, and the results cover ``methods`` over
     ``seeds``. ``ranking``: select-teacher's, when it picked ``base.source`` (``--source auto``), kept in
-    results.json."""
-    check_request(methods, base.seed, seeds, force=force, extend=extend)
+    results.json. ``jobs``: a seed's runs that many at a time, each on 1/``jobs`` of the cores (compare_jobs.py)."""
+    check_request(methods, base.seed, seeds, force=force, extend=extend, jobs=jobs)
     with exclusive(out):  # a second compare into this folder would train its unfinished runs beside this one's
         if (out / "results.json").exists() and not force:
             _check_extends(out, base, extend)
         if force and out.exists():
             shutil.rmtree(out)
-        return _compare(base, methods, seeds, out, upper_bound, ranking)
+        pool = Jobs(jobs) if jobs > 1 else None
+        finished = False
+        try:
+            res = _compare(base, methods, seeds, out, upper_bound, ranking, pool)
+            finished = True
+            return res
+        finally:
+            if pool is not None:
+                pool.close(finished)
 
 
 def _check_extends(out: Path, base: DistillConfig, extend: bool) -> None:
@@ -164,8 +177,14 @@ def kept_ranking(out: Path) -> tuple[str, dict] | None:
         return None
 
 
+def _done(value: dict) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
 def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upper_bound: bool,
-             ranking: dict | None) -> dict:
+             ranking: dict | None, jobs: Jobs | None) -> dict:
     seed_list = [base.seed + i for i in range(seeds)]
     extra_runs = list(methods) + ([UPPER] if upper_bound else [])
     runs: dict[str, list[dict]] = {m: [] for m in extra_runs}  # each method's metrics.json, seed by seed
@@ -173,10 +192,20 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     made: list[dict | None] = []  # the machine of each run (run.json's made_on; None from before versions kept it)
     loaded = None  # a --teacher file's or factory's outputs: one pass over the rows serves every seed
     done, trained, total, start = 0, 0, len(seed_list) * len(extra_runs), time.perf_counter()
-    for seed in seed_list:
-        cfg_s = dataclasses.replace(base, seed=seed)
+
+    def report(m: str, seed: int, run_dir: Path, res: dict) -> None:
+        nonlocal done
+        runs[m].append(res)
+        made.append(_made_on(run_dir))
+        done += 1
+        left = engine.time_left(time.perf_counter() - start, trained, trained + total - done)  # a kept run: no time
+        log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)  [%d/%d%s]", m, seed, res["test_accuracy"],
+                 res["wall_s"], done, total, left)
+
+    def seed_teacher(seed: int):
+        nonlocal loaded
         t0 = time.perf_counter()
-        teacher = teacher_for_seed(cfg_s, out / "teachers" / f"seed{seed}", loaded,
+        teacher = teacher_for_seed(dataclasses.replace(base, seed=seed), out / "teachers" / f"seed{seed}", loaded,
                                    check=lambda probe: _check_kd(base, methods, probe))  # before its pass
         log.info("seed %d: teacher %s test accuracy %s (%.1fs)", seed, base.source,
                  "- (no logits)" if teacher.test_accuracy is None else f"{teacher.test_accuracy:.4f}",
@@ -184,7 +213,16 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
         loaded = teacher if base.teacher != "train" else None
         teacher_acc.append(teacher.test_accuracy)
         _check_kd(base, methods, teacher)  # a teacher cached before: its probe was not run here
+        return teacher
+
+    pending: list[tuple[str, int, Path, Future]] = []  # --jobs: runs in the workers, in the order to report them
+    if jobs is not None:  # every seed's teacher first, on all the cores; then the workers have them to themselves
+        for seed in seed_list:
+            seed_teacher(seed)
+    for seed in seed_list:
+        teacher = seed_teacher(seed) if jobs is None else None  # the workers load it from its folder
         for m in extra_runs:
+            cfg_s = dataclasses.replace(base, seed=seed)
             cfg = dataclasses.replace(cfg_s, method="supervised", labeled_fraction=1.0) if m == UPPER else \
                 dataclasses.replace(cfg_s, method=m)
             # at --labeled-fraction 1 the ceiling is the supervised run itself: one folder, trained once
@@ -192,13 +230,19 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
             run_dir = out / "runs" / f"{'supervised' if same else m.replace('@100%', '-all-labels')}-s{seed}"
             res = _finished(run_dir, cfg)
             if res is None:
-                res, trained = _train(run_dir, cfg, teacher), trained + 1
-            runs[m].append(res)
-            made.append(_made_on(run_dir))
-            done += 1
-            left = engine.time_left(time.perf_counter() - start, trained, trained + total - done)  # a kept run: no time
-            log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)  [%d/%d%s]", m, seed, res["test_accuracy"],
-                     res["wall_s"], done, total, left)
+                trained += 1
+                if continues(run_dir, cfg):
+                    log.info("  %s: continuing the killed run from its checkpoint", run_dir.name)
+            if res is None and jobs is not None:
+                pending.append((m, seed, run_dir, jobs.submit(run_dir, cfg, out / "teachers" / f"seed{seed}")))
+                continue
+            res = res or train_run(run_dir, cfg, teacher)
+            if pending:  # a kept run after a submitted one: its turn comes in the order
+                pending.append((m, seed, run_dir, _done(res)))
+            else:
+                report(m, seed, run_dir, res)
+    for m, seed, run_dir, fut in pending:  # each as it finishes
+        report(m, seed, run_dir, fut.result())
     if trained < total:
         log.info("kept %d finished run%s, trained %d", total - trained, "" if total - trained == 1 else "s", trained)
     results = {
@@ -216,16 +260,6 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     write_json(out / "results.json", results)
     write_text(out / "results.md", results_markdown(results))
     return results
-
-
-def _train(run_dir: Path, cfg: DistillConfig, teacher) -> dict:
-    """Train one run; the run a killed compare was in continues from its last epoch's checkpoint when it was made with
-    this very config and recipe (else it starts over)."""
-    if ((run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
-            and resume_refusal(run_dir, cfg) is None):
-        log.info("  %s: continuing the killed run from its checkpoint", run_dir.name)
-        return run_distill(cfg, run_dir, resume=True, teacher=teacher).metrics
-    return run_distill(cfg, run_dir, force=True, teacher=teacher).metrics
 
 
 def _made_on(run_dir: Path) -> dict | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cmcd_edge.distill.machine import machine_name
+
 UPPER = "supervised@100%"
 
 
@@ -124,10 +126,10 @@ def results_markdown(r: dict) -> str:
 
 
 def _made_on(r: dict) -> str:
-    """"; trained on AMD EPYC (AVX512)": CPU runs repeat bit for bit on one CPU type only."""
+    """"; trained on AMD EPYC (AVX512, 2 threads)": CPU runs repeat bit for bit on one CPU type and thread count
+    only."""
     made = r["made_on"] if "made_on" in r else []
-    names = [f"{m['gpu']}" if m["gpu"] else f"{m['cpu']} ({m['cpu_capability']})" for m in made]
-    return f"; trained on {' and '.join(names)}" if names else ""
+    return f"; trained on {' and '.join(machine_name(m) for m in made)}" if made else ""
 
 
 def _ceiling_lines(r: dict) -> list[str]:

@@ -309,6 +309,9 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     return PhaseResult(select.best_state, history, steps, train_s)
 
 
+SHOW_BARS = True  # a tqdm bar on a terminal (off in compare --jobs workers, which share one)
+
+
 class _Progress:
     """A tqdm bar on a terminal; where stderr is not one (nohup, a CI log, a job scheduler) the bar is off, so a log
     line reports the epoch at most every ``every_s`` seconds instead: a long teacher phase is not minutes of silence."""
@@ -319,7 +322,8 @@ class _Progress:
         try:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=spec.epochs, initial=start, desc=spec.name, unit="ep", leave=False, disable=None)
+            self.bar = tqdm(total=spec.epochs, initial=start, desc=spec.name, unit="ep", leave=False,
+                            disable=None if SHOW_BARS else True)
         except ImportError:
             self.bar = None
 

@@ -22,18 +22,23 @@ def versions() -> dict:
 
 def made_on(device: torch.device) -> dict:
     """The machine a run trains on, as far as its results depend on it: CPU runs repeat bit for bit on one CPU type
-    only (ATen picks its kernels by ``cpu_capability``; MKL and oneDNN by vendor too), CUDA runs on one GPU type."""
+    only (ATen picks its kernels by ``cpu_capability``; MKL and oneDNN by vendor too) and one thread count (the
+    kernels split their sums by thread), CUDA runs on one GPU type."""
     return {"cpu": read_cpuinfo()[0] or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+            "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def other_machines(made: list[dict], here: dict, what: str) -> str | None:
     """A warning when ``made`` (the machines earlier runs recorded) holds one other than ``here``; None otherwise."""
-    def name(m: dict) -> str:
-        return f"{m['cpu']} ({m['cpu_capability']})" + (f", {m['gpu']}" if m["gpu"] else "")
-
-    others = sorted({name(m) for m in made if m != here})
+    others = sorted({machine_name(m) for m in made if m != here})
     if not others:
         return None
-    return (f"{what} on {' and '.join(others)}; this is {name(here)}: training repeats bit for bit on one CPU (or "
-            "GPU) type only, so what trains here is not what that machine would give (equally valid, not identical)")
+    return (f"{what} on {' and '.join(others)}; this is {machine_name(here)}: training repeats bit for bit on one CPU (or "
+            "GPU) type and thread count only, so what trains here is not what that machine would give (equally valid, "
+            "not identical)")
+
+
+def machine_name(m: dict) -> str:
+    """``AMD EPYC (AVX512, 2 threads)``, and the GPU where there is one (a record may lack a field: ``?``)."""
+    cpu, cap, threads, gpu = (m[k] if k in m else "?" for k in ("cpu", "cpu_capability", "threads", "gpu"))
+    return f"{cpu} ({cap}, {threads} thread{'' if threads == 1 else 's'})" + (f", {gpu}" if gpu not in (None, "?") else "")

@@ -106,12 +106,13 @@ def test_compare_cli_refuses_extend_with_force(cli, base, tmp_path):
 
 
 def test_compare_extend_says_when_the_kept_runs_were_made_on_another_machine(base, tmp_path, caplog):
-    """CPU runs repeat bit for bit on one CPU type only: a compare extended on another machine mixes seeds that machine
-    would have trained otherwise. It goes on, says so, and results.json lists every machine its runs were made on."""
-    from cmcd_edge.distill.machine import made_on
+    """CPU runs repeat bit for bit on one CPU type and thread count only: a compare extended on another machine mixes
+    seeds that machine would have trained otherwise. It goes on, says so, and results.json lists every machine its
+    runs were made on."""
+    from cmcd_edge.distill.machine import machine_name, made_on
 
     here = made_on(torch.device("cpu"))
-    other = {"cpu": "Other CPU", "cpu_capability": "AVX2", "gpu": None}
+    other = {"cpu": "Other CPU", "cpu_capability": "AVX2", "threads": 4, "gpu": None}
     out = tmp_path / "cmp"
     r = run_compare(base, ["supervised"], 1, out, upper_bound=False)
     assert r["made_on"] == [here]
@@ -124,12 +125,12 @@ def test_compare_extend_says_when_the_kept_runs_were_made_on_another_machine(bas
     caplog.set_level("WARNING", logger="cmcd_edge.distill.compare")
     r = run_compare(base, ["supervised"], 2, out, upper_bound=False, extend=True)
     warned = [m.getMessage() for m in caplog.records if "Other CPU" in m.getMessage()]
-    assert warned == [f"--extend: {out}'s runs were made on Other CPU (AVX2); this is {here['cpu']} "
-                      f"({here['cpu_capability']}): training repeats bit for bit on one CPU (or GPU) type only, so "
-                      "what trains here is not what that machine would give (equally valid, not identical)"]
+    assert warned == [f"--extend: {out}'s runs were made on Other CPU (AVX2, 4 threads); this is {machine_name(here)}: "
+                      "training repeats bit for bit on one CPU (or GPU) type and thread count only, so what trains "
+                      "here is not what that machine would give (equally valid, not identical)"]
     assert r["made_on"] == [other, here]
     assert (out / "results.md").read_text().splitlines()[0].endswith(
-        f"; trained on Other CPU (AVX2) and {here['cpu']} ({here['cpu_capability']})")
+        f"; trained on Other CPU (AVX2, 4 threads) and {machine_name(here)}")
     caplog.clear()
     run_compare(base, ["supervised"], 3, out, upper_bound=False, extend=True)  # its own machine among them: still said
     assert [m for m in caplog.records if "Other CPU" in m.getMessage()]

@@ -186,6 +186,7 @@ def test_resume_says_when_the_run_started_on_another_machine(toy_run, tmp_path, 
     """A run resumed on another CPU type (a preempted cloud box replaced by another kind) goes on, and says that it
     will not repeat an uninterrupted run bit for bit; on its own machine it says nothing."""
     from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.machine import machine_name
     from cmcd_edge.distill.pipeline import prepare_out
 
     out = tmp_path / "run"
@@ -198,5 +199,5 @@ def test_resume_says_when_the_run_started_on_another_machine(toy_run, tmp_path, 
     record["made_on"] = {**record["made_on"], "cpu": "Other CPU"}
     (out / "run.json").write_text(json.dumps(record))
     prepare_out(out, cfg, resume=True, force=False)
-    assert [m.getMessage().split(";")[0] for m in caplog.records] == [f"--resume: {out} started on Other CPU "
-                                                                      f"({record['made_on']['cpu_capability']})"]
+    assert [m.getMessage().split(";")[0] for m in caplog.records] == [
+        f"--resume: {out} started on {machine_name(record['made_on'])}"]

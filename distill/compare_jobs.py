@@ -1,0 +1,76 @@
+"""``compare --jobs N``: a seed's runs N at a time, each in a worker process on 1/N of the cores.
+
+Small students do not use many cores: on this 2-core CPU the mfeat MLP trains as fast on one thread as on two, so two
+one-thread runs at once take the time of one. Each run stays deterministic for its thread count, but a run on one
+thread does not repeat a run on two bit for bit (the math kernels split their sums by thread), so ``--jobs`` is recorded
+in each run's ``made_on`` (its ``threads``), and its figures are not those of ``--jobs 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from cmcd_edge.distill import engine
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.pipeline import resume_refusal, run_distill
+from cmcd_edge.distill.teachers import TeacherOutputs
+
+log = logging.getLogger(__name__)
+
+
+def continues(run_dir: Path, cfg: DistillConfig) -> bool:
+    """Whether ``run_dir`` holds a run a killed compare was in, made with this very config and recipe: it continues
+    from its last epoch's checkpoint (else it starts over)."""
+    return ((run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
+            and resume_refusal(run_dir, cfg) is None)
+
+
+def train_run(run_dir: Path, cfg: DistillConfig, teacher: TeacherOutputs) -> dict:
+    """Train one run, or continue it (:func:`continues`); its metrics.json."""
+    resume = continues(run_dir, cfg)
+    return run_distill(cfg, run_dir, resume=resume, force=not resume, teacher=teacher).metrics
+
+
+class Jobs:
+    """Worker processes (spawned: a forked copy of a process that ran torch's thread pool can hang), each on
+    ``threads`` of the cores; they die with the compare, kill -9 included, so none trains on unseen."""
+
+    def __init__(self, jobs: int) -> None:
+        cores = torch.get_num_threads()  # torch's intra-op threads: the cores it may use (OMP_NUM_THREADS, affinity)
+        if jobs > cores:
+            log.warning("--jobs %d: more runs at a time than the %d cores torch uses here; they will share them, "
+                        "each slower", jobs, cores)
+        self.threads = max(1, cores // jobs)
+        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker,
+                                        initargs=(self.threads,))
+
+    def submit(self, run_dir: Path, cfg: DistillConfig, teacher_dir: Path) -> Future:
+        """Train ``run_dir`` with the seed's teacher saved in ``teacher_dir``; the future's result is metrics.json."""
+        return self.pool.submit(_train_there, run_dir, cfg, teacher_dir)
+
+    def close(self, finished: bool) -> None:
+        """``finished``: wait for the workers to exit; else (an error, Ctrl-C) cancel what has not started and leave
+        the rest to die with this process (each run keeps its last finished epoch for the next compare)."""
+        self.pool.shutdown(wait=finished, cancel_futures=not finished)
+
+
+def _worker(threads: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # Linux: SIGKILL when the compare's process ends
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the compare's to handle
+    torch.set_num_threads(threads)
+    engine.SHOW_BARS = False  # N bars on one terminal would overwrite each other; the compare logs each run
+    logging.getLogger("cmcd_edge").setLevel(logging.WARNING)
+
+
+def _train_there(run_dir: Path, cfg: DistillConfig, teacher_dir: Path) -> dict:
+    return train_run(run_dir, cfg, TeacherOutputs.load(teacher_dir))

@@ -1,0 +1,112 @@
+"""compare --jobs: a seed's runs in worker processes, each on its share of the cores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cmcd_edge.distill.compare import run_compare
+from cmcd_edge.errors import UserError
+from tests.helpers import assert_one_line_error
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one core: --jobs 2 would give each run the same one thread")
+def test_compare_jobs_trains_runs_in_workers_as_one_thread_runs_would(base, tmp_path):
+    """Two one-thread runs at once take the time of one two-thread run for a small student on a 2-core CPU (7.4 s for
+    both against 8 s each). Each worker's run is the run a one-thread process makes: the same bytes."""
+    cfg = dataclasses.replace(base, teacher_cache=str(tmp_path / "teachers"))  # one teacher for both compares
+    r2 = run_compare(cfg, ["kd", "supervised"], 2, tmp_path / "jobs2", upper_bound=False, jobs=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r1 = run_compare(cfg, ["kd", "supervised"], 2, tmp_path / "one", upper_bound=False)
+    finally:
+        torch.set_num_threads(threads)
+    for m in ("kd", "supervised"):
+        assert r2["methods"][m]["test_accuracy"]["runs"] == r1["methods"][m]["test_accuracy"]["runs"]
+    for run in (tmp_path / "jobs2" / "runs").iterdir():
+        assert (run / "student.safetensors").read_bytes() == \
+            (tmp_path / "one" / "runs" / run.name / "student.safetensors").read_bytes()
+        assert json.loads((run / "run.json").read_text())["made_on"]["threads"] == 1
+    assert [m["threads"] for m in r2["made_on"]] == [1]
+    assert "1 thread)" in (tmp_path / "jobs2" / "results.md").read_text().splitlines()[0]
+
+
+def test_compare_jobs_keeps_finished_runs_in_their_order(base, tmp_path):
+    """--extend with --jobs: kept runs and runs trained in the workers are reported in the method order."""
+    out = tmp_path / "cmp"
+    run_compare(base, ["supervised"], 1, out, upper_bound=False)
+    r = run_compare(base, ["kd", "supervised", "fitnet"], 1, out, upper_bound=False, extend=True, jobs=2)
+    assert list(r["methods"]) == ["kd", "supervised", "fitnet"]
+    sup = json.loads((out / "runs" / "supervised-s0" / "metrics.json").read_text())
+    assert r["methods"]["supervised"]["test_accuracy"]["runs"] == [sup["test_accuracy"]]
+
+
+def test_compare_jobs_passes_a_runs_error_on(base, tmp_path):
+    with pytest.raises(UserError, match="--jobs 0: must be >= 1"):
+        run_compare(base, ["kd"], 1, tmp_path / "cmp", jobs=0)
+    # a run that fails in a worker fails the compare with its own message
+    cfg = dataclasses.replace(base, student="cnn2d")  # the target is a vector view: no cnn2d student for it
+    with pytest.raises(UserError, match="--student cnn2d for --target tgt"):
+        run_compare(cfg, ["kd", "fitnet"], 1, tmp_path / "cmp2", upper_bound=False, jobs=2)
+
+
+def test_compare_cli_refuses_jobs_below_one(cli, base, tmp_path):
+    res = cli("compare", "--data", base.data, "--source", "src", "--target", "tgt", "--methods", "kd", "--seeds", "1",
+              "--out", tmp_path / "cmp", "--jobs", "0")
+    assert_one_line_error(res, 2, "--jobs 0: must be >= 1")
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_jobs_beyond_the_cores_says_they_share_them(caplog):
+    from cmcd_edge.distill.compare_jobs import Jobs
+
+    cores = torch.get_num_threads()
+    jobs = Jobs(cores + 1)
+    jobs.close(finished=True)
+    assert jobs.threads == 1
+    assert f"--jobs {cores + 1}: more runs at a time than the {cores} cores torch uses here" in caplog.text
+
+
+def test_compare_jobs_killed_leaves_no_worker_and_continues(base, tmp_path):
+    """kill -9 of a --jobs compare: its workers die with it (PR_SET_PDEATHSIG; was a worker left training on unseen,
+    holding its run folder), and the same command continues the killed runs from their checkpoints, ending as an
+    uninterrupted --jobs 2 compare."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.distill.test_compare import _cmp_args
+
+    def args(out):
+        a = _cmp_args(base, out)
+        a[a.index("kd")] = "kd,fitnet"
+        return [*a, "--jobs", "2"]
+
+    (tmp_path / "ref").mkdir()
+    ref = subprocess.run(args(tmp_path / "ref" / "cmp"), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    (tmp_path / "k").mkdir()
+    out = tmp_path / "k" / "cmp"
+    proc = subprocess.Popen(args(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    hist = [out / "runs" / f"{m}-s0" / "history.csv" for m in ("kd", "fitnet")]
+    deadline = time.time() + 120
+    while not all(h.exists() for h in hist) and time.time() < deadline:
+        time.sleep(0.01)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(proc.pid, signal.SIGKILL)  # the compare alone, as an OOM killer would
+    proc.wait()
+    time.sleep(1.0)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and open(f"/proc/{w}/stat").read().split()[2] != "Z"]
+    assert len(workers) >= 2 and alive == []
+    assert not any((h.parent / "metrics.json").exists() for h in hist), "a run finished before the kill"
+    res = subprocess.run(args(out), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "kd-s0: continuing the killed run from its checkpoint" in res.stderr, res.stderr
+    for m in ("kd", "fitnet"):
+        assert (out / "runs" / f"{m}-s0" / "student.safetensors").read_bytes() == \
+            (tmp_path / "ref" / "cmp" / "runs" / f"{m}-s0" / "student.safetensors").read_bytes()
