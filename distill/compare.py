@@ -124,7 +124,8 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
     ``extend``: ``out`` may hold a finished compare made with the same config (seeds and methods aside): its finished
     runs and teachers are kept, the seeds and methods it lacks are trained, and the results cover ``methods`` over
     ``seeds``. ``ranking``: select-teacher's, when it picked ``base.source`` (``--source auto``), kept in
-    results.json. ``jobs``: a seed's runs that many at a time, each on 1/``jobs`` of the cores (compare_jobs.py)."""
+    results.json. ``jobs``: every seed's teacher first, then the runs that many at a time, each on 1/``jobs`` of the
+    cores (compare_jobs.py)."""
     check_request(methods, base.seed, seeds, force=force, extend=extend, jobs=jobs)
     with exclusive(out):  # a second compare into this folder would train its unfinished runs beside this one's
         if (out / "results.json").exists() and not force:
@@ -192,13 +193,15 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     made: list[dict | None] = []  # the machine of each run (run.json's made_on; None from before versions kept it)
     loaded = None  # a --teacher file's or factory's outputs: one pass over the rows serves every seed
     done, trained, total, start = 0, 0, len(seed_list) * len(extra_runs), time.perf_counter()
+    reported_trained = 0  # runs trained (not kept) and reported: the pace of the rest
 
-    def report(m: str, seed: int, run_dir: Path, res: dict) -> None:
-        nonlocal done
+    def report(m: str, seed: int, run_dir: Path, res: dict, was_trained: bool) -> None:
+        nonlocal done, reported_trained
         runs[m].append(res)
         made.append(_made_on(run_dir))
         done += 1
-        left = engine.time_left(time.perf_counter() - start, trained, trained + total - done)  # a kept run: no time
+        reported_trained += was_trained
+        left = engine.time_left(time.perf_counter() - start, reported_trained, reported_trained + total - done)
         log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)  [%d/%d%s]", m, seed, res["test_accuracy"],
                  res["wall_s"], done, total, left)
 
@@ -215,7 +218,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
         _check_kd(base, methods, teacher)  # a teacher cached before: its probe was not run here
         return teacher
 
-    pending: list[tuple[str, int, Path, Future]] = []  # --jobs: runs in the workers, in the order to report them
+    pending: list[tuple[str, int, Path, Future, bool]] = []  # --jobs: runs in the workers, in the order to report
     if jobs is not None:  # every seed's teacher first, on all the cores; then the workers have them to themselves
         for seed in seed_list:
             seed_teacher(seed)
@@ -234,15 +237,17 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
                 if continues(run_dir, cfg):
                     log.info("  %s: continuing the killed run from its checkpoint", run_dir.name)
             if res is None and jobs is not None:
-                pending.append((m, seed, run_dir, jobs.submit(run_dir, cfg, out / "teachers" / f"seed{seed}")))
+                pending.append((m, seed, run_dir, jobs.submit(run_dir, cfg, out / "teachers" / f"seed{seed}"), True))
                 continue
-            res = res or train_run(run_dir, cfg, teacher)
+            was_trained = res is None
+            if was_trained:
+                res = train_run(run_dir, cfg, teacher)
             if pending:  # a kept run after a submitted one: its turn comes in the order
-                pending.append((m, seed, run_dir, _done(res)))
+                pending.append((m, seed, run_dir, _done(res), False))
             else:
-                report(m, seed, run_dir, res)
-    for m, seed, run_dir, fut in pending:  # each as it finishes
-        report(m, seed, run_dir, fut.result())
+                report(m, seed, run_dir, res, was_trained)
+    for m, seed, run_dir, fut, was_trained in pending:  # each as it finishes
+        report(m, seed, run_dir, fut.result(), was_trained)
     if trained < total:
         log.info("kept %d finished run%s, trained %d", total - trained, "" if total - trained == 1 else "s", trained)
     results = {
