@@ -32,6 +32,9 @@ def _rank_main(rank: int, fn, tmp: str, args) -> None:
     try:
         report = fn(ddp.Dist(rank, WORLD), Path(tmp), *args)
         (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(report))
+        # no rank tears gloo down while its peer still has work in flight: once (session 25) rank 1 ended in SIGABRT,
+        # "terminate called without an active exception", a gloo teardown crash (pytorch/pytorch#179291's family)
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 
