@@ -243,16 +243,21 @@ def validate(ds: Dataset, views: list[str] | None = None) -> None:
     for name in views if views is not None else list(ds.views):
         info = ds.views[name]
         arr = ds.view(name)
-        bad: list[np.ndarray] = []
-        if np.issubdtype(arr.dtype, np.floating):
-            for start in range(0, arr.shape[0], _CHUNK_ROWS):
-                bad.append(start + nonfinite_rows(np.asarray(arr[start:start + _CHUNK_ROWS])))
-        _refuse_nonfinite(info.path, np.concatenate(bad) if bad else np.zeros(0, np.int64))
+        _refuse_nonfinite(info.path, nonfinite_rows_chunked(arr))
 
 
 def nonfinite_rows(block: np.ndarray) -> np.ndarray:
     """Indices of the rows of ``block`` holding a NaN or Inf anywhere."""
     return np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
+
+
+def nonfinite_rows_chunked(arr: np.ndarray, start: int = 0) -> np.ndarray:
+    """:func:`nonfinite_rows` of ``arr[start:]`` (indices into ``arr``), read ``_CHUNK_ROWS`` rows at a time, so a
+    memory-mapped array larger than RAM is fine; none for an array that is not floating point."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return np.zeros(0, np.int64)
+    return np.concatenate([np.zeros(0, np.int64)] + [i + nonfinite_rows(np.asarray(arr[i:i + _CHUNK_ROWS]))
+                                                     for i in range(start, arr.shape[0], _CHUNK_ROWS)])
 
 
 def _refuse_nonfinite(where: str | Path, rows: np.ndarray) -> None:

@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from cmcd_edge.arrays import load_array
-from cmcd_edge.datasets import nonfinite_rows
+from cmcd_edge.datasets import nonfinite_rows_chunked
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import open_atomic, write_bytes, write_json
 from cmcd_edge.runtime import Predictor
@@ -65,10 +65,7 @@ def run_predict(bundle: str, input_npy: str, *, variant: str, backend: str, out:
 def _named_by_file_row(exc: InputShapeError, batch: np.ndarray, start: int, chunk_rows: int) -> str:
     """The Predictor names a NaN's sample in the slice it was given; this names it by its row in the file, with how
     many more the rest of the file holds."""
-    if not np.issubdtype(batch.dtype, np.floating):
-        return str(exc)
-    bad = np.concatenate([i + nonfinite_rows(np.asarray(batch[i:i + chunk_rows]))
-                          for i in range(start, len(batch), chunk_rows)])
+    bad = nonfinite_rows_chunked(batch, start)
     if not len(bad) or bad[0] >= start + chunk_rows:  # this slice failed for another reason
         return str(exc)
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
