@@ -234,14 +234,16 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
             res = _finished(run_dir, cfg)
             if res is None:
                 trained += 1
-                if continues(run_dir, cfg):
+                resume = continues(run_dir, cfg)
+                if resume:
                     log.info("  %s: continuing the killed run from its checkpoint", run_dir.name)
-            if res is None and jobs is not None:
-                pending.append((m, seed, run_dir, jobs.submit(run_dir, cfg, out / "teachers" / f"seed{seed}"), True))
-                continue
+                if jobs is not None:
+                    teacher_dir = out / "teachers" / f"seed{seed}"
+                    pending.append((m, seed, run_dir, jobs.submit(run_dir, cfg, teacher_dir, resume), True))
+                    continue
             was_trained = res is None
             if was_trained:
-                res = train_run(run_dir, cfg, teacher)
+                res = train_run(run_dir, cfg, teacher, resume)
             if pending:  # a kept run after a submitted one: its turn comes in the order
                 pending.append((m, seed, run_dir, _done(res), False))
             else:

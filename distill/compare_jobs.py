@@ -32,9 +32,8 @@ def continues(run_dir: Path, cfg: DistillConfig) -> bool:
             and resume_refusal(run_dir, cfg) is None)
 
 
-def train_run(run_dir: Path, cfg: DistillConfig, teacher: TeacherOutputs) -> dict:
-    """Train one run, or continue it (:func:`continues`); its metrics.json."""
-    resume = continues(run_dir, cfg)
+def train_run(run_dir: Path, cfg: DistillConfig, teacher: TeacherOutputs, resume: bool) -> dict:
+    """Train one run, or continue it (``resume``: :func:`continues`, asked by the compare); its metrics.json."""
     return run_distill(cfg, run_dir, resume=resume, force=not resume, teacher=teacher).metrics
 
 
@@ -51,9 +50,9 @@ class Jobs:
         self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker,
                                         initargs=(self.threads,))
 
-    def submit(self, run_dir: Path, cfg: DistillConfig, teacher_dir: Path) -> Future:
-        """Train ``run_dir`` with the seed's teacher saved in ``teacher_dir``; the future's result is metrics.json."""
-        return self.pool.submit(_train_there, run_dir, cfg, teacher_dir)
+    def submit(self, run_dir: Path, cfg: DistillConfig, teacher_dir: Path, resume: bool) -> Future:
+        """:func:`train_run` with the seed's teacher saved in ``teacher_dir``; the future's result is metrics.json."""
+        return self.pool.submit(_train_there, run_dir, cfg, teacher_dir, resume)
 
     def close(self, finished: bool) -> None:
         """``finished``: wait for the workers to exit; else (an error, Ctrl-C) cancel what has not started and leave
@@ -72,5 +71,5 @@ def _worker(threads: int) -> None:
     logging.getLogger("cmcd_edge").setLevel(logging.WARNING)
 
 
-def _train_there(run_dir: Path, cfg: DistillConfig, teacher_dir: Path) -> dict:
-    return train_run(run_dir, cfg, TeacherOutputs.load(teacher_dir))
+def _train_there(run_dir: Path, cfg: DistillConfig, teacher_dir: Path, resume: bool) -> dict:
+    return train_run(run_dir, cfg, TeacherOutputs.load(teacher_dir), resume)
