@@ -135,11 +135,12 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                 per[c].setdefault(k, []).append(v)
     ranking = [rank_row(c, row, estimators) for c, row in per.items()]
     ranking.sort(key=lambda r: -r["delta"])
+    h_y_mean = float(np.mean(h_y))
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
             "primary_estimator": "gaussian", "margin_nats": MARGIN, "heldout_rows": heldout_rows,
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
-            "made_on": machine.made_on(dev), "label_entropy_nats": float(np.mean(h_y)),
-            "warnings": disagreements(ranking) + weak_student(data, target, ranking, float(np.mean(h_y))),
+            "made_on": machine.made_on(dev), "label_entropy_nats": h_y_mean,
+            "warnings": disagreements(ranking) + weak_student(data, target, ranking, h_y_mean),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
 
 
