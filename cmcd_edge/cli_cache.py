@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import click
@@ -20,10 +19,6 @@ FOLDER = click.argument("folder", type=click.Path(file_okay=False, exists=True, 
 @click.group("teacher-cache")
 def teacher_cache() -> None:
     """List and prune a --teacher-cache folder."""
-
-
-def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _teacher(key: dict) -> str:
@@ -41,12 +36,12 @@ def list_entries(folder: Path, as_json: bool) -> None:
     Example: cmcd-edge teacher-cache list ~/.cache/cmcd-teachers
     """
     require("torch", "train")
-    from cmcd_edge.distill.teacher_cache import entries
+    from cmcd_edge.distill.teacher_cache import entries, utc
 
     found = entries(folder)
     if as_json:
         click.echo(json.dumps([{"entry": e.path.name, "key": e.key, "made_on": e.made_on, "bytes": e.size,
-                                "last_used": _utc(e.last_used), "usable": e.usable} for e in found], indent=2))
+                                "last_used": utc(e.last_used), "usable": e.usable} for e in found], indent=2))
         return
     rows = [("entry", "source", "teacher", "data", "made", "last used", "MB", "usable here")]
     for e in found:
@@ -57,7 +52,7 @@ def list_entries(folder: Path, as_json: bool) -> None:
         made = e.made_on
         rows.append((e.path.name, e.key["source"], _teacher(e.key), str(made["data"]) if "data" in made else "-",
                      f"{made['time'] if 'time' in made else '-'} on {made['cpu'] if 'cpu' in made else '-'}",
-                     _utc(e.last_used), f"{e.size / 1e6:.1f}", "yes" if e.usable else "no (other code or versions)"))
+                     utc(e.last_used), f"{e.size / 1e6:.1f}", "yes" if e.usable else "no (other code or versions)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
     total, stale = sum(e.size for e in found), sum(not e.usable for e in found)

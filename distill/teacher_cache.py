@@ -143,7 +143,7 @@ class TeacherCache:
             return
         # recorded, not keyed: CPU runs repeat bit for bit on one CPU type only
         made_on = {**self.about, "host": platform.node(), **machine.made_on(torch.device(self.key["device"])),
-                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                   "time": utc(time.time())}
         try:
             with atomic_dir(entry) as tmp:
                 teacher.save(tmp)
@@ -164,6 +164,11 @@ class TeacherCache:
         for name in WEIGHTS:
             if (self.entry / name).is_file():
                 write_bytes(out / name, (self.entry / name).read_bytes())
+
+
+def utc(t: float) -> str:
+    """``2026-12-03T18:11:05Z``: when an entry was made (key.json) and last used (`teacher-cache list`)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @dataclass(frozen=True)
