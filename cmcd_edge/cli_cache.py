@@ -4,7 +4,6 @@ can no longer use. Registered on the main group by cli.py, as `data` is."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import click
@@ -101,19 +100,23 @@ def prune(folder: Path, everything: bool, max_size: str | None) -> None:
     while limit is not None and kept and total > limit:
         doomed.append(kept.pop(0))
         total -= doomed[-1].size
-    removed, freed, busy = 0, 0, 0
+    removed, freed, busy, gone = 0, 0, 0, 0
     for e in doomed:
         try:
             with exclusive(folder / e.name):  # the lock a write of this entry holds
-                shutil.rmtree(e.path)
+                e.remove()
         except OutputBusy:
             busy += 1
+            continue
+        except FileNotFoundError:  # another prune removed it first
+            gone += 1
             continue
         except OSError as exc:
             raise EnvironmentFailure(f"cannot remove {e.path}: {exc.strerror or exc}") from exc
         removed, freed = removed + 1, freed + e.size
-    left = len(found) - removed
+    left = len(found) - removed - gone
     note = f"; {busy} being written by another process, left alone" if busy else ""
+    note += f"; {gone} removed meanwhile by another process" if gone else ""
     size = f" ({total / 1e6:.1f} MB, at most {max_size})" if limit is not None else ""
     click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB); {left} left in "
                f"{folder}{size}{note}")

@@ -117,8 +117,12 @@ class TeacherCache:
         try:
             t = TeacherOutputs.load(entry)
         except UserError as exc:
+            if self._removed_meanwhile():
+                return None
             raise UserError(f"{self.shown}: {entry.name} is corrupt ({exc}); delete {entry} to recompute it") from exc
         if t is None:
+            if self._removed_meanwhile():
+                return None
             raise UserError(f"{self.shown}: {entry.name} lacks teacher_outputs.*; delete {entry} to recompute it")
         if t.emb.shape[0] != ds.n_rows:  # a fingerprint match makes this a damaged entry, not other data
             raise UserError(f"{self.shown}: {entry.name} holds {t.emb.shape[0]} rows, the data {ds.n_rows}; "
@@ -126,6 +130,15 @@ class TeacherCache:
         log.info("teacher: outputs of %s from %s (no teacher %s)", self.key["source"], entry,
                  "training" if self.key["teacher"] == "train" else "pass over the rows")
         return t if self.key["teacher"] == "train" else t.scored_on(ds, splits)
+
+    def _removed_meanwhile(self) -> bool:
+        """Whether the entry was removed while this run read it (`teacher-cache prune` in another process removes
+        key.json first): then it is a miss, not a damaged entry."""
+        if (self.entry / "key.json").is_file():
+            return False
+        log.info("teacher: %s was removed while this run read it (teacher-cache prune?); computing the teacher",
+                 self.entry)
+        return True
 
     def lookup(self, ds: Dataset, splits: Splits, dist: ddp.Dist, device: torch.device) -> TeacherOutputs | None:
         """:meth:`get`, as rank 0 finds it on every rank under torchrun: an entry another process stores while the
@@ -188,6 +201,12 @@ class Entry:
         here = {"format": FORMAT, "torch": torch.__version__, "cmcd_edge": __version__, "code": _code_sha256()}
         return self.key is not None and all(k in self.key and self.key[k] == v for k, v in here.items())
 
+    def remove(self) -> None:
+        """Delete the entry: key.json first, so a run reading it meanwhile sees a miss, not a damaged entry."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / "key.json").unlink()
+        shutil.rmtree(self.path)
+
     @property
     def name(self) -> str:
         """The entry it is or belongs to (a temp folder ``.<entry>.<random>.tmp`` belongs to ``<entry>``)."""
@@ -207,7 +226,10 @@ def entries(root: Path) -> list[Entry]:
             pass
         if not isinstance(key, dict) or not isinstance(made_on, dict):
             key, made_on = None, {}
-        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-        used = (path / "key.json") if (path / "key.json").is_file() else path
-        found.append(Entry(path, key, made_on, size, used.stat().st_mtime))
+        try:
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            used = (path / "key.json") if (path / "key.json").is_file() else path
+            found.append(Entry(path, key, made_on, size, used.stat().st_mtime))
+        except FileNotFoundError:  # removed while listed (a prune or a write's rename in another process)
+            continue
     return sorted(found, key=lambda e: str(e.made_on["time"]) if "time" in e.made_on else "")

@@ -299,3 +299,87 @@ def test_teacher_cache_store_beside_another_process_storing_it_is_not_a_warning(
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     cache.put(TeacherOutputs.none(ds.n_rows))
     assert (cache.entry / "key.json").is_file()
+
+
+@pytest.mark.parametrize("gone", ["whole entry", "halfway"])
+def test_teacher_cache_entry_pruned_while_a_run_reads_it_is_a_miss_not_a_corrupt_entry(gone, cfg, tmp_path,
+                                                                                    monkeypatch, trainings, caplog):
+    """`teacher-cache prune` (another process) removing the entry between the run's read of key.json and of the
+    outputs used to fail the run with 'lacks teacher_outputs.*; delete ... to recompute it'."""
+    import shutil
+
+    from cmcd_edge.distill.teachers import TeacherOutputs
+
+    cached = dataclasses.replace(cfg, teacher_cache=str(tmp_path / "cache"))
+    run_distill(cached, tmp_path / "first")
+    entry = _only_entry(tmp_path / "cache")
+    real = TeacherOutputs.load.__func__
+
+    def pruned_meanwhile(cls, folder):
+        if folder == entry and entry.exists():
+            if gone == "whole entry":
+                shutil.rmtree(entry)
+            else:  # prune caught halfway: key.json (removed first) and the embeddings gone, their json left
+                (entry / "key.json").unlink()
+                (entry / "teacher_outputs.safetensors").unlink()
+        return real(cls, folder)
+
+    monkeypatch.setattr(TeacherOutputs, "load", classmethod(pruned_meanwhile))
+    caplog.set_level("INFO", logger="cmcd_edge.distill.teacher_cache")
+    before = len(trainings)
+    run_distill(cached, tmp_path / "second")
+    assert len(trainings) == before + 1  # the teacher trained again, as on any miss
+    assert "removed while this run read it" in caplog.text
+    assert _bytes(tmp_path / "first", "student.safetensors") == _bytes(tmp_path / "second", "student.safetensors")
+
+
+def test_teacher_cache_entry_remove_takes_key_json_first(cfg, tmp_path, monkeypatch):
+    """So a prune killed (or raced) halfway leaves an entry no run takes for whole: a miss, not 'corrupt'."""
+    import shutil
+
+    from cmcd_edge.distill import teacher_cache
+
+    run_distill(dataclasses.replace(cfg, teacher_cache=str(tmp_path / "cache")), tmp_path / "first")
+    (e,) = teacher_cache.entries(tmp_path / "cache")
+    seen = []
+    monkeypatch.setattr(shutil, "rmtree", lambda p, *a, **k: seen.append((p / "key.json").exists()))
+    e.remove()
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("command", ["list", "prune"])
+def test_teacher_cache_list_and_prune_beside_another_prune_do_not_fail(command, cfg, tmp_path, monkeypatch, cli):
+    """An entry another `prune` removes while this command lists it, or before this one removes it, used to end the
+    command in a traceback (FileNotFoundError from a stat, or 'cannot remove')."""
+    import shutil
+
+    from cmcd_edge.distill import teacher_cache
+
+    cache = tmp_path / "cache"
+    run_distill(dataclasses.replace(cfg, teacher_cache=str(cache)), tmp_path / "first")
+    entry = _only_entry(cache)
+    if command == "list":  # removed between the scan of the folder and the stat of its files
+        real_iterdir = type(entry).iterdir
+
+        def iterdir(self):
+            found = list(real_iterdir(self))
+            if self == entry:
+                shutil.rmtree(entry)
+            return iter(found)
+
+        monkeypatch.setattr(type(entry), "iterdir", iterdir)
+        res = cli("teacher-cache", "list", cache)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines()[-1].startswith("0 entries")
+    else:  # removed between this prune's listing and its removal
+        real_entries = teacher_cache.entries
+
+        def listed_then_removed(root):
+            found = real_entries(root)
+            shutil.rmtree(entry)
+            return found
+
+        monkeypatch.setattr(teacher_cache, "entries", listed_then_removed)
+        res = cli("teacher-cache", "prune", cache, "--all")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("removed 0 entries (0.0 MB); 0 left") and "1 removed meanwhile" in res.stdout
