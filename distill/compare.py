@@ -190,7 +190,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     extra_runs = list(methods) + ([UPPER] if upper_bound else [])
     runs: dict[str, list[dict]] = {m: [] for m in extra_runs}  # each method's metrics.json, seed by seed
     teacher_acc = []
-    made: list[dict | None] = []  # the machine of each run (run.json's made_on; None from before versions kept it)
+    made: list[dict] = []  # the machines of each run (run.json's made_on and resumed_on; none from older versions)
     loaded = None  # a --teacher file's or factory's outputs: one pass over the rows serves every seed
     done, trained, total, start = 0, 0, len(seed_list) * len(extra_runs), time.perf_counter()
     reported_trained = 0  # runs trained (not kept) and reported: the pace of the rest
@@ -198,7 +198,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     def report(m: str, seed: int, run_dir: Path, res: dict, was_trained: bool) -> None:
         nonlocal done, reported_trained
         runs[m].append(res)
-        made.append(_made_on(run_dir))
+        made.extend(_made_on(run_dir))
         done += 1
         reported_trained += was_trained
         left = engine.time_left(time.perf_counter() - start, reported_trained, reported_trained + total - done)
@@ -261,7 +261,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
         "upper_bound": {"method": UPPER, **summary(runs[UPPER])} if upper_bound else None,
         "config": base.to_json(),
         "data_fingerprint": datasets.load(base.data).fingerprint(),  # --extend adds runs on these files only
-        "made_on": [m for i, m in enumerate(made) if m is not None and m not in made[:i]],  # CPUs differ in bits
+        "made_on": [m for i, m in enumerate(made) if m not in made[:i]],  # CPUs differ in bits
         "source_ranking": ranking,
     }
     write_json(out / "results.json", results)
@@ -269,9 +269,8 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     return results
 
 
-def _made_on(run_dir: Path) -> dict | None:
-    record = json.loads((run_dir / "run.json").read_text())
-    return record["made_on"] if "made_on" in record else None
+def _made_on(run_dir: Path) -> list[dict]:
+    return machine.run_machines(json.loads((run_dir / "run.json").read_text()))
 
 
 def _same_config(run_dir: Path, cfg: DistillConfig) -> bool:

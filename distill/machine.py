@@ -28,6 +28,12 @@ def made_on(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
+def run_machines(record: dict) -> list[dict]:
+    """Every machine a run trained on, from its run.json ``record``: the one it started on (``made_on``) and the one of
+    each ``--resume`` (``resumed_on``); none from a run made before versions kept them."""
+    return ([record["made_on"]] if "made_on" in record else []) + (record["resumed_on"] if "resumed_on" in record else [])
+
+
 def other_machines(made: list[dict], here: dict, what: str) -> str | None:
     """A warning when ``made`` (the machines earlier runs recorded) holds one other than ``here``; None otherwise."""
     others = sorted({machine_name(m) for m in made if m != here})

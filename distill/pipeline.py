@@ -78,10 +78,12 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> Non
         if why:
             raise UserError(why)
         record = json.loads((out / "run.json").read_text())
-        note = machine.other_machines([record["made_on"]] if "made_on" in record else [],
-                                     machine.made_on(engine.pick_device(cfg.device)), f"--resume: {out} started")
+        here = machine.made_on(engine.pick_device(cfg.device))
+        note = machine.other_machines(machine.run_machines(record), here, f"--resume: {out} trained")
         if note:
             log.warning("%s", note)
+        resumed = record["resumed_on"] if "resumed_on" in record else []
+        write_json(out / "run.json", {**record, "resumed_on": [*resumed, here]})  # each machine that trained it
         for stale in remove_stale_temps(out):
             log.info("resume: removed %s, left by the killed run", stale.name)
         return
@@ -391,7 +393,11 @@ def _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, r
                                       "classes": list(ds.classes)})
     if history:
         _write_history(out, history)
-    if ranking is None and (out / "run.json").exists():  # a resumed run keeps the ranking it started with
-        ranking = json.loads((out / "run.json").read_text()).get("source_ranking")
-    write_json(out / "run.json", {**_run_json(cfg, ds, splits, teacher, "done"), "source_ranking": ranking})
+    record = _run_json(cfg, ds, splits, teacher, "done")
+    if (out / "run.json").exists():  # a resumed run keeps the ranking and machine it started with, and its resumes
+        started = json.loads((out / "run.json").read_text())
+        record |= {k: started[k] for k in ("made_on", "resumed_on") if k in started}
+        if ranking is None and "source_ranking" in started:
+            ranking = started["source_ranking"]
+    write_json(out / "run.json", {**record, "source_ranking": ranking})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run

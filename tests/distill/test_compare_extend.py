@@ -134,3 +134,17 @@ def test_compare_extend_says_when_the_kept_runs_were_made_on_another_machine(bas
     caplog.clear()
     run_compare(base, ["supervised"], 3, out, upper_bound=False, extend=True)  # its own machine among them: still said
     assert [m for m in caplog.records if "Other CPU" in m.getMessage()]
+
+
+def test_compare_results_name_the_machine_a_kept_run_was_resumed_on(base, tmp_path):
+    """A run that a killed compare left half-trained and another machine finished trained on both."""
+    from cmcd_edge.distill.machine import made_on
+
+    here = made_on(torch.device("cpu"))
+    other = {"cpu": "Other CPU", "cpu_capability": "AVX2", "threads": 4, "gpu": None}
+    out = tmp_path / "cmp"
+    run_compare(base, ["supervised"], 1, out, upper_bound=False)
+    run_json = out / "runs" / "supervised-s0" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "resumed_on": [other]}))
+    r = run_compare(base, ["supervised"], 2, out, upper_bound=False, extend=True)
+    assert r["made_on"] == [here, other]

@@ -80,6 +80,8 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(toy, tmp_path, kill_cfg,
     assert (out / "student.safetensors").read_bytes() == (uninterrupted / "student.safetensors").read_bytes()
     assert (out / "history.csv").read_text() == (uninterrupted / "history.csv").read_text()  # both phases' rows
     assert not list(out.glob(".*.tmp"))
+    record = json.loads((out / "run.json").read_text())  # the machine it started on, and the one it resumed on
+    assert record["resumed_on"] == [record["made_on"]], record
 
 
 def test_ctrl_c_during_distill_says_how_to_resume(toy, tmp_path, kill_cfg):
@@ -200,4 +202,32 @@ def test_resume_says_when_the_run_started_on_another_machine(toy_run, tmp_path, 
     (out / "run.json").write_text(json.dumps(record))
     prepare_out(out, cfg, resume=True, force=False)
     assert [m.getMessage().split(";")[0] for m in caplog.records] == [
-        f"--resume: {out} started on {machine_name(record['made_on'])}"]
+        f"--resume: {out} trained on {machine_name(record['made_on'])}"]
+
+
+def test_resume_records_every_machine_the_run_trained_on(toy_run, tmp_path, caplog):
+    """Was: run.json's made_on named the machine of the last resume only, so a run trained partly on an AVX2 host and
+    partly on an AVX-512 one read as the latter's, and a second resume or a compare --extend warned of nothing."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.machine import machine_name
+    from cmcd_edge.distill.pipeline import prepare_out
+
+    out = tmp_path / "run"
+    shutil.copytree(toy_run, out)
+    record = json.loads((out / "run.json").read_text())
+    here, cfg = record["made_on"], DistillConfig.from_json(record["config"])
+    record["made_on"] = {**here, "cpu": "Other CPU"}
+    (out / "run.json").write_text(json.dumps(record))
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.pipeline")
+    prepare_out(out, cfg, resume=True, force=False)
+    after = json.loads((out / "run.json").read_text())
+    assert after["made_on"] == record["made_on"] and after["resumed_on"] == [here]
+    assert {k: v for k, v in after.items() if k != "resumed_on"} == record  # nothing else rewritten
+    after["made_on"] = here  # as if it had started here, and been resumed there
+    after["resumed_on"] = [record["made_on"]]
+    (out / "run.json").write_text(json.dumps(after))
+    caplog.clear()
+    prepare_out(out, cfg, resume=True, force=False)  # a second resume, here: the earlier one's machine is named
+    assert [m.getMessage().split(";")[0] for m in caplog.records] == [
+        f"--resume: {out} trained on {machine_name(record['made_on'])}"]
+    assert json.loads((out / "run.json").read_text())["resumed_on"] == [record["made_on"], here]
