@@ -15,6 +15,10 @@ done
 $B/python benchmarks/compare_extend.py --base $R/compare-zer --out $R/compare_extend.json > $R/compare_extend.txt
 # session 25: compare --jobs 2 against --jobs 1, the same compare, interleaved
 $B/python benchmarks/compare_jobs.py --target zer --rounds 2 --out $R/compare_jobs.json > $R/compare_jobs.txt
+# session 26: CRD's dense scores against the gathered rows (the old code), the loss and crd's compare, interleaved
+$B/python benchmarks/crd_speed.py --targets zer,fou --rounds 2 --out $R/crd_speed.json > $R/crd_speed.txt
+$B/python benchmarks/crd_speed.py --targets zer --rounds 2 --loss-rounds 1 --methods cmcd,cmd,cmc,kd,fitnet,rkd,crd,supervised \
+  --out $R/crd_speed_compare.json > $R/crd_speed_compare.txt
 # session 19's control: the same protocol with a teacher on a pure-noise view (what the train labels alone pass on)
 rm -rf /tmp/mfeat-noise
 $B/python benchmarks/noise_source.py /tmp/mfeat-noise

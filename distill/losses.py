@@ -221,8 +221,9 @@ class CRD(nn.Module):
     Device-agnostic: the banks are buffers and the negatives come from torch.randint on the batch's device.
 
     Against a bank of at most ``DENSE_BANK`` x (1 + K) rows, the anchors' scores are one matrix product over the
-    whole bank, from which the drawn rows' are picked: for mfeat's 1,200-row bank at K = 256 this is 15x faster than
-    gathering the (B, 1 + K, D) drawn rows first, which a larger bank still does (its full product would cost more).
+    whole bank, from which the drawn rows' are picked: for mfeat's 1,200-row bank at K = 256 the loss step is 4x
+    faster (benchmarks/crd_speed.py) than by gathering the (B, 1 + K, D) drawn rows first, which a larger bank still
+    does (its full product would cost more).
     Both give the same loss up to the order of float sums."""
 
     DENSE_BANK = 8
