@@ -86,7 +86,8 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     key = {"data_fingerprint": ds.fingerprint(), "target": target, "labeled_fraction": labeled_fraction,
            "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "estimators": list(estimators),
            "max_heldout": MAX_HELDOUT, "label_probe": mi.LABEL_PROBE}
-    store = Progress(progress, key) if progress is not None else None
+    here = machine.made_on(dev)
+    store = Progress(progress, key, here) if progress is not None else None
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
     heldout_rows, h_y = [], []
@@ -139,7 +140,8 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
             "primary_estimator": "gaussian", "margin_nats": MARGIN, "heldout_rows": heldout_rows,
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
-            "made_on": machine.made_on(dev), "label_entropy_nats": h_y_mean,
+            "made_on": here if store is None else store.doc["made_on"], "label_entropy_nats": h_y_mean,
+            **({"resumed_on": store.doc["resumed_on"]} if store is not None and store.doc["resumed_on"] else {}),
             "warnings": disagreements(ranking) + weak_student(data, target, ranking, h_y_mean),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
 
@@ -183,8 +185,10 @@ class Progress:
     """The (seed, view) measurements of a select-teacher run, in a JSON file rewritten atomically after each one and
     keyed by the settings that make them: a file left by other settings is refused, never mixed in."""
 
-    def __init__(self, path: Path, key: dict) -> None:
-        self.path, self.doc = path, {"key": key, "measured": {}}
+    def __init__(self, path: Path, key: dict, here: dict) -> None:
+        """``here``: this machine (:func:`machine.made_on`); the file keeps the one it was started on, and the one
+        of each resume, as run.json does."""
+        self.path, self.doc = path, {"key": key, "made_on": here, "resumed_on": [], "measured": {}}
         if not path.exists():
             return
         try:
@@ -200,6 +204,11 @@ class Progress:
                             f"{_short(saved_key.get(diff))} vs now {_short(key[diff])}); delete it to start over, "
                             "or pass another --out")
         self.doc["measured"] = measured
+        if "made_on" in doc:  # (a file of an older version: where it was measured is not known)
+            note = machine.other_machines(machine.run_machines(doc), here, f"{path}: its measurements were made")
+            if note:
+                log.warning("%s", note)
+            self.doc["made_on"], self.doc["resumed_on"] = doc["made_on"], [*machine.run_machines(doc)[1:], here]
         log.info("%s: resuming; %d teacher(s) measured", path, sum(len(v) for v in measured.values()))
 
     def measured(self, seed: int) -> dict[str, dict[str, float]]:

@@ -286,12 +286,12 @@ def test_select_progress_file_that_is_not_one_is_refused_with_the_fix(tmp_path):
     for text in ("{half a file", '{"key": [], "measured": {}}', "[]"):
         path.write_text(text)
         with pytest.raises(UserError, match=r"rank.partial.json: not a select-teacher progress file .* delete it"):
-            Progress(path, {"target": "tgt"})
+            Progress(path, {"target": "tgt"}, {})
     path.write_text(json.dumps({"key": {"target": "tgt"}, "measured": {"0": {"src": {"i_sy": 0.0}}}}))
     with pytest.raises(UserError, match=r"other settings \(label_probe: saved null vs now \"crossfit-cv-l2\"\)"):
-        Progress(path, {"target": "tgt", "label_probe": mi.LABEL_PROBE})  # left by a select-teacher before session 19
-    Progress(tmp_path / "new.partial.json", {"target": "tgt"}).save(3, "src", {"gaussian": 0.5})
-    assert Progress(tmp_path / "new.partial.json", {"target": "tgt"}).measured(3) == {"src": {"gaussian": 0.5}}
+        Progress(path, {"target": "tgt", "label_probe": mi.LABEL_PROBE}, {})  # left by a select-teacher before session 19
+    Progress(tmp_path / "new.partial.json", {"target": "tgt"}, {}).save(3, "src", {"gaussian": 0.5})
+    assert Progress(tmp_path / "new.partial.json", {"target": "tgt"}, {}).measured(3) == {"src": {"gaussian": 0.5}}
 
 
 def test_source_auto_takes_the_top_of_the_ranking_in_distill_and_compare(tmp_path, cli, monkeypatch):
@@ -355,3 +355,28 @@ def test_source_auto_passes_on_the_weak_student_warning(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         select.best_source("d", "gyro")
     assert "label-only student" not in caplog.text
+
+
+def test_select_teacher_resumed_on_another_machine_says_so_and_records_both(tmp_path, caplog):
+    """Was: the ranking's made_on named the machine that finished it, though a killed run's teachers were measured on
+    the one it started on (a preempted cloud box replaced by another kind), and nothing warned."""
+    from cmcd_edge.distill.machine import machine_name, made_on
+    from cmcd_edge.distill.select import rank_teachers
+
+    ds = synthetic_paired(tmp_path / "d", n=300)
+    here = made_on(torch.device("cpu"))
+    other = {"cpu": "Other CPU", "cpu_capability": "AVX2", "threads": 4, "gpu": None}
+    partial = tmp_path / "rank.partial.json"
+    kw = {"seeds": 1, "teacher_epochs": 2, "student_epochs": 2, "estimators": ("gaussian",), "device": "cpu",
+          "progress": partial}
+    first = rank_teachers(str(ds.root), "tgt", **kw)  # the library leaves the progress file (the CLI removes it)
+    assert first["made_on"] == here and "resumed_on" not in first
+    doc = json.loads(partial.read_text())
+    assert doc["made_on"] == here
+    partial.write_text(json.dumps({**doc, "made_on": other}))  # as if measured there, then killed
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.select")
+    again = rank_teachers(str(ds.root), "tgt", **kw)  # every teacher taken from the file
+    assert again["ranking"] == first["ranking"]
+    assert again["made_on"] == other and again["resumed_on"] == [here]
+    assert [m.getMessage().split(";")[0] for m in caplog.records] == [
+        f"{partial}: its measurements were made on {machine_name(other)}"]
