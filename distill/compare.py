@@ -19,7 +19,7 @@ from cmcd_edge.distill.compare_jobs import Jobs, continues, train_run
 from cmcd_edge.distill.compare_results import UPPER, confused_pairs, paired, results_markdown, summary, teacher_stats
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS, methods_without
-from cmcd_edge.distill.pipeline import recipe_change, training_diff
+from cmcd_edge.distill.run_record import recipe_change, training_diff
 from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError

@@ -19,7 +19,8 @@ import torch
 
 from cmcd_edge.distill import engine
 from cmcd_edge.distill.config import DistillConfig
-from cmcd_edge.distill.pipeline import resume_refusal, run_distill
+from cmcd_edge.distill.pipeline import run_distill
+from cmcd_edge.distill.run_record import resume_refusal
 from cmcd_edge.distill.teachers import TeacherOutputs
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,7 @@ import contextlib
 import csv
 import functools
 import io
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,15 +17,16 @@ import torch
 from torch import nn
 
 from cmcd_edge import datasets
-from cmcd_edge.distill import ddp, engine, machine, students
+from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import modality_gap
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
+from cmcd_edge.distill.run_record import finished_record, prepare_out, run_json
 from cmcd_edge.distill.teacher_cache import TeacherCache
-from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, teacher_sha256, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import exclusive, make_dir, remove_stale_temps, write_bytes, write_json, write_text
+from cmcd_edge.fsutil import exclusive, make_dir, write_bytes, write_json, write_text
 from cmcd_edge.runtime.scores import confusions, macro_f1, per_class
 from cmcd_edge.splitting import classes_raised_to_one, make_splits
 
@@ -66,79 +65,6 @@ def _warn_labels_raised(spec: str, fraction: float, raised: int, classes: int, p
     log.warning("%s: --labeled-fraction %g rounds to no labeled row in %d of %d classes of the train split; each takes "
                 "one, so %d rows are labeled: %.2f%% of %d, not %g%%", spec, fraction, raised, classes, picked,
                 100 * picked / train, train, 100 * fraction)
-
-
-def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> None:
-    """Check the run folder against the flags (rank 0): a resumable run, or an empty or --force-able folder."""
-    if resume and force:
-        raise UserError(f"--resume and --force together: --resume continues the run in {out}, --force replaces it; "
-                        "pass one")
-    if resume:
-        why = resume_refusal(out, cfg)
-        if why:
-            raise UserError(why)
-        record = json.loads((out / "run.json").read_text())
-        here = machine.made_on(engine.pick_device(cfg.device))
-        note = machine.other_machines(machine.run_machines(record), here, f"--resume: {out} trained")
-        if note:
-            log.warning("%s", note)
-        resumed = record["resumed_on"] if "resumed_on" in record else []
-        write_json(out / "run.json", {**record, "resumed_on": [*resumed, here]})  # each machine that trained it
-        for stale in remove_stale_temps(out):
-            log.info("resume: removed %s, left by the killed run", stale.name)
-        return
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; name a folder for the run")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            done = (out / "metrics.json").exists()
-            hint = "pass --force to replace it" if done else "pass --resume to continue it, or --force to replace it"
-            raise UserError(f"--out {out} already holds a {'finished' if done else 'partial'} run: {hint}")
-        shutil.rmtree(out)
-
-
-def training_diff(record: dict, cfg: DistillConfig) -> list[str]:
-    """The training settings (:meth:`DistillConfig.training_key`) in which the run that wrote run.json ``record``
-    differs from ``cfg``. Its data counts by its files where the record holds their fingerprint (a copy moved between
-    machines is the same data; whether the files changed is for the caller to check), else by its path. Raises
-    UserError for a config key this version does not know."""
-    old, new = DistillConfig.from_json(record["config"]).training_key(), cfg.training_key()
-    if record.get("data_fingerprint") is not None:
-        old.pop("data"), new.pop("data")
-    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))  # tuples and lists alike
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
-    """Why ``--resume`` cannot continue the run in ``out`` with ``cfg`` (another config or recipe, or no run); None
-    when it can."""
-    run_json = out / "run.json"
-    if not run_json.exists():
-        return f"--resume: {out} holds no run to resume (no run.json)"
-    record = json.loads(run_json.read_text())
-    try:
-        diff = training_diff(record, cfg)
-    except UserError as exc:  # a config key this version does not know
-        return str(exc)
-    if diff:
-        return (f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
-                "rerun with the same flags, or use a new --out")
-    started_on, recorded = record["config"]["data"], record.get("data_fingerprint")
-    why = recipe_change(record, cfg)
-    if why:
-        return f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, or use a new --out"
-    if datasets.changed_since(datasets.load(cfg.data), recorded):  # else its splits move
-        if datasets.canonical_spec(cfg.data) != datasets.canonical_spec(started_on):
-            return (f"--resume: --data {cfg.data} is not the data {out} was started on ({started_on}): its files "
-                    "differ from run.json's data_fingerprint; name that data, or use a new --out")
-        return (f"--resume: {out} was started on {cfg.data}, which changed since (its files differ from run.json's "
-                "data_fingerprint): restore that data, rerun with --force, or use a new --out")
-    cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher it started with
-    if cached.exists() and json.loads(cached.read_text()).get("sha256") not in (None, teacher_sha256(cfg.teacher)):
-        what = "its file" if Path(cfg.teacher).suffix in (".pt", ".pt2") else "its factory's module"
-        return (f"--resume: --teacher {cfg.teacher} changed since {out} started (the sha256 of {what} differs from "
-                "teacher_outputs.json's): rerun with --force to distill from the new teacher, or use a new --out")
-    return None
 
 
 def run_distill(cfg: DistillConfig, out: Path | None, *, resume: bool = False, force: bool = False,
@@ -199,7 +125,7 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
             prepare_out(out, cfg, resume, force)
             make_dir(out)
             if not resume:
-                write_json(out / "run.json", {**_run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
+                write_json(out / "run.json", {**run_json(cfg, ds, splits, None, "running"), "source_ranking": ranking})
 
     ddp.rank0_prepares(dist, prepare)  # rank 0 has checked and prepared --out before another rank reads it
     ckpt_state = None
@@ -352,25 +278,6 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate
             "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}
 
 
-def recipe_change(record: dict, cfg: DistillConfig) -> str | None:
-    """How the recipe a run recorded (run.json or metrics.json) differs from the one ``cfg`` resolves to; None when
-    they match. A method's recipe is resolved from code (``--method cmcd`` names today's default), so a config match
-    alone misses a default changed between versions."""
-    want = recipe_str(cfg.terms)
-    if "recipe" in record and record["recipe"] == want:
-        return None
-    made = f"trained with {record['recipe']!r}" if "recipe" in record else "made by an older version (no recipe recorded)"
-    return f"{made}; these flags give {want!r}"
-
-
-def _run_json(cfg, ds, splits, teacher, status: str) -> dict:
-    return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "status": status, "versions": machine.versions(),
-            "made_on": machine.made_on(engine.pick_device(cfg.device)), "data_fingerprint": ds.fingerprint(),
-            "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-                                         "labeled": len(splits.labeled)},
-            "teacher": None if teacher is None else teacher.info}
-
-
 def _write_history(out: Path, history: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
@@ -393,11 +300,5 @@ def _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, r
                                       "classes": list(ds.classes)})
     if history:
         _write_history(out, history)
-    record = _run_json(cfg, ds, splits, teacher, "done")
-    if (out / "run.json").exists():  # a resumed run keeps the ranking and machine it started with, and its resumes
-        started = json.loads((out / "run.json").read_text())
-        record |= {k: started[k] for k in ("made_on", "resumed_on") if k in started}
-        if ranking is None and "source_ranking" in started:
-            ranking = started["source_ranking"]
-    write_json(out / "run.json", {**record, "source_ranking": ranking})
+    write_json(out / "run.json", finished_record(out, run_json(cfg, ds, splits, teacher, "done"), ranking))
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run

@@ -384,7 +384,8 @@ def test_a_relative_data_path_is_recorded_absolute_so_export_runs_from_anywhere(
     """run.json kept --data as typed: a run made with `--data my-data` from one folder could not be exported (or
     benchmarked on its data) from another ('my-data: no such dataset folder')."""
     from cmcd_edge.distill.config import DistillConfig
-    from cmcd_edge.distill.pipeline import resume_refusal, run_distill
+    from cmcd_edge.distill.pipeline import run_distill
+    from cmcd_edge.distill.run_record import resume_refusal
     from cmcd_edge.export.onnx_export import load_run
 
     monkeypatch.chdir(toy.parent)

@@ -149,7 +149,7 @@ def test_resume_refuses_a_run_whose_data_changed_since_it_started(toy_run, tmp_p
     from dataclasses import replace
 
     from cmcd_edge.distill.config import DistillConfig
-    from cmcd_edge.distill.pipeline import resume_refusal
+    from cmcd_edge.distill.run_record import resume_refusal
 
     run, data = run_on_copied_data(toy_run, tmp_path / "changed", permute_rows)
     cfg = DistillConfig.from_json(json.loads((run / "run.json").read_text())["config"])
@@ -189,13 +189,13 @@ def test_resume_says_when_the_run_started_on_another_machine(toy_run, tmp_path, 
     will not repeat an uninterrupted run bit for bit; on its own machine it says nothing."""
     from cmcd_edge.distill.config import DistillConfig
     from cmcd_edge.distill.machine import machine_name
-    from cmcd_edge.distill.pipeline import prepare_out
+    from cmcd_edge.distill.run_record import prepare_out
 
     out = tmp_path / "run"
     shutil.copytree(toy_run, out)
     record = json.loads((out / "run.json").read_text())
     cfg = DistillConfig.from_json(record["config"])
-    caplog.set_level("WARNING", logger="cmcd_edge.distill.pipeline")
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.run_record")
     prepare_out(out, cfg, resume=True, force=False)
     assert not caplog.records
     record["made_on"] = {**record["made_on"], "cpu": "Other CPU"}
@@ -210,7 +210,7 @@ def test_resume_records_every_machine_the_run_trained_on(toy_run, tmp_path, capl
     partly on an AVX-512 one read as the latter's, and a second resume or a compare --extend warned of nothing."""
     from cmcd_edge.distill.config import DistillConfig
     from cmcd_edge.distill.machine import machine_name
-    from cmcd_edge.distill.pipeline import prepare_out
+    from cmcd_edge.distill.run_record import prepare_out
 
     out = tmp_path / "run"
     shutil.copytree(toy_run, out)
@@ -218,7 +218,7 @@ def test_resume_records_every_machine_the_run_trained_on(toy_run, tmp_path, capl
     here, cfg = record["made_on"], DistillConfig.from_json(record["config"])
     record["made_on"] = {**here, "cpu": "Other CPU"}
     (out / "run.json").write_text(json.dumps(record))
-    caplog.set_level("WARNING", logger="cmcd_edge.distill.pipeline")
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.run_record")
     prepare_out(out, cfg, resume=True, force=False)
     after = json.loads((out / "run.json").read_text())
     assert after["made_on"] == record["made_on"] and after["resumed_on"] == [here]

@@ -1,0 +1,125 @@
+"""A run folder's record, run.json, and what it decides: whether ``--out`` may be written, whether ``--resume`` may
+continue the run there (same config, recipe, data and teacher), and which machines trained it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from cmcd_edge import datasets
+from cmcd_edge.distill import engine, machine
+from cmcd_edge.distill.config import DistillConfig
+from cmcd_edge.distill.losses import recipe_str
+from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
+from cmcd_edge.errors import UserError
+from cmcd_edge.fsutil import remove_stale_temps, write_json
+from cmcd_edge.splitting import Splits
+
+log = logging.getLogger(__name__)
+
+
+def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> None:
+    """Check the run folder against the flags (rank 0): a resumable run, or an empty or --force-able folder."""
+    if resume and force:
+        raise UserError(f"--resume and --force together: --resume continues the run in {out}, --force replaces it; "
+                        "pass one")
+    if resume:
+        why = resume_refusal(out, cfg)
+        if why:
+            raise UserError(why)
+        record = json.loads((out / "run.json").read_text())
+        here = machine.made_on(engine.pick_device(cfg.device))
+        note = machine.other_machines(machine.run_machines(record), here, f"--resume: {out} trained")
+        if note:
+            log.warning("%s", note)
+        resumed = record["resumed_on"] if "resumed_on" in record else []
+        write_json(out / "run.json", {**record, "resumed_on": [*resumed, here]})  # each machine that trained it
+        for stale in remove_stale_temps(out):
+            log.info("resume: removed %s, left by the killed run", stale.name)
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; name a folder for the run")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            done = (out / "metrics.json").exists()
+            hint = "pass --force to replace it" if done else "pass --resume to continue it, or --force to replace it"
+            raise UserError(f"--out {out} already holds a {'finished' if done else 'partial'} run: {hint}")
+        shutil.rmtree(out)
+
+
+def training_diff(record: dict, cfg: DistillConfig) -> list[str]:
+    """The training settings (:meth:`DistillConfig.training_key`) in which the run that wrote run.json ``record``
+    differs from ``cfg``. Its data counts by its files where the record holds their fingerprint (a copy moved between
+    machines is the same data; whether the files changed is for the caller to check), else by its path. Raises
+    UserError for a config key this version does not know."""
+    old, new = DistillConfig.from_json(record["config"]).training_key(), cfg.training_key()
+    if record.get("data_fingerprint") is not None:
+        old.pop("data"), new.pop("data")
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))  # tuples and lists alike
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
+    """Why ``--resume`` cannot continue the run in ``out`` with ``cfg`` (another config or recipe, or no run); None
+    when it can."""
+    run_json = out / "run.json"
+    if not run_json.exists():
+        return f"--resume: {out} holds no run to resume (no run.json)"
+    record = json.loads(run_json.read_text())
+    try:
+        diff = training_diff(record, cfg)
+    except UserError as exc:  # a config key this version does not know
+        return str(exc)
+    if diff:
+        return (f"--resume: {out} was made with a different config ({', '.join(diff)} differ); "
+                "rerun with the same flags, or use a new --out")
+    started_on, recorded = record["config"]["data"], record.get("data_fingerprint")
+    why = recipe_change(record, cfg)
+    if why:
+        return f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, or use a new --out"
+    if datasets.changed_since(datasets.load(cfg.data), recorded):  # else its splits move
+        if datasets.canonical_spec(cfg.data) != datasets.canonical_spec(started_on):
+            return (f"--resume: --data {cfg.data} is not the data {out} was started on ({started_on}): its files "
+                    "differ from run.json's data_fingerprint; name that data, or use a new --out")
+        return (f"--resume: {out} was started on {cfg.data}, which changed since (its files differ from run.json's "
+                "data_fingerprint): restore that data, rerun with --force, or use a new --out")
+    cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher it started with
+    if cached.exists() and json.loads(cached.read_text()).get("sha256") not in (None, teacher_sha256(cfg.teacher)):
+        what = "its file" if Path(cfg.teacher).suffix in (".pt", ".pt2") else "its factory's module"
+        return (f"--resume: --teacher {cfg.teacher} changed since {out} started (the sha256 of {what} differs from "
+                "teacher_outputs.json's): rerun with --force to distill from the new teacher, or use a new --out")
+    return None
+
+
+def recipe_change(record: dict, cfg: DistillConfig) -> str | None:
+    """How the recipe a run recorded (run.json or metrics.json) differs from the one ``cfg`` resolves to; None when
+    they match. A method's recipe is resolved from code (``--method cmcd`` names today's default), so a config match
+    alone misses a default changed between versions."""
+    want = recipe_str(cfg.terms)
+    if "recipe" in record and record["recipe"] == want:
+        return None
+    made = f"trained with {record['recipe']!r}" if "recipe" in record else "made by an older version (no recipe recorded)"
+    return f"{made}; these flags give {want!r}"
+
+
+def run_json(cfg: DistillConfig, ds: datasets.Dataset, splits: Splits, teacher: TeacherOutputs | None,
+             status: str) -> dict:
+    """run.json's record of a run: its config and recipe, the versions and machine, the data and splits, the teacher."""
+    return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "status": status, "versions": machine.versions(),
+            "made_on": machine.made_on(engine.pick_device(cfg.device)), "data_fingerprint": ds.fingerprint(),
+            "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+                                         "labeled": len(splits.labeled)},
+            "teacher": None if teacher is None else teacher.info}
+
+
+def finished_record(out: Path, record: dict, ranking: dict | None) -> dict:
+    """The run.json a finished run writes: ``record``, keeping what a resumed run started with (the machine, the
+    resumes, and ``--source auto``'s ranking where this process has none)."""
+    if (out / "run.json").exists():
+        started = json.loads((out / "run.json").read_text())
+        record = {**record, **{k: started[k] for k in ("made_on", "resumed_on") if k in started}}
+        if ranking is None and "source_ranking" in started:
+            ranking = started["source_ranking"]
+    return {**record, "source_ranking": ranking}
