@@ -249,7 +249,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
             else:
                 report(m, seed, run_dir, res, was_trained)
     for m, seed, run_dir, fut, was_trained in pending:  # each as it finishes
-        report(m, seed, run_dir, fut.result(), was_trained)
+        report(m, seed, run_dir, jobs.result(fut, run_dir) if jobs is not None else fut.result(), was_trained)
     if trained < total:
         log.info("kept %d finished run%s, trained %d", total - trained, "" if total - trained == 1 else "s", trained)
     results = {

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.run_record import resume_refusal
 from cmcd_edge.distill.teachers import TeacherOutputs
+from cmcd_edge.errors import EnvironmentFailure
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class Jobs:
         if jobs > cores:
             log.warning("--jobs %d: more runs at a time than the %d cores torch uses here; they will share them, "
                         "each slower", jobs, cores)
-        self.threads = max(1, cores // jobs)
+        self.jobs, self.threads, self.broken = jobs, max(1, cores // jobs), False
         self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker,
                                         initargs=(self.threads,))
 
@@ -55,10 +57,23 @@ class Jobs:
         """:func:`train_run` with the seed's teacher saved in ``teacher_dir``; the future's result is metrics.json."""
         return self.pool.submit(_train_there, run_dir, cfg, teacher_dir, resume)
 
+    def result(self, fut: Future, run_dir: Path) -> dict:
+        """``fut``'s metrics.json; a worker that died (killed: the out-of-memory killer picks the largest process,
+        a worker) is one line that says how to go on, as every run keeps its last finished epoch."""
+        try:
+            return fut.result()
+        except BrokenProcessPool:
+            self.broken = True
+            raise EnvironmentFailure(
+                f"--jobs {self.jobs}: a worker process died (killed, e.g. by the out-of-memory killer) while this "
+                f"compare waited for {run_dir.name}; finished runs and the others' last epochs are kept: rerun the "
+                "same command to continue (with fewer --jobs if memory is short)") from None
+
     def close(self, finished: bool) -> None:
         """``finished``: wait for the workers to exit; else (an error, Ctrl-C) cancel what has not started and leave
-        the rest to die with this process (each run keeps its last finished epoch for the next compare)."""
-        self.pool.shutdown(wait=finished, cancel_futures=not finished)
+        the rest to die with this process (each run keeps its last finished epoch for the next compare). A broken
+        pool's workers are gone already: wait, so its queues close before this process exits."""
+        self.pool.shutdown(wait=finished or self.broken, cancel_futures=not finished)
 
 
 def _worker(threads: int) -> None:

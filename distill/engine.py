@@ -319,13 +319,14 @@ class _Progress:
     def __init__(self, spec: PhaseSpec, start: int, every_s: float = 30.0) -> None:
         self.spec, self.every_s = spec, every_s
         self.t0 = self.last = time.perf_counter()
-        try:
-            from tqdm.auto import tqdm
+        self.bar = None
+        if SHOW_BARS:  # (else no tqdm at all: even a disabled bar makes tqdm's multiprocessing lock, a semaphore a
+            try:  # killed --jobs worker leaves for the resource tracker to warn of)
+                from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=spec.epochs, initial=start, desc=spec.name, unit="ep", leave=False,
-                            disable=None if SHOW_BARS else True)
-        except ImportError:
-            self.bar = None
+                self.bar = tqdm(total=spec.epochs, initial=start, desc=spec.name, unit="ep", leave=False, disable=None)
+            except ImportError:
+                pass
 
     def update(self, epoch: int, loss: float, acc: float) -> None:
         if self.bar is not None and not self.bar.disable:

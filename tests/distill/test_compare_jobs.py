@@ -110,3 +110,34 @@ def test_compare_jobs_killed_leaves_no_worker_and_continues(base, tmp_path):
     for m in ("kd", "fitnet"):
         assert (out / "runs" / f"{m}-s0" / "student.safetensors").read_bytes() == \
             (tmp_path / "ref" / "cmp" / "runs" / f"{m}-s0" / "student.safetensors").read_bytes()
+
+
+def test_compare_jobs_worker_killed_is_one_line_and_the_rerun_continues(base, tmp_path):
+    """A worker killed on its own (the out-of-memory killer picks the largest process: a worker) used to end the
+    compare in 'internal error: BrokenProcessPool: A process in the process pool was terminated abruptly ...'."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.distill.test_compare import _cmp_args
+
+    args = [*_cmp_args(base, tmp_path / "cmp"), "--jobs", "2"]
+    args[args.index("kd")] = "kd,fitnet"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    hist = tmp_path / "cmp" / "runs" / "fitnet-s0" / "history.csv"
+    deadline = time.time() + 120
+    while not hist.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    workers = [c for c in children if b"spawn_main" in open(f"/proc/{c}/cmdline", "rb").read()]
+    assert workers, children
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1 and "--jobs 2: a worker process died" in lines[0] and "rerun the same command" in lines[0], err
+    assert "Traceback" not in err and "BrokenProcessPool" not in err and "leaked semaphore" not in err, err
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "cmp" / "results.json").exists()
