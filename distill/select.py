@@ -90,13 +90,14 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     store = Progress(progress, key, here) if progress is not None else None
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
-    heldout_rows, h_y = [], []
+    heldout_rows, h_y, test_y = [], [], []
     for s in range(seed, seed + seeds):
         splits = make_splits(ds, s, labeled_fraction=labeled_fraction)
         held = np.sort(np.concatenate([splits.val, splits.test]))  # labeled rows only (make_splits)
         if len(held) > MAX_HELDOUT:  # a seeded subsample: the estimators' cost and memory grow as N^2
             held = np.sort(np.random.default_rng(s).choice(held, MAX_HELDOUT, replace=False))
         heldout_rows.append(len(held))
+        test_y.append(labels[splits.test][labels[splits.test] >= 0])  # the rows each teacher's test top-1 is measured on
         h_y.append(mi.label_entropy(labels[held], ds.n_classes))
         if len(held) < MIN_HELDOUT:
             raise UserError(f"{data}: {len(held)} labeled held-out rows (val + test); the estimators need at least "
@@ -142,7 +143,8 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
             "made_on": here if store is None else store.doc["made_on"], "label_entropy_nats": h_y_mean,
             **({"resumed_on": store.doc["resumed_on"]} if store is not None and store.doc["resumed_on"] else {}),
-            "warnings": disagreements(ranking) + weak_student(data, target, ranking, h_y_mean),
+            "warnings": (disagreements(ranking) + weak_student(data, target, ranking, h_y_mean)
+                         + chance_teachers(ranking, np.concatenate(test_y), teacher_epochs)),
             "wall_s": round(time.perf_counter() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
 
 
@@ -251,6 +253,21 @@ def weak_student(data: str, target: str, ranking: list[dict], h_y: float) -> lis
             f"({100 * i_sy / h_y:.0f}%) on held-out rows: it learned little from these few labels, so I(T;S), measured "
             "through it, is small for every candidate and the verdict leans to marginal; measure the gain itself: "
             f"cmcd-edge compare --data {data} --source {ranking[0]['view']} --target {target} --methods cmcd,supervised"]
+
+
+def chance_teachers(ranking: list[dict], test_y: np.ndarray, teacher_epochs: int) -> list[str]:
+    """A warning for each candidate whose teacher's test top-1 is not above chance (the commonest class's share of the
+    test rows) by two binomial standard errors: it learned nothing it could teach, so its I(T;S) says nothing of what
+    the view could (a view without signal, or too few epochs)."""
+    n = len(test_y)
+    if n == 0:
+        return []
+    chance = float(np.bincount(test_y).max() / n)
+    bar = chance + 2 * (chance * (1 - chance) / n) ** 0.5
+    return [f"{r['view']}: its teacher scored {r['teacher_test_accuracy']['mean']:.1%} test top-1, near chance "
+            f"({chance:.1%}, the commonest class, over {n} test rows): it learned nothing to teach, so its I(T;S) and "
+            f"verdict say nothing of the view; raise --teacher-epochs (now {teacher_epochs}), or check the view"
+            for r in ranking if r["teacher_test_accuracy"]["mean"] < bar]
 
 
 def _safe(fn):

@@ -380,3 +380,25 @@ def test_select_teacher_resumed_on_another_machine_says_so_and_records_both(tmp_
     assert again["made_on"] == other and again["resumed_on"] == [here]
     assert [m.getMessage().split(";")[0] for m in caplog.records if m.levelname == "WARNING"] == [
         f"{partial}: its measurements were made on {machine_name(other)}"]  # (the first ranking logged INFO lines before set_level)
+
+
+def test_select_teacher_warns_of_a_teacher_that_learned_nothing(tmp_path):
+    """Was: a candidate whose teacher stayed at chance (a view without signal, or too few --teacher-epochs) got a
+    verdict like any other, though its I(T;S) says nothing of what the view could teach."""
+    from cmcd_edge.datasets import ViewSpec, write_dataset
+    from cmcd_edge.distill.select import rank_teachers
+
+    rng = np.random.default_rng(0)
+    n, y = 800, np.arange(800) % 4
+    protos = rng.normal(size=(4, 16))
+    views = {"src": ViewSpec((protos[y] * 2 + rng.normal(size=(n, 16)) * 0.5).astype(np.float32), "vector"),
+             "noise": ViewSpec(rng.normal(size=(n, 16)).astype(np.float32), "vector"),
+             "tgt": ViewSpec((protos[y][:, :8] + rng.normal(size=(n, 8))).astype(np.float32), "vector")}
+    root = write_dataset(tmp_path / "d", views, y, ["a", "b", "c", "d"]).root
+    r = rank_teachers(str(root), "tgt", seeds=1, teacher_epochs=3, student_epochs=3, estimators=("gaussian",),
+                      device="cpu")
+    acc = {row["view"]: row["teacher_test_accuracy"]["mean"] for row in r["ranking"]}
+    assert acc["src"] > 0.9 and acc["noise"] < 0.32, acc
+    chance = [w for w in r["warnings"] if "near chance" in w]
+    assert len(chance) == 1 and chance[0].startswith("noise: its teacher scored"), r["warnings"]
+    assert "--teacher-epochs (now 3)" in chance[0]
