@@ -8,6 +8,13 @@ import torch
 import torch.nn.functional as F
 
 
+def chance_bar(y: np.ndarray) -> tuple[float, float]:
+    """(chance, bar) for top-1 on labels ``y``: the commonest class's share, and that plus two binomial standard
+    errors over ``len(y)`` rows. A classifier scoring under the bar is not above chance (at about 98%, one-sided)."""
+    chance = float(np.bincount(y).max() / len(y))
+    return chance, chance + 2 * (chance * (1 - chance) / len(y)) ** 0.5
+
+
 def _standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (x - ref.mean(0)) / (ref.std(0) + 1e-6)
 

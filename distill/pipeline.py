@@ -19,7 +19,7 @@ from torch import nn
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.config import DistillConfig
-from cmcd_edge.distill.evaluate import modality_gap
+from cmcd_edge.distill.evaluate import chance_bar, modality_gap
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.run_record import finished_record, prepare_out, run_json
@@ -58,6 +58,13 @@ def _warn_fraction_of_few_labels(spec: str, unlabeled: int, fraction: float) -> 
     log.warning("%s: %d rows are unlabeled, and --labeled-fraction %g keeps only that share of the labeled train rows "
                 "(the benchmark protocol's few labels); pass --labeled-fraction 1 to train on every label you have",
                 spec, unlabeled, fraction)
+
+
+@functools.cache  # once per teacher, not once per run (or seed) of a compare
+def _warn_teacher_at_chance(data: str, source: str, teacher: str, chance: float, rows: int) -> None:
+    fix = "raise teacher_epochs (--config), or check" if teacher == "train" else "check --teacher and"
+    log.warning("teacher: its test top-1 on %s is not above chance (%.1f%%, the commonest class, over %d test rows) "
+                "by two standard errors: it has little to teach; %s the source view", source, 100 * chance, rows, fix)
 
 
 @functools.cache  # once per dataset and fraction, not once per run of a compare
@@ -156,6 +163,10 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
         cache.put(teacher, out)
     if teacher.emb.shape[0] != ds.n_rows:
         raise UserError(f"teacher gives {teacher.emb.shape[0]} rows, the data has {ds.n_rows}")
+    if teacher.test_accuracy is not None and len(splits.test) and dist.main:
+        chance, bar = chance_bar(labels[splits.test])
+        if teacher.test_accuracy < bar:
+            _warn_teacher_at_chance(cfg.data, cfg.source, cfg.teacher, chance, len(splits.test))
 
     recipe_terms = cfg.terms
     cfg.check_teacher_logits(teacher)

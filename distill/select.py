@@ -23,6 +23,7 @@ import torch
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, machine, mi
 from cmcd_edge.distill.config import DistillConfig, check_seed
+from cmcd_edge.distill.evaluate import chance_bar
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teacher_cache import TeacherCache, cache_root
 from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
@@ -259,13 +260,11 @@ def chance_teachers(ranking: list[dict], test_y: np.ndarray, teacher_epochs: int
     """A warning for each candidate whose teacher's test top-1 is not above chance (the commonest class's share of the
     test rows) by two binomial standard errors: it learned nothing it could teach, so its I(T;S) says nothing of what
     the view could (a view without signal, or too few epochs)."""
-    n = len(test_y)
-    if n == 0:
+    if len(test_y) == 0:
         return []
-    chance = float(np.bincount(test_y).max() / n)
-    bar = chance + 2 * (chance * (1 - chance) / n) ** 0.5
+    chance, bar = chance_bar(test_y)
     return [f"{r['view']}: its teacher scored {r['teacher_test_accuracy']['mean']:.1%} test top-1, near chance "
-            f"({chance:.1%}, the commonest class, over {n} test rows): it learned nothing to teach, so its I(T;S) and "
+            f"({chance:.1%}, the commonest class, over {len(test_y)} test rows): it learned nothing to teach, so its I(T;S) and "
             f"verdict say nothing of the view; raise --teacher-epochs (now {teacher_epochs}), or check the view"
             for r in ranking if r["teacher_test_accuracy"]["mean"] < bar]
 

@@ -32,6 +32,17 @@ def assert_one_line_error(res, code: int = 2, *needles: str) -> None:
         assert n in lines[-1], lines[-1]
 
 
+def with_noise_view(out, n: int = 800, classes: int = 4, seed: int = 0):
+    """Views ``src`` (clean class signal), ``noise`` (none at all) and ``tgt`` (noisy signal), rows aligned, labeled."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    protos = rng.normal(size=(classes, 16))
+    views = {"src": ViewSpec((protos[y] * 2 + rng.normal(size=(n, 16)) * 0.5).astype(np.float32), "vector"),
+             "noise": ViewSpec(rng.normal(size=(n, 16)).astype(np.float32), "vector"),
+             "tgt": ViewSpec((protos[y][:, :8] + rng.normal(size=(n, 8))).astype(np.float32), "vector")}
+    return datasets.write_dataset(out, views, y, [f"c{i}" for i in range(classes)])
+
+
 def synthetic_paired(out, target_kind: str = "vector", n: int = 600, classes: int = 4, seed: int = 0,
                      target_shape=None, labels: bool = True, unlabeled: float = 0.0):
     """A rich source view (clean class signal) and a noisy target view of the given kind, rows aligned; a fraction

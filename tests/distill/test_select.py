@@ -385,17 +385,10 @@ def test_select_teacher_resumed_on_another_machine_says_so_and_records_both(tmp_
 def test_select_teacher_warns_of_a_teacher_that_learned_nothing(tmp_path):
     """Was: a candidate whose teacher stayed at chance (a view without signal, or too few --teacher-epochs) got a
     verdict like any other, though its I(T;S) says nothing of what the view could teach."""
-    from cmcd_edge.datasets import ViewSpec, write_dataset
     from cmcd_edge.distill.select import rank_teachers
+    from tests.helpers import with_noise_view
 
-    rng = np.random.default_rng(0)
-    n, y = 800, np.arange(800) % 4
-    protos = rng.normal(size=(4, 16))
-    views = {"src": ViewSpec((protos[y] * 2 + rng.normal(size=(n, 16)) * 0.5).astype(np.float32), "vector"),
-             "noise": ViewSpec(rng.normal(size=(n, 16)).astype(np.float32), "vector"),
-             "tgt": ViewSpec((protos[y][:, :8] + rng.normal(size=(n, 8))).astype(np.float32), "vector")}
-    root = write_dataset(tmp_path / "d", views, y, ["a", "b", "c", "d"]).root
-    r = rank_teachers(str(root), "tgt", seeds=1, teacher_epochs=3, student_epochs=3, estimators=("gaussian",),
+    r = rank_teachers(str(with_noise_view(tmp_path / "d").root), "tgt", seeds=1, teacher_epochs=3, student_epochs=3, estimators=("gaussian",),
                       device="cpu")
     acc = {row["view"]: row["teacher_test_accuracy"]["mean"] for row in r["ranking"]}
     assert acc["src"] > 0.9 and acc["noise"] < 0.32, acc

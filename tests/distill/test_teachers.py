@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -125,3 +126,24 @@ def test_a_loaded_teacher_gets_the_stored_values_unnormalised(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     out = teachers.load_teacher("identity_teacher:make", ds, "cam", make_splits(ds, 0), torch.device("cpu"))
     assert out.emb.dtype == torch.float32 and torch.equal(out.emb, torch.from_numpy(img.reshape(60, -1).astype("float32")))
+
+
+def test_distill_warns_once_of_a_teacher_at_chance_and_not_of_a_good_one(tmp_path, caplog):
+    """Was: a teacher that learned nothing (a view without signal, or too few teacher epochs) was distilled from
+    without a word; the run's one hint was 'teacher 24.4%' at the end of its summary line."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import run_distill
+    from tests.helpers import with_noise_view
+
+    data = str(with_noise_view(tmp_path / "d").root)
+    cfg = DistillConfig(data=data, source="noise", target="tgt", method="cmd", epochs=2, teacher_epochs=3,
+                        finetune_epochs=1, device="cpu")
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.pipeline")
+    for seed in (0, 1):  # a compare's runs: one warning
+        run_distill(dataclasses.replace(cfg, seed=seed), tmp_path / f"noise{seed}")
+    warned = [r.getMessage() for r in caplog.records if "chance" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("teacher: its test top-1 on noise is "), warned
+    assert "it has little to teach" in warned[0] and "teacher_epochs" in warned[0]
+    caplog.clear()
+    run_distill(dataclasses.replace(cfg, source="src"), tmp_path / "src")
+    assert not [r for r in caplog.records if "chance" in r.getMessage()]
