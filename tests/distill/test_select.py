@@ -388,8 +388,8 @@ def test_select_teacher_warns_of_a_teacher_that_learned_nothing(tmp_path):
     from cmcd_edge.distill.select import rank_teachers
     from tests.helpers import with_noise_view
 
-    r = rank_teachers(str(with_noise_view(tmp_path / "d").root), "tgt", seeds=1, teacher_epochs=3, student_epochs=3, estimators=("gaussian",),
-                      device="cpu")
+    r = rank_teachers(str(with_noise_view(tmp_path / "d").root), "tgt", seeds=1, teacher_epochs=3, student_epochs=3,
+                      estimators=("gaussian",), device="cpu")
     acc = {row["view"]: row["teacher_test_accuracy"]["mean"] for row in r["ranking"]}
     assert acc["src"] > 0.9 and acc["noise"] < 0.32, acc
     chance = [w for w in r["warnings"] if "near chance" in w]
