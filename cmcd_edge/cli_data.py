@@ -15,17 +15,26 @@ log = logging.getLogger(__name__)
 
 
 CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: what a camera's channel axis holds
+MAX_SENSOR_CHANNELS = 16  # a sequence's channel axis: IMU axes, EMG/EEG leads, a few features
 
 
 def _check_layout(arg: str, shape: tuple[int, ...], dtype, kind: str) -> None:
     """Layouts a kind taken from ndim would read wrong: channels-last images ([N, H, W, C], as PIL and OpenCV give
-    them) would train on H channels of W x C pictures; 3-d uint8 arrays, usually grayscale images, become sequences."""
+    them) would train on H channels of W x C pictures; time-major sequences ([N, T, C], as Keras and most activity
+    datasets store windows) on T channels of C steps; 3-d uint8 or square arrays, usually grayscale images or depth
+    maps, become sequences."""
     if kind == "image" and shape[-1] in CHANNELS and shape[1] not in CHANNELS:
         raise UserError(f"--view {arg}: shape {list(shape)} looks channels-last (the last axis has {shape[-1]}); "
                         "image views are [N, C, H, W]: save np.moveaxis(x, -1, 1), or append :image to keep this layout")
-    if kind == "sequence" and dtype == "uint8":
-        log.warning("--view %s: a 3-d uint8 array is taken as a sequence (%d channels x %d steps); if it holds "
-                    "grayscale images, save x[:, None] ([N, 1, H, W]) instead", arg, shape[1], shape[2])
+    if kind == "sequence" and shape[2] <= MAX_SENSOR_CHANNELS and shape[1] >= 4 * shape[2]:
+        raise UserError(f"--view {arg}: shape {list(shape)} looks time-major ({shape[1]} steps of {shape[2]} "
+                        "channels); sequence views are [N, C, T]: save np.moveaxis(x, -1, 1), or append :sequence to "
+                        "keep this layout")
+    if kind == "sequence" and (dtype == "uint8" or shape[1] == shape[2]):
+        what = "uint8" if dtype == "uint8" else f"square {dtype}"
+        log.warning("--view %s: a 3-d %s array is taken as a sequence (%d channels x %d steps); if it holds "
+                    "grayscale images or depth maps, save x[:, None] ([N, 1, H, W]) instead, or append :sequence to "
+                    "say it is one", arg, what, shape[1], shape[2])
 
 
 def _echo_json_or_table(obj: dict, as_json: bool, table: str) -> None:

@@ -90,8 +90,36 @@ def test_from_arrays_catches_layouts_the_kind_from_ndim_would_read_wrong(cli, tm
     assert cli("data", "from-arrays", tmp_path / "ds2", *args).returncode == 0
     res = cli("data", "from-arrays", tmp_path / "ds3", *_arrays(tmp_path, a=hwc[..., 0]))
     assert res.returncode == 0 and "a sequence [16, 16]" in res.stdout
-    assert "a 3-d uint8 array is taken as a sequence (16 channels x 16 steps); if it holds grayscale images, save " \
-           "x[:, None] ([N, 1, H, W]) instead" in res.stderr
+    assert "a 3-d uint8 array is taken as a sequence (16 channels x 16 steps); if it holds grayscale images or " \
+           "depth maps, save x[:, None] ([N, 1, H, W]) instead, or append :sequence to say it is one" in res.stderr
+
+
+def test_from_arrays_catches_time_major_sequences_and_square_maps(cli, tmp_path):
+    """Was: accelerometer windows stored time-major, [N, T, C] as Keras and most activity datasets keep them, became
+    T channels of C steps, and float depth maps [N, H, W] a sequence, both without a word."""
+    rng = np.random.default_rng(0)
+    tc = rng.normal(size=(20, 64, 6)).astype(np.float32)
+    args = _arrays(tmp_path, a=tc)
+    _assert_one_line_error(cli("data", "from-arrays", tmp_path / "ds", *args), f"--view a={tmp_path / 'a.npy'}: shape "
+                           "[20, 64, 6] looks time-major (64 steps of 6 channels); sequence views are [N, C, T]: save "
+                           "np.moveaxis(x, -1, 1), or append :sequence to keep this layout")
+    assert not (tmp_path / "ds").exists()
+    res = cli("data", "from-arrays", tmp_path / "ds", *_arrays(tmp_path, a=np.moveaxis(tc, -1, 1)))
+    assert res.returncode == 0 and "a sequence [6, 64]" in res.stdout and "warning" not in res.stderr, res.stderr
+    args = _arrays(tmp_path, a=tc)
+    args[1] += ":sequence"  # the user says this layout is meant
+    res = cli("data", "from-arrays", tmp_path / "ds2", *args)
+    assert res.returncode == 0 and "a sequence [64, 6]" in res.stdout, res.stderr
+    res = cli("data", "from-arrays", tmp_path / "ds3", *_arrays(tmp_path, a=tc[:, :16, :4]))  # 16 >= 4 * 4: refused
+    assert res.returncode != 0 and "looks time-major" in res.stderr
+    res = cli("data", "from-arrays", tmp_path / "ds4", *_arrays(tmp_path, a=tc[:, :15, :4]))  # 15 < 16: kept
+    assert res.returncode == 0 and "a sequence [15, 4]" in res.stdout, res.stderr
+    depth = rng.uniform(0.5, 4.0, size=(20, 16, 16)).astype(np.float32)
+    res = cli("data", "from-arrays", tmp_path / "ds5", *_arrays(tmp_path, a=depth))
+    assert res.returncode == 0 and "a sequence [16, 16]" in res.stdout
+    assert "a 3-d square float32 array is taken as a sequence (16 channels x 16 steps)" in res.stderr
+    res = cli("data", "from-arrays", tmp_path / "ds6", *_arrays(tmp_path, a=depth[:, None]))
+    assert res.returncode == 0 and "a image [1, 16, 16]" in res.stdout and "warning" not in res.stderr, res.stderr
 
 
 def test_from_arrays_refuses_a_view_name_given_twice(cli, tmp_path):
