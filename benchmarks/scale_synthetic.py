@@ -34,4 +34,4 @@ def main(out: Path, n: int = 20000, classes: int = 10) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:3]))  # optional row count (20,000)
