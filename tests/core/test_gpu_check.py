@@ -39,3 +39,11 @@ def test_gpu_check_steps_run_on_the_cpu(tmp_path):
     assert [v["name"] for v in manifest["variants"]] == ["fp32", "int8"]
     results = json.loads((tmp_path / "out" / "compare_zer_results.json").read_text())
     assert set(results["methods"]) >= {"cmcd", "supervised"}
+
+
+def test_suite_hides_gpus_from_torch_and_children():
+    """conftest's pytest_configure: `make test` on a GPU machine runs on the CPU, as CI does."""
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    code = "import os, torch; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), torch.cuda.is_available())"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["''", "False"], res.stderr
