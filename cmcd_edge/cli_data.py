@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 
 CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: what a camera's channel axis holds
+ONE_CHANNEL = ("image", "sequence")  # kinds whose channel axis `:KIND` may add to a one-channel array
 MAX_SENSOR_CHANNELS = 16  # a sequence's channel axis: IMU axes, EMG/EEG leads, a few features
 
 
@@ -33,8 +34,8 @@ def _check_layout(arg: str, shape: tuple[int, ...], dtype, kind: str) -> None:
     if kind == "sequence" and (dtype == "uint8" or shape[1] == shape[2]):
         what = "uint8" if dtype == "uint8" else f"square {dtype}"
         log.warning("--view %s: a 3-d %s array is taken as a sequence (%d channels x %d steps); if it holds "
-                    "grayscale images or depth maps, save x[:, None] ([N, 1, H, W]) instead, or append :sequence to "
-                    "say it is one", arg, what, shape[1], shape[2])
+                    "grayscale images or depth maps, append :image to read it as [N, 1, H, W], or :sequence to say "
+                    "it is one", arg, what, shape[1], shape[2])
 
 
 def _echo_json_or_table(obj: dict, as_json: bool, table: str) -> None:
@@ -91,7 +92,8 @@ def data_validate(dataset: str) -> None:
 @data.command("from-arrays")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--view", "views", multiple=True, required=True, metavar="NAME=FILE[:KIND]",
-              help="A view from a .npy file or FILE.npz:KEY; KIND vector|sequence|image (default: from ndim).")
+              help="A view from a .npy file or FILE.npz:KEY; KIND vector|sequence|image (default: from ndim; "
+                   ":image on [N, H, W] and :sequence on [N, T] add a channel axis).")
 @click.option("--labels", required=True, metavar="FILE",
               help="Labels [N] (.npy, or FILE.npz:KEY): class ids (-1 = unlabeled) or class names ('' = unlabeled).")
 @click.option("--classes", default=None,
@@ -114,6 +116,9 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
         if name in specs:
             raise UserError(f"--view {arg}: view {name!r} given twice")
         arr = load_array(path, "--view")
+        if kind in ONE_CHANNEL and arr.ndim == datasets.KIND_NDIM[kind] - 1:
+            arr = arr[:, None]  # [N, H, W] -> [N, 1, H, W], [N, T] -> [N, 1, T]: one channel, as the user named the kind
+            log.info("--view %s: read as one channel, %s", arg, list(arr.shape))
         if kind is None:
             kind = {n: k for k, n in datasets.KIND_NDIM.items()}.get(arr.ndim)
             if kind is None:

@@ -91,7 +91,7 @@ def test_from_arrays_catches_layouts_the_kind_from_ndim_would_read_wrong(cli, tm
     res = cli("data", "from-arrays", tmp_path / "ds3", *_arrays(tmp_path, a=hwc[..., 0]))
     assert res.returncode == 0 and "a sequence [16, 16]" in res.stdout
     assert "a 3-d uint8 array is taken as a sequence (16 channels x 16 steps); if it holds grayscale images or " \
-           "depth maps, save x[:, None] ([N, 1, H, W]) instead, or append :sequence to say it is one" in res.stderr
+           "depth maps, append :image to read it as [N, 1, H, W], or :sequence to say it is one" in res.stderr
 
 
 def test_from_arrays_catches_time_major_sequences_and_square_maps(cli, tmp_path):
@@ -120,6 +120,28 @@ def test_from_arrays_catches_time_major_sequences_and_square_maps(cli, tmp_path)
     assert "a 3-d square float32 array is taken as a sequence (16 channels x 16 steps)" in res.stderr
     res = cli("data", "from-arrays", tmp_path / "ds6", *_arrays(tmp_path, a=depth[:, None]))
     assert res.returncode == 0 and "a image [1, 16, 16]" in res.stdout and "warning" not in res.stderr, res.stderr
+
+
+def test_from_arrays_kind_adds_the_channel_axis_of_a_one_channel_view(cli, tmp_path):
+    """Was: `:image` on [N, H, W] depth maps, the fix the warning above points to, failed ('an image view must be
+    [N, C, H, W]'), and a one-channel signal [N, T] could only be a vector of T features."""
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 4.0, size=(20, 16, 12)).astype(np.float32)
+    args = _arrays(tmp_path, a=depth)
+    args[1] += ":image"
+    res = cli("data", "from-arrays", tmp_path / "ds", *args)
+    assert res.returncode == 0 and "a image [1, 16, 12]" in res.stdout, res.stderr
+    stored = np.load(tmp_path / "ds" / "views" / "a.npy")
+    assert stored.shape == (20, 1, 16, 12) and np.array_equal(stored[:, 0], depth)
+    signal = rng.normal(size=(20, 50)).astype(np.float32)
+    args = _arrays(tmp_path, a=signal)
+    args[1] += ":sequence"
+    res = cli("data", "from-arrays", tmp_path / "ds2", *args)
+    assert res.returncode == 0 and "a sequence [1, 50]" in res.stdout, res.stderr
+    args = _arrays(tmp_path, a=signal)
+    args[1] += ":image"  # two axes short of an image: still refused
+    _assert_one_line_error(cli("data", "from-arrays", tmp_path / "ds3", *args), "an image view must be [N, C, H, W], "
+                           "got shape [20, 50]")
 
 
 def test_from_arrays_refuses_a_view_name_given_twice(cli, tmp_path):
