@@ -155,6 +155,23 @@ def test_transposed_axes_get_a_hint(toy_bundle, tmp_path):
     assert "transposed" not in str(exc.value)
 
 
+def test_a_missing_channel_axis_gets_a_hint(toy_bundle, tmp_path):
+    """Was: a batch of one-channel depth maps [N, H, W] for a [1, H, W] bundle got only 'does not match'."""
+    b = _copy(toy_bundle, tmp_path)  # the toy's 8 features recast as a one-channel [1, 8] sequence
+    man = json.loads((b / "manifest.json").read_text())
+    man["input"].update(shape=["batch", 1, 8], layout="NCT")
+    (b / "manifest.json").write_text(json.dumps(man))
+    p = Predictor.load(b, variant="fp32", warmup=())
+    with pytest.raises(InputShapeError, match=r"\[3, 8\] does not match .*; the channel axis \(1\) is missing: add it "
+                                              r"with x\[:, None\]$"):
+        p.predict(np.zeros((3, 8), np.float32))
+    with pytest.raises(InputShapeError, match=r"input shape \[8\] .* add it with x\[None\]$"):
+        p.predict(np.zeros(8, np.float32))
+    with pytest.raises(InputShapeError) as exc:  # other sizes: no hint
+        p.predict(np.zeros((3, 7), np.float32))
+    assert "missing" not in str(exc.value)
+
+
 def test_nan_pass_through_when_allowed(toy_bundle):
     p = Predictor.load(toy_bundle, variant="fp32", allow_nonfinite=True)
     x = _x(p, 2)
