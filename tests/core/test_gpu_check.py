@@ -29,9 +29,13 @@ def test_gpu_check_script_parses():
 
 @pytest.mark.slow
 def test_gpu_check_steps_run_on_the_cpu(tmp_path):
-    log = _gpu_check(tmp_path, "distill_zer|export_zer|compare")
+    log = _gpu_check(tmp_path, "distill_zer|export_zer|bench_cuda|compare")
     for step in ("distill_zer", "export_zer", "compare_zer"):
         assert f"=== {step}: rc=0 " in log, log
+    ort_cuda = subprocess.run([sys.executable, "-c", "import onnxruntime as o; print(o.get_available_providers())"],
+                              capture_output=True, text=True).stdout
+    if "CUDAExecutionProvider" not in ort_cuda:
+        assert "=== bench_cuda: skipped, onnxruntime has no CUDAExecutionProvider here" in log, log
     assert "=== torchrun_zer" not in log  # ONLY skips the rest
     metrics = json.loads((tmp_path / "out" / "zer_metrics.json").read_text())
     assert metrics["train_device"] == "cpu"
