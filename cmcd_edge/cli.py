@@ -151,8 +151,8 @@ def _speed(m: dict) -> str:
 @click.option("--upper-bound/--no-upper-bound", default=True, show_default=True,
               help="Also train the 100%-labels student (the ceiling).")
 @click.option("--jobs", type=int, default=1, show_default=True,
-              help="Runs at a time, each on 1/N of the cores (small students train as fast on fewer threads); "
-                   "its figures are not --jobs 1's bit for bit.")
+              help="Runs at a time, each on 1/N of the cores (small students train as fast on fewer threads) "
+                   "and, with several GPUs, on one in turn; its figures are not --jobs 1's bit for bit.")
 def compare(methods: str, seeds: int, out: str, force: bool, extend: bool, upper_bound: bool, jobs: int,
             source: str, **kw) -> None:
     """Compare methods over seeds under one protocol (teachers shared per seed).

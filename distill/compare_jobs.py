@@ -1,4 +1,5 @@
-"""``compare --jobs N``: a seed's runs N at a time, each in a worker process on 1/N of the cores.
+"""``compare --jobs N``: a seed's runs N at a time, each in a worker process on 1/N of the cores (and, with several
+GPUs, on one GPU: worker i on GPU i mod n).
 
 Small students do not use many cores: on this 2-core CPU the mfeat MLP trains as fast on one thread as on two, so two
 one-thread runs at once take the time of one. Each run stays deterministic for its thread count, but a run on one
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,9 +42,20 @@ def train_run(run_dir: Path, cfg: DistillConfig, teacher: TeacherOutputs, resume
     return run_distill(cfg, run_dir, resume=resume, force=not resume, teacher=teacher).metrics
 
 
+def gpu_shares(visible: str | None, count: int) -> list[str] | None:
+    """The GPUs the workers take in turn (worker i: entry i mod n, as its ``CUDA_VISIBLE_DEVICES``) where this process
+    sees more than one (``visible``: its ``CUDA_VISIBLE_DEVICES``, ids or UUIDs; ``count``: torch's device count);
+    None with one or none, where every worker sees what this process sees."""
+    if count < 2:
+        return None
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else []
+    return ids[:count] if len(ids) >= count else [str(i) for i in range(count)]
+
+
 class Jobs:
     """Worker processes (spawned: a forked copy of a process that ran torch's thread pool can hang), each on
-    ``threads`` of the cores; they die with the compare, kill -9 included, so none trains on unseen."""
+    ``threads`` of the cores and, on a machine with several GPUs, on one of them in turn; they die with the compare,
+    kill -9 included, so none trains on unseen."""
 
     def __init__(self, jobs: int) -> None:
         cores = torch.get_num_threads()  # torch's intra-op threads: the cores it may use (OMP_NUM_THREADS, affinity)
@@ -50,8 +63,12 @@ class Jobs:
             log.warning("--jobs %d: more runs at a time than the %d cores torch uses here; they will share them, "
                         "each slower", jobs, cores)
         self.jobs, self.threads, self.broken = jobs, max(1, cores // jobs), False
-        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker,
-                                        initargs=(self.threads,))
+        self.gpus = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+        if self.gpus:
+            log.info("--jobs %d: workers take the GPUs %s in turn", jobs, ", ".join(self.gpus))
+        ctx = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker,
+                                        initargs=(self.threads, self.gpus, ctx.Value("i", 0)))
 
     def submit(self, run_dir: Path, cfg: DistillConfig, teacher_dir: Path, resume: bool) -> Future:
         """:func:`train_run` with the seed's teacher saved in ``teacher_dir``; the future's result is metrics.json."""
@@ -76,7 +93,18 @@ class Jobs:
         self.pool.shutdown(wait=finished or self.broken, cancel_futures=not finished)
 
 
-def _worker(threads: int) -> None:
+def take_gpu(gpus: list[str] | None, counter) -> None:
+    """A new worker's GPU: the next of ``gpus`` by the shared ``counter`` (a multiprocessing Value), set before this
+    process touches CUDA; nothing where ``gpus`` is None."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+
+
+def _worker(threads: int, gpus: list[str] | None, counter) -> None:
+    take_gpu(gpus, counter)
     with contextlib.suppress(OSError, AttributeError):  # Linux: SIGKILL when the compare's process ends
         import ctypes
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
 
 from cmcd_edge.distill.compare import run_compare
+from cmcd_edge.distill.compare_jobs import gpu_shares, take_gpu
 from cmcd_edge.errors import UserError
 from tests.helpers import assert_one_line_error
 
@@ -141,3 +145,41 @@ def test_compare_jobs_worker_killed_is_one_line_and_the_rerun_continues(base, tm
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "cmp" / "results.json").exists()
+
+
+@pytest.mark.parametrize("visible,count,want", [
+    (None, 0, None), (None, 1, None), ("3", 1, None),  # one GPU or none: every worker sees what the compare sees
+    (None, 2, ["0", "1"]), ("2,3", 2, ["2", "3"]), (" 5, 7 ,", 2, ["5", "7"]),
+    ("GPU-aa,GPU-bb,GPU-cc", 3, ["GPU-aa", "GPU-bb", "GPU-cc"]),
+    ("1,2,3", 2, ["1", "2"]),  # torch counts fewer (an id that does not exist ends the list)
+    ("0", 2, ["0", "1"]),  # the variable names fewer than torch counts: take torch's count
+])
+def test_gpu_shares_picks_each_workers_gpu_from_what_the_compare_sees(visible, count, want):
+    """Was: every --jobs worker trained on cuda:0, so on a 4-GPU machine --jobs 4 crowded one GPU and left three idle."""
+    assert gpu_shares(visible, count) == want
+
+
+_BARRIER = None
+
+
+def _init(gpus, counter, barrier) -> None:
+    global _BARRIER
+    take_gpu(gpus, counter)
+    _BARRIER = barrier
+
+
+def _visible(_: int) -> tuple[int, str | None]:
+    _BARRIER.wait(timeout=120)  # each task waits for the other: two tasks, two workers
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_workers_take_the_gpus_in_turn():
+    """take_gpu in the pool's initializer: each spawned worker sets its own CUDA_VISIBLE_DEVICES (no GPU needed)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=ctx, initializer=_init,
+                             initargs=(["7", "9"], ctx.Value("i", 0), ctx.Barrier(2))) as pool:
+        seen = dict(pool.map(_visible, range(2)))
+    assert len(seen) == 2 and sorted(seen.values()) == ["7", "9"]
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init,
+                             initargs=(None, ctx.Value("i", 0), ctx.Barrier(1))) as pool:
+        assert pool.submit(_visible, 0).result()[1] == os.environ.get("CUDA_VISIBLE_DEVICES")  # None: left as it is
