@@ -132,7 +132,7 @@ def run_compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, 
             _check_extends(out, base, extend)
         if force and out.exists():
             shutil.rmtree(out)
-        pool = Jobs(jobs) if jobs > 1 else None
+        pool = Jobs(jobs, gpus=base.device != "cpu") if jobs > 1 else None
         finished = False
         try:
             res = _compare(base, methods, seeds, out, upper_bound, ranking, pool)

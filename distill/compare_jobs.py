@@ -57,13 +57,14 @@ class Jobs:
     ``threads`` of the cores and, on a machine with several GPUs, on one of them in turn; they die with the compare,
     kill -9 included, so none trains on unseen."""
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, gpus: bool = True) -> None:
+        """``gpus``: spread the workers over this machine's GPUs (False for ``--device cpu``)."""
         cores = torch.get_num_threads()  # torch's intra-op threads: the cores it may use (OMP_NUM_THREADS, affinity)
         if jobs > cores:
             log.warning("--jobs %d: more runs at a time than the %d cores torch uses here; they will share them, "
                         "each slower", jobs, cores)
         self.jobs, self.threads, self.broken = jobs, max(1, cores // jobs), False
-        self.gpus = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+        self.gpus = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count()) if gpus else None
         if self.gpus:
             log.info("--jobs %d: workers take the GPUs %s in turn", jobs, ", ".join(self.gpus))
         ctx = multiprocessing.get_context("spawn")

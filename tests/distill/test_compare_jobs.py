@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cmcd_edge.distill.compare import run_compare
-from cmcd_edge.distill.compare_jobs import gpu_shares, take_gpu
+from cmcd_edge.distill.compare_jobs import Jobs, gpu_shares, take_gpu
 from cmcd_edge.errors import UserError
 from tests.helpers import assert_one_line_error
 
@@ -183,3 +183,15 @@ def test_workers_take_the_gpus_in_turn():
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init,
                              initargs=(None, ctx.Value("i", 0), ctx.Barrier(1))) as pool:
         assert pool.submit(_visible, 0).result()[1] == os.environ.get("CUDA_VISIBLE_DEVICES")  # None: left as it is
+
+
+def test_jobs_spread_over_gpus_only_for_a_gpu_compare(monkeypatch):
+    """--device cpu leaves the workers' CUDA_VISIBLE_DEVICES alone (and says nothing of GPUs) on a machine with several."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    for gpus, want in ((True, ["4", "5"]), (False, None)):
+        jobs = Jobs(2, gpus=gpus)
+        try:
+            assert jobs.gpus == want
+        finally:
+            jobs.close(finished=True)
