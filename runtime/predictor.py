@@ -125,15 +125,14 @@ class Predictor:
         if single:
             arr = arr[None]
         if arr.shape[1:] != shape or arr.ndim != len(shape) + 1:
-            hint = ""
+            given, hint = tuple(np.shape(x)), ""
             if len(shape) > 1 and arr.ndim == len(shape) + 1 and sorted(arr.shape[1:]) == sorted(shape):
                 want = f" ({self.manifest.layout} expected)" if self.manifest.layout else ""
                 hint = f"; the same sizes in another order{want}: axes transposed?"
-            given = tuple(np.shape(x))
             if len(shape) > 1 and shape[0] == 1 and shape[1:] in (given, given[1:]):
                 add = "x[None]" if given == shape[1:] else "x[:, None]"
                 hint = f"; the channel axis (1) is missing: add it with {add}"
-            raise InputShapeError(f"input shape {list(np.shape(x))} does not match the bundle's "
+            raise InputShapeError(f"input shape {list(given)} does not match the bundle's "
                                   f"{list(shape)} (one sample) or [batch, {', '.join(map(str, shape))}]{hint}")
         if arr.shape[0] == 0:
             raise InputShapeError("empty batch: the input has 0 samples")
