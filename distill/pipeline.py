@@ -22,7 +22,7 @@ from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.evaluate import chance_bar, modality_gap
 from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
-from cmcd_edge.distill.run_record import finished_record, prepare_out, run_json
+from cmcd_edge.distill.run_record import finished_record, note_resumed, prepare_out, run_json
 from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
@@ -149,6 +149,8 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
                 cache.copy_weights(out)
     if teacher is None and out is not None:
         teacher = TeacherOutputs.load(out)
+    if out is not None and resume and dist.main:
+        note_resumed(out, cfg)
     if teacher is None:
         computed = True
         if cfg.teacher == "train":

@@ -34,8 +34,6 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> Non
         note = machine.other_machines(machine.run_machines(record), here, f"--resume: {out} trained")
         if note:
             log.warning("%s", note)
-        resumed = record["resumed_on"] if "resumed_on" in record else []
-        write_json(out / "run.json", {**record, "resumed_on": [*resumed, here]})  # each machine that trained it
         for stale in remove_stale_temps(out):
             log.info("resume: removed %s, left by the killed run", stale.name)
         return
@@ -47,6 +45,14 @@ def prepare_out(out: Path, cfg: DistillConfig, resume: bool, force: bool) -> Non
             hint = "pass --force to replace it" if done else "pass --resume to continue it, or --force to replace it"
             raise UserError(f"--out {out} already holds a {'finished' if done else 'partial'} run: {hint}")
         shutil.rmtree(out)
+
+
+def note_resumed(out: Path, cfg: DistillConfig) -> None:
+    """Add this machine to run.json's ``resumed_on`` (each machine that trained the run), once the resumed run has read
+    its checkpoint and teacher outputs: a resume refused for an unreadable file trained nothing here."""
+    record = json.loads((out / "run.json").read_text())
+    resumed = record["resumed_on"] if "resumed_on" in record else []
+    write_json(out / "run.json", {**record, "resumed_on": [*resumed, machine.made_on(engine.pick_device(cfg.device))]})
 
 
 def training_diff(record: dict, cfg: DistillConfig) -> list[str]:

@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+from cmcd_edge.errors import UserError
 from tests.conftest import CLI
 from tests.helpers import INTERRUPTED, assert_one_line_error, kill_tree, permute_rows, run_on_copied_data, teacher_of_kind
 
@@ -210,7 +211,7 @@ def test_resume_records_every_machine_the_run_trained_on(toy_run, tmp_path, capl
     partly on an AVX-512 one read as the latter's, and a second resume or a compare --extend warned of nothing."""
     from cmcd_edge.distill.config import DistillConfig
     from cmcd_edge.distill.machine import machine_name
-    from cmcd_edge.distill.run_record import prepare_out
+    from cmcd_edge.distill.run_record import note_resumed, prepare_out
 
     out = tmp_path / "run"
     shutil.copytree(toy_run, out)
@@ -220,6 +221,8 @@ def test_resume_records_every_machine_the_run_trained_on(toy_run, tmp_path, capl
     (out / "run.json").write_text(json.dumps(record))
     caplog.set_level("WARNING", logger="cmcd_edge.distill.run_record")
     prepare_out(out, cfg, resume=True, force=False)
+    assert json.loads((out / "run.json").read_text()) == record  # nothing is written before the run's files load
+    note_resumed(out, cfg)
     after = json.loads((out / "run.json").read_text())
     assert after["made_on"] == record["made_on"] and after["resumed_on"] == [here]
     assert {k: v for k, v in after.items() if k != "resumed_on"} == record  # nothing else rewritten
@@ -228,6 +231,25 @@ def test_resume_records_every_machine_the_run_trained_on(toy_run, tmp_path, capl
     (out / "run.json").write_text(json.dumps(after))
     caplog.clear()
     prepare_out(out, cfg, resume=True, force=False)  # a second resume, here: the earlier one's machine is named
+    note_resumed(out, cfg)
     assert [m.getMessage().split(";")[0] for m in caplog.records] == [
         f"--resume: {out} trained on {machine_name(record['made_on'])}"]
     assert json.loads((out / "run.json").read_text())["resumed_on"] == [record["made_on"], here]
+
+
+@pytest.mark.parametrize("victim", ["checkpoint.pt", "teacher_outputs.safetensors"])
+def test_resume_refused_for_an_unreadable_file_leaves_run_json_as_it_was(toy_run, tmp_path, victim):
+    """Was: --resume added this machine to run.json's resumed_on before it read the checkpoint and teacher outputs,
+    so a resume refused for a corrupt file recorded a machine that trained nothing."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import run_distill
+
+    out = tmp_path / "run"
+    shutil.copytree(toy_run, out)
+    (out / "metrics.json").unlink()  # a run killed before it finished
+    (out / victim).write_bytes(b"\0" * 64)
+    before = (out / "run.json").read_bytes()
+    cfg = DistillConfig.from_json(json.loads(before)["config"])
+    with pytest.raises(UserError, match=victim.replace(".", r"\.")):
+        run_distill(cfg, out, resume=True)
+    assert (out / "run.json").read_bytes() == before
