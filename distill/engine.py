@@ -264,6 +264,8 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         start = resume["epoch"]
         history = [r for r in resume["history"] if r["phase"] == spec.name]
         log.info("resuming %s at epoch %d", spec.name, start + 1)
+        if dist.main and on_epoch is not None:  # the checkpoint's rows (a kill may have come before their write)
+            on_epoch([*prior, *history])
     bar = _Progress(spec, start) if dist.main else None
     steps, train_s = 0, 0.0
     for epoch in range(start, spec.epochs):

@@ -4,9 +4,7 @@ labeled rows -> test evaluation -> run directory (run.json, student/teacher safe
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import io
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -26,7 +24,7 @@ from cmcd_edge.distill.run_record import finished_record, note_resumed, prepare_
 from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import exclusive, make_dir, write_bytes, write_json, write_text
+from cmcd_edge.fsutil import exclusive, make_dir, write_bytes, write_csv_rows, write_json
 from cmcd_edge.runtime.scores import confusions, macro_f1, per_class
 from cmcd_edge.splitting import classes_raised_to_one, make_splits
 
@@ -291,17 +289,9 @@ def _final_metrics(cfg, ds, splits, student, x, y, teacher, spec, wall, evaluate
             "wall_s": round(wall, 2), "modality_gap": gap, "student": spec.arch}
 
 
-def _write_history(out: Path, history: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
-    w.writeheader()
-    w.writerows(history)
-    write_text(out / "history.csv", buf.getvalue())
-
-
 def _history_writer(out: Path | None):
     """history.csv rewritten after every epoch (atomically), so a long run can be watched with tail -f."""
-    return None if out is None else (lambda rows: _write_history(out, rows))
+    return None if out is None else (lambda rows: write_csv_rows(out / "history.csv", rows))
 
 
 def _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, ranking) -> None:
@@ -312,6 +302,6 @@ def _write_run(out, cfg, ds, splits, student, spec, teacher, metrics, history, r
     write_json(out / "student.json", {**spec.to_json(), "view": cfg.target, "view_kind": ds.views[cfg.target].kind,
                                       "classes": list(ds.classes)})
     if history:
-        _write_history(out, history)
+        write_csv_rows(out / "history.csv", history)
     write_json(out / "run.json", finished_record(out, run_json(cfg, ds, splits, teacher, "done"), ranking))
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run

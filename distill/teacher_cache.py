@@ -41,7 +41,8 @@ from cmcd_edge.splitting import Splits
 
 log = logging.getLogger(__name__)
 FORMAT = 1
-WEIGHTS = ("teacher.safetensors", "teacher.json")  # a trained teacher's network, which a run folder also holds
+# a trained teacher's network and training curve, which a run folder also holds
+WEIGHTS = ("teacher.safetensors", "teacher.json", "teacher_history.csv")
 
 
 @functools.cache

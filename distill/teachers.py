@@ -25,7 +25,7 @@ from cmcd_edge.datasets import Dataset, norm_stats
 from cmcd_edge.distill import ddp, engine, students
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
-from cmcd_edge.fsutil import write_bytes, write_text
+from cmcd_edge.fsutil import write_bytes, write_csv_rows, write_text
 from cmcd_edge.runtime.manifest import sha256_file
 from cmcd_edge.splitting import Splits
 
@@ -104,11 +104,12 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
                   preload: str = "auto", batch_size: int = 128, max_batch_bytes: int | None = None) -> TeacherOutputs:
     """A larger network of the source view's kind, trained on all labeled train rows of the source view.
 
-    With ``out``, training writes ``out/checkpoint.pt`` every epoch (phase "teacher") and the weights to
-    teacher.safetensors when done. ``resume`` (a resumed run's checkpoint, ``{}`` when it has none) continues a killed
-    teacher from that checkpoint, or takes the saved weights when the teacher had finished (killed before its outputs
-    were cached): a large teacher is not trained again from scratch. ``preload`` (auto|always|never): whether the
-    source view is converted up front or read from its memory map batch by batch (:mod:`~cmcd_edge.distill.rows`)."""
+    With ``out``, training writes ``out/checkpoint.pt`` and ``out/teacher_history.csv`` (loss, val accuracy and
+    loss, learning rate) every epoch (phase "teacher"), and the weights to teacher.safetensors when done. ``resume``
+    (a resumed run's checkpoint, ``{}`` when it has none) continues a killed teacher from that checkpoint, or takes
+    the saved weights when the teacher had finished (killed before its outputs were cached): a large teacher is not
+    trained again from scratch. ``preload`` (auto|always|never): whether the source view is converted up front or
+    read from its memory map batch by batch (:mod:`~cmcd_edge.distill.rows`)."""
     info = ds.views[source]
     labels = torch.as_tensor(np.asarray(ds.labels))
     train = splits.train[labels[splits.train].numpy() >= 0]
@@ -144,8 +145,9 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
         log.info("teacher: trained weights found in %s (not trained again)", saved)
     else:
         phase = engine.PhaseSpec("teacher", epochs, 2e-3, 1e-4, 20, max(1, len(tr) // bs), seed)
+        curve = None if out is None else (lambda rows: write_csv_rows(out / "teacher_history.csv", rows))
         res = engine.run_phase(phase, net, step, evaluate, engine.Checkpoint(None if out is None else out / "checkpoint.pt"),
-                               dist, resume=resume)
+                               dist, resume=resume, on_epoch=curve)
         net.load_state_dict(res.best_state)
         if out is not None and dist.main:
             write_bytes(saved, save({k: v.cpu().contiguous() for k, v in net.state_dict().items()}))

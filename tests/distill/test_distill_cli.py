@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,6 +65,10 @@ def test_distill_writes_a_complete_run(cli, toy, tmp_path, fast_cfg):
     assert f"distill {m['distill_samples_per_s']:,.0f} samples/s on cpu) ->" in res.stdout
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert any(abs(float(r["val_acc"]) - m["val_accuracy"]) < 1e-4 for r in history)  # the kept epoch's val figure
+    curve = list(csv.DictReader(open(tmp_path / "run" / "teacher_history.csv")))  # the teacher's epochs too
+    assert [int(r["epoch"]) for r in curve] == list(range(1, len(curve) + 1)) and {r["phase"] for r in curve} == {"teacher"}
+    picked = re.search(r"teacher: epoch (\d+) selected \(val accuracy ([\d.]+)\)", res.stderr)
+    assert float(curve[int(picked[1]) - 1]["val_acc"]) == pytest.approx(float(picked[2]), abs=1e-4)
 
 
 def test_distill_on_mostly_unlabeled_rows_scores_labeled_rows_only(cli, tmp_path, fast_cfg):

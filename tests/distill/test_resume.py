@@ -80,6 +80,7 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(toy, tmp_path, kill_cfg,
     # each epoch's sampling is seeded by (seed, epoch), so a resumed CPU run ends bit-identical
     assert (out / "student.safetensors").read_bytes() == (uninterrupted / "student.safetensors").read_bytes()
     assert (out / "history.csv").read_text() == (uninterrupted / "history.csv").read_text()  # both phases' rows
+    assert (out / "teacher_history.csv").read_text() == (uninterrupted / "teacher_history.csv").read_text()
     assert not list(out.glob(".*.tmp"))
     record = json.loads((out / "run.json").read_text())  # the machine it started on, and the one it resumed on
     assert record["resumed_on"] == [record["made_on"]], record

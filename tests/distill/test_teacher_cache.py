@@ -65,7 +65,7 @@ def test_teacher_cache_serves_another_target_and_gives_the_student_a_run_without
     assert len(trainings) == 1  # not trained again
     fresh = run_distill(other, tmp_path / "fresh")
     assert len(trainings) == 2
-    for name in ("student.safetensors", "teacher.safetensors", "teacher_outputs.safetensors"):
+    for name in ("student.safetensors", "teacher.safetensors", "teacher_outputs.safetensors", "teacher_history.csv"):
         assert _bytes(tmp_path / "tgt2", name) == _bytes(tmp_path / "fresh", name), name
     assert cached.metrics["test_accuracy"] == fresh.metrics["test_accuracy"]
     assert cached.metrics["teacher_test_accuracy"] == fresh.metrics["teacher_test_accuracy"]
@@ -149,8 +149,8 @@ def test_teacher_cache_serves_compare_on_another_target(cfg, tmp_path, trainings
     assert second["teacher_test_accuracy"] == first["teacher_test_accuracy"]
     for seed in (0, 1):
         folder = f"teachers/seed{seed}"
-        assert _bytes(tmp_path / "tgt2" / folder, "teacher.safetensors") == _bytes(tmp_path / "tgt" / folder,
-                                                                                 "teacher.safetensors")
+        for name in ("teacher.safetensors", "teacher_history.csv"):
+            assert _bytes(tmp_path / "tgt2" / folder, name) == _bytes(tmp_path / "tgt" / folder, name), name
 
 
 def test_teacher_cache_is_not_part_of_what_resume_must_match(cfg):
