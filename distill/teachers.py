@@ -104,7 +104,7 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
                   preload: str = "auto", batch_size: int = 128, max_batch_bytes: int | None = None) -> TeacherOutputs:
     """A larger network of the source view's kind, trained on all labeled train rows of the source view.
 
-    With ``out``, training writes ``out/checkpoint.pt`` and ``out/teacher_history.csv`` (loss, val accuracy and
+    With ``out``, training writes ``out/checkpoint.pt`` and ``out/teacher_history.csv`` (loss, val accuracy, val
     loss, learning rate) every epoch (phase "teacher"), and the weights to teacher.safetensors when done. ``resume``
     (a resumed run's checkpoint, ``{}`` when it has none) continues a killed teacher from that checkpoint, or takes
     the saved weights when the teacher had finished (killed before its outputs were cached): a large teacher is not
