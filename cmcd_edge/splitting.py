@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cmcd_edge.datasets import Dataset
+from cmcd_edge.datasets import Dataset, split_problem
 from cmcd_edge.errors import DataError
 
 
@@ -38,11 +38,9 @@ def make_splits(ds: Dataset, seed: int = 0, fractions: tuple[float, float, float
     else:
         train, val, test = _stratified_split(labels, fractions, seed)
     val, test = val[labels[val] >= 0], test[labels[test] >= 0]
-    for name, idx in (("train", train), ("val", val), ("test", test)):
-        if idx.size == 0:
-            what = "empty" if name == "train" else "without labeled rows"
-            raise DataError(f"{ds.spec}: the {name} split is {what} ({ds.n_rows} rows, "
-                            f"{int((labels >= 0).sum())} labeled); add labeled rows or fix splits.npy")
+    why = split_problem(ds.spec, labels, (train, val, test), " or fix splits.npy" if ds.fixed_splits is not None else "")
+    if why:
+        raise DataError(why)
     labeled = sample_labeled(train, labels, labeled_fraction, seed)
     return Splits(train, val, test, labeled)
 

@@ -197,6 +197,23 @@ def test_from_arrays_takes_named_groups_and_splits_and_a_column_of_labels(cli, t
     assert ds.fixed_splits.tolist() == [0, 0, 1, 2] * 5
 
 
+def test_from_arrays_and_validate_warn_of_a_split_without_labeled_rows(cli, tmp_path):
+    """Was: both said nothing (validate printed 'ok'), and the first distill on the data was refused. A warning, not
+    a refusal: bench --data ... --rows all scores such data (a held-out set in one split)."""
+    splits = _aux(tmp_path, "s", np.array(["train", "train", "test", "test"] * 5))  # no val rows
+    res = cli("data", "from-arrays", tmp_path / "ds", *_arrays(tmp_path), "--splits", splits)
+    assert res.returncode == 0, res.stderr
+    warning = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "--splits " in warning[0] and "the val split is without labeled rows" in warning[0]
+    assert "distill, compare, select-teacher and export refuse this data" in warning[0]
+    res = cli("data", "validate", tmp_path / "ds")
+    assert res.returncode == 0 and "ok:" in res.stdout
+    assert "splits.npy: the val split is without labeled rows" in res.stderr and "or fix splits.npy" in res.stderr
+    (tmp_path / "fine").mkdir()
+    fine = cli("data", "validate", _written(cli, tmp_path / "fine"))
+    assert fine.returncode == 0 and "warning" not in fine.stderr
+
+
 @pytest.mark.parametrize("flag, arr, needle", [
     ("--splits", np.arange(20) % 4, "s.npy: values must be 0 (train), 1 (val) or 2 (test), got 3"),
     ("--splits", np.array(["train", "dev"] * 10), "s.npy: values must be train, val or test, got 'dev'"),

@@ -75,6 +75,15 @@ def test_a_val_split_without_labeled_rows_is_a_data_error(tmp_path):
         make_splits(ds, seed=0)
 
 
+def test_too_few_labels_for_a_val_split_does_not_point_to_a_splits_file_there_is_none_of(tmp_path):
+    labels = np.full(40, -1)
+    labels[:2] = [0, 1]  # two labeled rows: the stratified split puts both in train
+    views = {"a": ViewSpec(np.zeros((40, 3), np.float32), "vector")}
+    ds = datasets.write_dataset(tmp_path / "few", views, labels, ["x", "y"])
+    with pytest.raises(DataError, match=r"without labeled rows .*; add labeled rows$"):
+        make_splits(ds, seed=0)
+
+
 def test_labeled_fraction_stratified_with_every_class():
     ds = datasets.load("builtin:mfeat")
     s = make_splits(ds, seed=0, labeled_fraction=0.01)
