@@ -86,18 +86,22 @@ def data_validate(dataset: str) -> None:
 
     ds = datasets.load(dataset)
     datasets.validate(ds)
-    if ds.fixed_splits is not None:
-        _warn_unusable_splits(datasets.split_problem(ds.root / "splits.npy", ds.labels,
-                                                     datasets.split_ids_rows(ds.fixed_splits), " or fix splits.npy"))
+    _warn_if_unsplittable(ds)
     click.echo(f"ok: {ds.spec} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes)")
 
 
-def _warn_unusable_splits(why: str | None) -> None:
-    """Fixed splits that distill, compare, select-teacher and export refuse (bench --rows all still scores the
-    labeled rows): said when the data is made or validated, not first at a distill."""
-    if why:
+def _warn_if_unsplittable(ds) -> None:
+    """Said when the data is made or validated, not first at a distill: splits (fixed, by group or stratified) that
+    leave val or test without labeled rows, or too few groups to fill three splits. A warning, not a refusal: bench
+    --rows all scores such data (a held-out set in one split)."""
+    from cmcd_edge.errors import DataError
+    from cmcd_edge.splitting import make_splits
+
+    try:
+        make_splits(ds, seed=0)
+    except DataError as exc:
         log.warning("%s; until then distill, compare, select-teacher and export refuse this data (bench --data "
-                    "... --rows all can still score it)", why)
+                    "... --rows all can still score it)", exc)
 
 
 @data.command("from-arrays")
@@ -145,9 +149,7 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
                                  csv_items(classes, "--classes") if classes else None)
     g = groups_from_array(load_array(groups, "--groups"), f"--groups {groups}", n_rows) if groups else None
     sp = splits_from_array(load_array(splits, "--splits"), f"--splits {splits}", n_rows) if splits else None
-    if sp is not None:
-        _warn_unusable_splits(datasets.split_problem(f"--splits {splits}", y, datasets.split_ids_rows(sp),
-                                                     " or fix the split ids"))
     ds = datasets.write_dataset(out, specs, y, names, groups=g, splits=sp, force=force)
+    _warn_if_unsplittable(ds)
     click.echo(f"wrote {out} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes): " +
                ", ".join(f"{n} {v.kind} {list(v.sample_shape)}" for n, v in ds.views.items()))

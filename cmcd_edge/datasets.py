@@ -160,23 +160,6 @@ def check_splits(where: str | Path, splits: np.ndarray) -> None:
         raise DataError(f"{where}: values must be 0 (train), 1 (val) or 2 (test), got {int(splits[bad][0])}")
 
 
-def split_problem(where: str | Path, labels: np.ndarray, parts: tuple[np.ndarray, ...], fix: str) -> str | None:
-    """Why the splits cannot train and score a model (None when they can): train must hold rows, val and test labeled
-    ones (model selection and test scores need labels). ``parts``: the train, val and test row indices; ``fix``: what
-    to do besides adding labeled rows."""
-    for name, idx in zip(("train", "val", "test"), parts, strict=True):
-        if idx.size == 0 if name == "train" else not (labels[idx] >= 0).any():
-            what = "empty" if name == "train" else "without labeled rows"
-            return (f"{where}: the {name} split is {what} ({len(labels)} rows, {int((labels >= 0).sum())} labeled); "
-                    f"add labeled rows{fix}")
-    return None
-
-
-def split_ids_rows(ids: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Fixed split ids (0 train, 1 val, 2 test) -> the train, val and test row indices."""
-    return tuple(np.flatnonzero(ids == k) for k in (0, 1, 2))
-
-
 def canonical_spec(spec: str) -> str:
     """``spec`` as a run records it: ``builtin:NAME`` as it is, a folder as an absolute path (a relative one would
     name another folder, or none, when export or bench runs from elsewhere)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cmcd_edge.datasets import Dataset, split_problem
+from cmcd_edge.datasets import Dataset
 from cmcd_edge.errors import DataError
 
 
@@ -34,13 +34,16 @@ def make_splits(ds: Dataset, seed: int = 0, fractions: tuple[float, float, float
         fixed = ds.fixed_splits
         train, val, test = (np.flatnonzero(fixed == k) for k in (0, 1, 2))
     elif ds.groups is not None:
-        train, val, test = _group_split(np.asarray(ds.groups), fractions, seed)
+        train, val, test = _group_split(np.asarray(ds.groups), fractions, seed, ds.spec)
     else:
         train, val, test = _stratified_split(labels, fractions, seed)
     val, test = val[labels[val] >= 0], test[labels[test] >= 0]
-    why = split_problem(ds.spec, labels, (train, val, test), " or fix splits.npy" if ds.fixed_splits is not None else "")
-    if why:
-        raise DataError(why)
+    for name, idx in (("train", train), ("val", val), ("test", test)):
+        if idx.size == 0:
+            what = "empty" if name == "train" else "without labeled rows"
+            fix = " or fix splits.npy" if ds.fixed_splits is not None else ""  # (was said of data without one too)
+            raise DataError(f"{ds.spec}: the {name} split is {what} ({ds.n_rows} rows, "
+                            f"{int((labels >= 0).sum())} labeled); add labeled rows{fix}")
     labeled = sample_labeled(train, labels, labeled_fraction, seed)
     return Splits(train, val, test, labeled)
 
@@ -60,10 +63,18 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, float, float],
     return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
 
 
-def _group_split(groups: np.ndarray, fractions: tuple[float, float, float], seed: int):
+def _group_split(groups: np.ndarray, fractions: tuple[float, float, float], seed: int, where: str):
+    """Whole groups to train, val and test in ``fractions``, each split at least one group (was: 3 subjects gave
+    2 / 1 / 0, and the refusal said to add labeled rows)."""
     rng = np.random.default_rng(seed)
     uniq = rng.permutation(np.unique(groups))
-    cuts = np.cumsum([round(f * len(uniq)) for f in fractions[:2]])
+    n = len(uniq)
+    if n < 3:
+        raise DataError(f"{where}: {n} group{'s' if n > 1 else ''} in groups.npy, and a group's rows all go to one "
+                        "split: train, val and test need 3 or more groups; add groups, or give fixed splits "
+                        "(splits.npy, from-arrays --splits)")
+    n_train, n_val = round(fractions[0] * n), max(1, round(fractions[1] * n))
+    cuts = np.cumsum([min(n_train, n - n_val - 1), n_val])  # test keeps at least one group
     assign = np.split(uniq, cuts)
     return tuple(np.flatnonzero(np.isin(groups, g)).astype(np.int64) for g in assign)
 

@@ -204,11 +204,14 @@ def test_from_arrays_and_validate_warn_of_a_split_without_labeled_rows(cli, tmp_
     res = cli("data", "from-arrays", tmp_path / "ds", *_arrays(tmp_path), "--splits", splits)
     assert res.returncode == 0, res.stderr
     warning = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and "--splits " in warning[0] and "the val split is without labeled rows" in warning[0]
-    assert "distill, compare, select-teacher and export refuse this data" in warning[0]
+    assert len(warning) == 1 and "the val split is without labeled rows" in warning[0], res.stderr
+    assert "or fix splits.npy" in warning[0] and "distill, compare, select-teacher and export refuse" in warning[0]
+    two = cli("data", "from-arrays", tmp_path / "two", *_arrays(tmp_path), "--groups",
+              _aux(tmp_path, "g", np.arange(20) % 2))  # two subjects: no third split for one of them
+    assert two.returncode == 0 and "2 groups in groups.npy" in two.stderr and "need 3 or more groups" in two.stderr
     res = cli("data", "validate", tmp_path / "ds")
     assert res.returncode == 0 and "ok:" in res.stdout
-    assert "splits.npy: the val split is without labeled rows" in res.stderr and "or fix splits.npy" in res.stderr
+    assert "ds: the val split is without labeled rows" in res.stderr and "or fix splits.npy" in res.stderr
     (tmp_path / "fine").mkdir()
     fine = cli("data", "validate", _written(cli, tmp_path / "fine"))
     assert fine.returncode == 0 and "warning" not in fine.stderr

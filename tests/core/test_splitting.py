@@ -84,6 +84,25 @@ def test_too_few_labels_for_a_val_split_does_not_point_to_a_splits_file_there_is
         make_splits(ds, seed=0)
 
 
+@pytest.mark.parametrize("n_groups", [3, 4, 5, 7, 10])
+def test_group_split_gives_every_split_a_group(tmp_path, n_groups):
+    """Was: 3 groups went 2 / 1 / 0, and the refusal said to add labeled rows."""
+    labels = np.arange(60) % 3
+    views = {"a": ViewSpec(np.zeros((60, 3), np.float32), "vector")}
+    ds = datasets.write_dataset(tmp_path / "g", views, labels, ["x", "y", "z"], groups=np.arange(60) % n_groups)
+    for seed in range(5):
+        s = make_splits(ds, seed=seed)
+        per_split = [set(np.asarray(ds.groups)[idx]) for idx in (s.train, s.val, s.test)]
+        assert all(per_split) and sum(map(len, per_split)) == n_groups  # each group in exactly one split
+
+
+def test_fewer_than_three_groups_is_one_line_that_says_why(tmp_path):
+    views = {"a": ViewSpec(np.zeros((60, 3), np.float32), "vector")}
+    ds = datasets.write_dataset(tmp_path / "g", views, np.arange(60) % 3, ["x", "y", "z"], groups=np.arange(60) % 2)
+    with pytest.raises(DataError, match="2 groups in groups.npy.*need 3 or more groups; add groups, or give fixed"):
+        make_splits(ds, seed=0)
+
+
 def test_labeled_fraction_stratified_with_every_class():
     ds = datasets.load("builtin:mfeat")
     s = make_splits(ds, seed=0, labeled_fraction=0.01)
