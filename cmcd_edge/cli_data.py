@@ -87,7 +87,12 @@ def data_validate(dataset: str) -> None:
     ds = datasets.load(dataset)
     datasets.validate(ds)
     _warn_if_unsplittable(ds)
-    click.echo(f"ok: {ds.spec} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes)")
+    click.echo(f"ok: {ds.spec} ({_counts(ds)})")
+
+
+def _counts(ds) -> str:
+    n = len(ds.views)
+    return f"{ds.n_rows} rows, {n} view{'s' if n != 1 else ''}, {ds.n_classes} classes"
 
 
 def _warn_if_unsplittable(ds) -> None:
@@ -151,5 +156,5 @@ def data_from_arrays(out: str, views: tuple[str, ...], labels: str, classes: str
     sp = splits_from_array(load_array(splits, "--splits"), f"--splits {splits}", n_rows) if splits else None
     ds = datasets.write_dataset(out, specs, y, names, groups=g, splits=sp, force=force)
     _warn_if_unsplittable(ds)
-    click.echo(f"wrote {out} ({ds.n_rows} rows, {len(ds.views)} views, {ds.n_classes} classes): " +
+    click.echo(f"wrote {out} ({_counts(ds)}): " +
                ", ".join(f"{n} {v.kind} {list(v.sample_shape)}" for n, v in ds.views.items()))

@@ -215,6 +215,8 @@ def test_from_arrays_and_validate_warn_of_a_split_without_labeled_rows(cli, tmp_
     (tmp_path / "fine").mkdir()
     fine = cli("data", "validate", _written(cli, tmp_path / "fine"))
     assert fine.returncode == 0 and "warning" not in fine.stderr
+    one = cli("data", "from-arrays", tmp_path / "one", *_arrays(tmp_path)[2:])  # one view: a held-out set for bench
+    assert one.returncode == 0 and "(20 rows, 1 view, 2 classes)" in one.stdout, one.stdout
 
 
 @pytest.mark.parametrize("flag, arr, needle", [
