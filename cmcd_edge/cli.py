@@ -296,6 +296,9 @@ def export(run: str, engine: bool = False, **kw) -> None:
 
         entry = build_engine(EngineConfig(bundle=kw["out"]))
         click.echo(f"engine {entry.file} ({entry.key.describe()}) -> {kw['out']}")
+    elif cfg.target == "tensorrt" and cfg.int8:
+        click.echo(f"no TensorRT engine built (--engine builds one where TensorRT and the GPU are): on the device, "
+                   f"cmcd-edge build-engine {kw['out']}")
 
 
 @main.command("build-engine")

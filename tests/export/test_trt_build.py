@@ -95,3 +95,13 @@ def test_export_engine_without_tensorrt_fails_before_writing(cli, toy_run, tmp_p
     res = cli("export", toy_run, "--out", tmp_path / "b", "--target", "tensorrt", "--engine")
     assert_one_line_error(res, 1, "TensorRT is not importable here")
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_for_tensorrt_without_engine_says_how_to_build_one(cli, toy_run, tmp_path):
+    """Was: the table and '-> OUT', and nothing of the engine a --target tensorrt bundle still needs."""
+    res = cli("export", toy_run, "--out", tmp_path / "b", "--target", "tensorrt")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == (
+        "no TensorRT engine built (--engine builds one where TensorRT and the GPU are): on the device, "
+        f"cmcd-edge build-engine {tmp_path / 'b'}")
+    assert "build-engine" not in cli("export", toy_run, "--out", tmp_path / "c").stdout  # a CPU bundle needs none
