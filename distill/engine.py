@@ -180,7 +180,7 @@ class BestOnVal:
     rows it did not see). An epoch's score is known ``window // 2`` epochs after it, so the unscored states are held
     until then; ``bad`` counts scored epochs since the last new best (patience). At val accuracy 1.0 the loss keeps
     falling, so a teacher there trains on until ``epochs`` or patience: kept, since stopping at its first 1.0 cut
-    wall time 39% but cost the students 1.5 points over 3 seeds on a synthetic camera -> gyro set (session 28)."""
+    wall time 34% but cost the students 1.5 points over 3 seeds (benchmarks/teacher_patience.py)."""
 
     def __init__(self, window: int) -> None:
         self.half = window // 2
