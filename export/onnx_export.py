@@ -16,6 +16,7 @@ from torch import nn
 
 from cmcd_edge.distill import students
 from cmcd_edge.errors import UserError
+from cmcd_edge.export.lift2d import conv1d_as_conv2d
 
 log = logging.getLogger(__name__)
 INPUT, OUTPUTS = "input", ("logits", "embedding")
@@ -115,6 +116,7 @@ def export_fp32(net: students.Net, in_shape: tuple[int, ...], path: Path, exampl
     program.save(str(path), external_data=False)
     strip_debug_info(path)
     global_average_pools(path)
+    conv1d_as_conv2d(path)
     onnx.checker.check_model(str(path), full_check=True)
 
 

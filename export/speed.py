@@ -80,6 +80,9 @@ def fold_input_normalization(path: Path) -> bool:
         for i in n.input:
             users.setdefault(i, []).append(n)
     inp = g.input[0].name
+    lifted = users.get(inp, [])
+    if len(lifted) == 1 and lifted[0].op_type == "Unsqueeze":  # a sequence graph run as 2-D (export/lift2d.py)
+        inp = lifted[0].output[0]
     sub = next((n for n in users.get(inp, []) if n.op_type == "Sub"), None)
     if sub is None or len(users[inp]) != 1 or sub.input[1] not in inits:
         return False

@@ -294,6 +294,11 @@ def test_int8_agrees_with_fp32_on_conv_students(kind, shape, stem, tmp_path):
     ref = run_batched(make_session(fp32), held)
     _, agree, cos = score(int8, held, ref.argmax(1), ref)
     assert agree >= 0.99 and cos >= 0.999, (agree, cos)
+    kernels = [list(a.ints) for n in g.node if n.op_type == "Conv" for a in n.attribute if a.name == "kernel_shape"]
+    assert kernels and all(len(k) == 2 for k in kernels), kernels  # cnn1d's convs run as 2-D (export/lift2d.py)
+    with torch.no_grad():
+        eager = net(torch.from_numpy(held)).numpy()
+    assert np.abs(ref - eager).max() <= 1e-4 * np.abs(eager).max()  # the rewritten graph computes what torch does
 
 
 def test_export_report_names_the_class_each_variant_loses_most_on(toy_bundle):
