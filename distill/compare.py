@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from cmcd_edge import datasets
-from cmcd_edge.distill import ddp, engine, machine
+from cmcd_edge.distill import ddp, engine, machine, progress
 from cmcd_edge.distill.compare_jobs import Jobs, continues, train_run
 from cmcd_edge.distill.compare_results import UPPER, confused_pairs, paired, results_markdown, summary, teacher_stats
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
@@ -201,7 +201,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
         made.extend(_made_on(run_dir))
         done += 1
         reported_trained += was_trained
-        left = engine.time_left(time.perf_counter() - start, reported_trained, reported_trained + total - done)
+        left = progress.time_left(time.perf_counter() - start, reported_trained, reported_trained + total - done)
         log.info("  %-16s seed %d  test top-1 %.4f  (%.1fs)  [%d/%d%s]", m, seed, res["test_accuracy"],
                  res["wall_s"], done, total, left)
 

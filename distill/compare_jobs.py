@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cmcd_edge.distill import engine
+from cmcd_edge.distill import progress
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.run_record import resume_refusal
@@ -112,7 +112,7 @@ def _worker(threads: int, gpus: list[str] | None, counter) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the compare's to handle
     torch.set_num_threads(threads)
-    engine.SHOW_BARS = False  # N bars on one terminal would overwrite each other; the compare logs each run
+    progress.SHOW_BARS = False  # N bars on one terminal would overwrite each other; the compare logs each run
     logging.getLogger("cmcd_edge").setLevel(logging.WARNING)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmcd_edge.distill import students
+from cmcd_edge.distill import progress, students
 from cmcd_edge.distill.ddp import Dist, agree_before_eval, rank0_figures
 from cmcd_edge.distill.rows import available_bytes
 from cmcd_edge.errors import EnvironmentFailure, UserError
@@ -268,7 +268,7 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
         log.info("resuming %s at epoch %d", spec.name, start + 1)
         if dist.main and on_epoch is not None:  # the checkpoint's rows (a kill may have come before their write)
             on_epoch([*prior, *history])
-    bar = _Progress(spec, start) if dist.main else None
+    bar = progress.EpochProgress(spec.name, spec.epochs, start) if dist.main else None
     steps, train_s = 0, 0.0
     for epoch in range(start, spec.epochs):
         if select.bad >= spec.patience:
@@ -311,87 +311,6 @@ def run_phase(spec: PhaseSpec, model: nn.Module, step: Callable[[torch.Generator
     log.info("%s: epoch %d selected (val accuracy %.4f%s)", spec.name, select.best_epoch + 1 - offset,
              select.best_key[0], window)
     return PhaseResult(select.best_state, history, steps, train_s)
-
-
-SHOW_BARS = True  # a tqdm bar on a terminal (off in compare --jobs workers, which share one)
-
-
-class _Progress:
-    """A tqdm bar on a terminal; where stderr is not one (nohup, a CI log, a job scheduler) the bar is off, so a log
-    line reports the epoch at most every ``every_s`` seconds instead: a long teacher phase is not minutes of silence."""
-
-    def __init__(self, spec: PhaseSpec, start: int, every_s: float = 30.0) -> None:
-        self.spec, self.every_s = spec, every_s
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        if SHOW_BARS:  # (else no tqdm at all: even a disabled bar makes tqdm's multiprocessing lock, a semaphore a
-            try:  # killed --jobs worker leaves for the resource tracker to warn of)
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=spec.epochs, initial=start, desc=spec.name, unit="ep", leave=False, disable=None)
-            except ImportError:
-                pass
-
-    def update(self, epoch: int, loss: float, acc: float) -> None:
-        if self.bar is not None and not self.bar.disable:
-            self.bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.3f}")
-            self.bar.update(1)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            log.info("%s: epoch %d/%d  loss %.4f  val accuracy %.4f  (%.0fs)", self.spec.name, epoch,
-                     self.spec.epochs, loss, acc, now - self.t0)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def time_left(elapsed: float, done: int, total: int) -> str:
-    """", about N min left" for the rest of ``total`` items at the pace of the ``done`` ones so far ("" when done):
-    a long pass or comparison says when it will end, not only how far it is."""
-    if done <= 0 or done >= total:
-        return ""
-    left = elapsed / done * (total - done)
-    return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f}s left"
-
-
-class RowsProgress:
-    """A pass over every row (the frozen teacher's outputs): a tqdm bar of rows on a terminal, else a log line at most
-    every ``every_s`` seconds with the rows done, rows/s and the time left. A large pretrained teacher's pass over
-    many rows on a CPU takes minutes to hours, which were silent."""
-
-    def __init__(self, what: str, total: int, every_s: float = 30.0, show: bool = True) -> None:
-        self.what, self.total, self.every_s, self.done, self.show = what, total, every_s, 0, show
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        if show:
-            with contextlib.suppress(ImportError):
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=what, unit="row", leave=False, disable=None)
-
-    def __enter__(self) -> RowsProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def update(self, rows: int) -> None:
-        self.done += rows
-        if not self.show:
-            return
-        if self.bar is not None and not self.bar.disable:
-            self.bar.update(rows)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.every_s and self.done < self.total:
-            self.last = now
-            log.info("%s: %s of %s rows (%.0f%%), %.0f rows/s%s", self.what, f"{self.done:,}", f"{self.total:,}",
-                     100 * self.done / self.total, self.done / max(now - self.t0, 1e-9),
-                     time_left(now - self.t0, self.done, self.total))
 
 
 def check_batch_memory(spec: students.NetSpec, batch: int, limit: int | None, device: torch.device, what: str, advice: str) -> None:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from cmcd_edge.datasets import Dataset, norm_stats
-from cmcd_edge.distill import ddp, engine, students
+from cmcd_edge.distill import ddp, engine, progress, students
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_csv_rows, write_text
@@ -178,7 +178,7 @@ def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: ddp.Dist,
     share = ddp.rank_share(batches, dist)
     gather = len(share) < len(batches)
     embs, logits = [], []
-    with engine.RowsProgress("teacher outputs", sum(s.stop - s.start for s in share), show=dist.main) as progress:
+    with progress.RowsProgress("teacher outputs", sum(s.stop - s.start for s in share), show=dist.main) as bar:
         for s in share:
             lo, e = net.forward_both(x[s])
             if with_logits and lo is None:
@@ -187,7 +187,7 @@ def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: ddp.Dist,
             embs.append(e.float() if gather else e.float().cpu())  # kept on the device until the ranks' shares meet
             if with_logits:
                 logits.append(lo.float() if gather else lo.float().cpu())
-            progress.update(s.stop - s.start)
+            bar.update(s.stop - s.start)
     emb, lo = torch.cat(embs), torch.cat(logits) if with_logits else None
     if gather:
         emb, lo = ddp.all_ranks(emb).cpu(), None if lo is None else ddp.all_ranks(lo).cpu()

@@ -27,6 +27,25 @@ def constants(model) -> dict:
     return out
 
 
+def ranks(model) -> dict[str, int]:
+    """The rank of every tensor of ``model`` that ONNX shape inference can tell (graph inputs, computed tensors and
+    graph outputs)."""
+    import onnx
+
+    g = onnx.shape_inference.infer_shapes(model).graph
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.value_info, *g.input, *g.output]
+            if v.type.tensor_type.HasField("shape")}
+
+
+def readers(g) -> dict[str, list]:
+    """Each tensor name of graph ``g`` -> the nodes that read it, in graph order."""
+    out: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def drop_unused_constants(g) -> None:
     """Remove the initializers and Constant nodes no node or graph output reads (left by rewrites of the graph)."""
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}

@@ -25,19 +25,14 @@ def conv1d_as_conv2d(path: Path) -> int:
     import onnx
     from onnx import helper, numpy_helper
 
-    from cmcd_edge.export.compact import constants, drop_unused_constants
+    from cmcd_edge.export.compact import constants, drop_unused_constants, ranks, readers
 
     model = onnx.load(str(path))
     g = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
-            if v.type.tensor_type.HasField("shape")}
+    rank = ranks(model)
     consts = constants(model)
     producer = {o: n for n in g.node for o in n.output}
-    users: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = readers(g)
 
     def conv1d(n) -> bool:
         return n.op_type == "Conv" and n.input[1] in consts and consts[n.input[1]].ndim == 3

@@ -126,12 +126,10 @@ def global_average_pools(path: Path) -> int:
     map for a float ReduceMean. Returns how many nodes were rewritten."""
     import onnx
 
-    from cmcd_edge.export.compact import constants, drop_unused_constants
+    from cmcd_edge.export.compact import constants, drop_unused_constants, ranks
 
     model = onnx.load(str(path))
-    inferred = onnx.shape_inference.infer_shapes(model)
-    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
-            if v.type.tensor_type.HasField("shape")}
+    rank = ranks(model)
     consts = constants(model)
     done = 0
     for n in model.graph.node:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmcd_edge.export.compact import readers
 from cmcd_edge.runtime import bench
 from cmcd_edge.runtime.session import make_session
 
@@ -75,10 +76,7 @@ def fold_input_normalization(path: Path) -> bool:
     model = onnx.load(str(path))
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    users: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = readers(g)
     inp = g.input[0].name
     lifted = users.get(inp, [])
     if len(lifted) == 1 and lifted[0].op_type == "Unsqueeze":  # a sequence graph run as 2-D (export/lift2d.py)

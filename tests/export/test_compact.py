@@ -54,3 +54,20 @@ def _optimized_ops(path, out) -> list[str]:
     opts.optimized_model_filepath = str(out)
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return sorted(n.op_type for n in onnx.load(str(out)).graph.node)
+
+
+def test_ranks_and_readers_describe_a_small_graph():
+    from onnx import TensorProto, helper
+
+    from cmcd_edge.export.compact import ranks, readers
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r"),
+             helper.make_node("Add", ["a", "x"], ["b"], name="add"),
+             helper.make_node("ReduceMean", ["b"], ["y"], name="mean", keepdims=0)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    assert ranks(model) == {"x": 3, "a": 3, "b": 3, "y": 0}
+    by = readers(model.graph)
+    assert [n.name for n in by["x"]] == ["r", "add"]
+    assert [n.name for n in by["b"]] == ["mean"] and "y" not in by
