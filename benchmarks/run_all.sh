@@ -72,6 +72,7 @@ done
 $B/python benchmarks/select_vs_gain.py $R/select-zer.json fac=$R/compare-zer pix=$R/gain-zer-pix kar=$R/gain-zer-kar \
   fou=$R/gain-zer-fou mor=$R/gain-zer-mor > $R/select_vs_gain.md
 t mi-synthetic $B/python benchmarks/mi_synthetic.py --reps 40 --out $R/mi_synthetic.json > $R/mi_synthetic.txt
+t infonce-speed $B/python benchmarks/infonce_speed.py --rounds 8 --out $R/infonce_speed.json > $R/infonce_speed.txt
 # session 19: the I(S;Y) probe against the truth, then what distilling from each source of its 600-row set gains
 rm -rf /tmp/cmcd-small
 t label-probe $B/python benchmarks/label_probe.py --reps 5 --data-out /tmp/cmcd-small --out $R/label_probe.json > $R/label_probe.txt

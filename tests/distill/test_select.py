@@ -91,6 +91,26 @@ def test_infonce_is_a_lower_bound_within_30_percent(d, true_mi):
     assert 0.7 * true_mi <= mi.infonce_mi(*_gauss(d, true_mi)) <= 1.02 * true_mi
 
 
+def test_infonce_fits_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    """The critic trains on one thread (faster for its small steps, the same bits); torch's thread count is the
+    caller's again afterwards, also when a fit fails."""
+    x, y = _gauss(2, 0.5)
+    seen = []
+    fit = mi._Critic.fit
+    monkeypatch.setattr(mi._Critic, "fit", lambda self, *a: (seen.append(torch.get_num_threads()), fit(self, *a)))
+    threads = torch.get_num_threads()
+    mi.infonce_mi(x, y, steps=20)
+    assert seen == [1] * 5 and torch.get_num_threads() == threads
+
+    def broken(self, *a):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(mi._Critic, "fit", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        mi.infonce_mi(x, y)
+    assert torch.get_num_threads() == threads
+
+
 def test_infonce_residual_critic_sees_nonlinear_dependence():
     """The MLP residual on top of the Gaussian critic: y = |x| + noise has ~no linear dependence at all."""
     rng = np.random.default_rng(0)
