@@ -100,6 +100,7 @@ def labels_from_array(arr: np.ndarray, where: str, n_rows: int,
 
     Names are numbered in ``classes`` order when given, else sorted; ids name ``classes`` or 0..max."""
     col = _column(arr, where, "label", "labels", n_rows)
+    given_classes = classes
     if classes is not None:
         dup = sorted({c for c in classes if classes.count(c) > 1})
         if dup or "" in classes:
@@ -128,9 +129,23 @@ def labels_from_array(arr: np.ndarray, where: str, n_rows: int,
     if not classes:
         raise UserError(f"{where}: every row is unlabeled; name the classes with --classes")
     counts = np.bincount(ids[ids >= 0], minlength=len(classes))
-    for name in (c for c, k in zip(classes, counts, strict=True) if k == 0):
-        log.warning("--classes: class %r has no rows", name)
+    _warn_empty_classes([c for c, k in zip(classes, counts, strict=True) if k == 0], len(classes), where,
+                        numbered=given_classes is None and not _is_text(col))
     return ids, list(classes)
+
+
+def _warn_empty_classes(empty: list[str], n_classes: int, where: str, numbered: bool) -> None:
+    """One warning line for the classes no row holds: each still gets a student output."""
+    if not empty:
+        return
+    shown = ", ".join(repr(c) for c in empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+    if numbered:  # ids 0, 5, 10 make 11 classes: say how to renumber
+        log.warning("%s: %d of %d class ids 0..%d have no rows (%s); each still gets a student output: pass class "
+                    "names (strings) to number only the classes present, or --classes", where, len(empty), n_classes,
+                    n_classes - 1, shown)
+    else:
+        log.warning("--classes: %s %s no rows", "class" if len(empty) == 1 else "classes",
+                    shown + (" has" if len(empty) == 1 else " have"))
 
 
 def groups_from_array(arr: np.ndarray, where: str, n_rows: int) -> np.ndarray:

@@ -173,6 +173,22 @@ def test_from_arrays_takes_class_names_as_labels(cli, tmp_path):
     assert json.loads(cli("data", "info", tmp_path / "ds4", "--json").stdout)["classes"] == ["dog", "cat"]
 
 
+def test_from_arrays_sparse_class_ids_warn_once_with_the_way_to_renumber(cli, tmp_path):
+    """Ids 0, 5, 10 make 11 classes, 8 of them empty. Was: eight lines of "--classes: class '1' has no rows", naming a
+    flag the user never passed; now one line names --labels, the count and how to number only the classes present."""
+    args = _arrays(tmp_path, y=(np.arange(20) % 3) * 5)
+    res = cli("data", "from-arrays", tmp_path / "ds", *args)
+    assert res.returncode == 0, res.stderr
+    warned = [ln for ln in res.stderr.splitlines() if "no rows" in ln]
+    assert len(warned) == 1 and "--classes:" not in warned[0].split("y.npy")[0], res.stderr
+    assert f"--labels {tmp_path / 'y.npy'}: 8 of 11 class ids 0..10 have no rows ('1', '2', '3', '4', '6', '7', '8', " \
+           "'9'); each still gets a student output: pass class names (strings)" in warned[0], warned[0]
+    assert len(json.loads(cli("data", "info", tmp_path / "ds", "--json").stdout)["classes"]) == 11
+    res = cli("data", "from-arrays", tmp_path / "ds2", *args[:-1], _aux(tmp_path, "names", np.array(["a", "b"] * 10)),
+              "--classes", "a,b,c,d")
+    assert "--classes: classes 'c', 'd' have no rows" in res.stderr and res.stderr.count("no rows") == 1, res.stderr
+
+
 def test_from_arrays_object_labels_get_the_save_recipe(cli, tmp_path):
     """pandas' .values of a text column is an object array; np.save pickles it. Was: numpy's bare "Object arrays
     cannot be loaded when allow_pickle=False", with no way forward."""
