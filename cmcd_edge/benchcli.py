@@ -51,12 +51,9 @@ def _scored_rows(manifest, data: str | None, rows: str = "test"):
     if shape != list(manifest.sample_shape):
         raise UserError(f"--data {spec}: view {view!r} holds samples of shape {shape}; the bundle takes "
                         f"{list(manifest.sample_shape)}")
-    if tuple(ds.classes) != tuple(manifest.classes):  # else top-1 would score labels the bundle does not mean
-        raise UserError(f"--data {spec}: classes {', '.join(ds.classes)} are not the bundle's "
-                        f"{', '.join(manifest.classes)}")
     datasets.validate(ds, [view])
     changed = datasets.changed_since(ds, src.get("data_fingerprint"))
-    labels = np.asarray(ds.labels)
+    labels = _bundle_ids(np.asarray(ds.labels), ds.classes, manifest.classes, spec)
     if rows == "all":
         if not changed and src.get("data_fingerprint"):
             raise UserError(f"--rows all: --data {spec} is the data the run trained on (its files match the bundle's "
@@ -76,6 +73,22 @@ def _scored_rows(manifest, data: str | None, rows: str = "test"):
                              labeled_fraction=float(src.get("labeled_fraction", 1.0))).test
     what = {"data": spec, "rows": rows, "scored": int(len(picked))}
     return datasets.SplitRows(ds.view(view), picked), labels[picked], what
+
+
+def _bundle_ids(labels: np.ndarray, classes: tuple[str, ...], bundle: tuple[str, ...], spec: str) -> np.ndarray:
+    """``labels`` (ids into the data's ``classes``) as ids into the bundle's classes, matched by name: field data
+    often holds some of the classes, or lists them in another order. Was: any list but the bundle's own refused. A
+    class the bundle does not know is refused (its top-1 would score labels the bundle does not mean)."""
+    if tuple(classes) == tuple(bundle):
+        return labels
+    unknown = [c for c in classes if c not in bundle]
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise UserError(f"--data {spec}: class{'es' if len(unknown) > 1 else ''} "
+                        f"{', '.join(repr(c) for c in unknown[:3])}{more} not among the bundle's "
+                        f"({', '.join(bundle)}); top-1 scores classes by name")
+    lut = np.array([bundle.index(c) for c in classes] + [-1], np.int64)  # lut[-1]: unlabeled stays -1
+    return lut[labels]
 
 
 def _torch_fn(run: str, threads: int):

@@ -92,7 +92,7 @@ def data_validate(dataset: str) -> None:
 
 def _counts(ds) -> str:
     n = len(ds.views)
-    return f"{ds.n_rows} rows, {n} view{'s' if n != 1 else ''}, {ds.n_classes} classes"
+    return f"{ds.n_rows} rows, {n} view{'s' if n != 1 else ''}, {ds.n_classes} class{'es' if ds.n_classes != 1 else ''}"
 
 
 def _warn_if_unsplittable(ds) -> None:

@@ -30,6 +30,10 @@ def make_splits(ds: Dataset, seed: int = 0, fractions: tuple[float, float, float
     puts all of them there, and val and test keep only labeled rows whatever the split (a row without a label cannot
     be scored)."""
     labels = np.asarray(ds.labels)
+    present = np.unique(labels[labels >= 0])
+    if present.size == 1:  # was: a 1-class "classifier" trained and scored 100%
+        raise DataError(f"{ds.spec}: every labeled row is class {ds.classes[int(present[0])]!r}; a classifier "
+                        "needs labeled rows of 2 or more classes")
     if ds.fixed_splits is not None:
         fixed = ds.fixed_splits
         train, val, test = (np.flatnonzero(fixed == k) for k in (0, 1, 2))

@@ -84,6 +84,16 @@ def test_too_few_labels_for_a_val_split_does_not_point_to_a_splits_file_there_is
         make_splits(ds, seed=0)
 
 
+def test_labeled_rows_of_one_class_are_a_data_error(tmp_path):
+    """Was: a one-class dataset trained a teacher and a student, and read 100% top-1 on a task with nothing to tell
+    apart. Unlabeled rows and a second class name without rows do not make a second class."""
+    labels = np.where(np.arange(40) % 4 == 0, -1, 1)
+    views = {"a": ViewSpec(np.zeros((40, 3), np.float32), "vector")}
+    ds = datasets.write_dataset(tmp_path / "one", views, labels, ["x", "y"])
+    with pytest.raises(DataError, match=r"one: every labeled row is class 'y'; a classifier needs labeled rows of 2 "):
+        make_splits(ds, seed=0)
+
+
 @pytest.mark.parametrize("n_groups", [3, 4, 5, 7, 10])
 def test_group_split_gives_every_split_a_group(tmp_path, n_groups):
     """Was: 3 groups went 2 / 1 / 0, and the refusal said to add labeled rows."""

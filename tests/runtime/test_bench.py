@@ -64,7 +64,7 @@ def test_bench_refuses_repeated_variants_and_nonfinite_seconds(toy_bundle, tmp_p
 
 @pytest.mark.parametrize("kw,needle", [
     ({"target_kind": "sequence"}, "view 'tgt' holds samples of shape [3, 64]; the bundle takes [8]"),
-    ({"classes": 3}, "classes c0, c1, c2 are not the bundle's c0, c1, c2, c3"),
+    ({"classes": 5}, "class 'c4' not among the bundle's (c0, c1, c2, c3); top-1 scores classes by name"),
 ])
 def test_bench_data_of_another_shape_or_classes_is_refused_naming_it(toy_bundle, tmp_path, kw, needle):
     """Was: the Predictor's 'input shape [8, 3, 64] does not match', naming neither --data nor the view; other classes
@@ -123,6 +123,27 @@ def test_bench_rows_all_scores_every_labeled_row_of_new_data(toy_bundle, cli, tm
     res = cli(*args, "--out", tmp_path / "test.json")  # the default: its test split, with a pointer to --rows all
     assert res.returncode == 0 and "--rows all scores every labeled row" in res.stderr, res.stderr
     assert json.loads((tmp_path / "test.json").read_text())["accuracy_on"]["scored"] < len(rows) // 2
+
+
+def test_bench_rows_all_scores_field_data_of_some_classes_by_name(toy_bundle, cli, tmp_path):
+    """Field data often holds a few of the classes, listed in its own order. Was: refused unless its class list was
+    the bundle's; now its labels are matched to the bundle's classes by name."""
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+
+    full = datasets.load(str(synthetic_paired(tmp_path / "full", n=120, seed=5).root))
+    y = np.asarray(full.labels)
+    keep = np.flatnonzero((y == 1) | (y == 3))
+    x = np.asarray(full.view("tgt")[keep])
+    field = tmp_path / "field"  # its class 0 is the bundle's c3, its class 1 the bundle's c1
+    datasets.write_dataset(field, {"tgt": ViewSpec(x, "vector")}, np.where(y[keep] == 3, 0, 1), ["c3", "c1"])
+    res = cli("bench", toy_bundle, "--duration", "0.05", "--warmup", "0", "--batch", "1", "--variants", "fp32",
+              "--data", field, "--rows", "all", "--out", tmp_path / "b.json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "b.json").read_text())
+    pred = Predictor.load(toy_bundle, variant="fp32").predict(x).argmax(1)
+    assert doc["results"][0]["test_accuracy"] == pytest.approx(float((pred == y[keep]).mean()))
+    assert set(doc["bundles"][0]["scores"]["fp32"]["per_class"]) == {"c1", "c3"}
 
 
 def test_bench_rows_all_refuses_the_runs_own_data(toy_run, toy_bundle, cli, tmp_path):
