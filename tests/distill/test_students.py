@@ -88,3 +88,47 @@ def test_spec_with_an_unknown_key_names_it_with_a_close_match():
     d = {**NetSpec("mlp", (4,), 3).to_json(), "widht": 8}
     with pytest.raises(UserError, match=r"network spec: unknown key 'widht' \(did you mean 'width'\?\); valid: arch"):
         NetSpec.from_json(d)
+
+
+SMALL = {"cnn1d": (4, 2), "cnn2d": (1, 3, 3)}  # a conv layer on these reads mostly padding
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_conv_student_on_a_small_input_is_not_constant_in_eval_mode_after_a_few_steps(arch):
+    """Running statistics start from the first batches, not from torch's initial variance of 1 (which made every
+    row give the same logits, and chance accuracy, on a few hundred rows)."""
+    torch.manual_seed(0)
+    net = students.build(NetSpec(arch, SMALL[arch], num_classes=2))
+    x = torch.randn(64, *SMALL[arch])
+    net.train()
+    for _ in range(2):
+        net(x)
+    with torch.no_grad():
+        train_mode = net.embed(x).std(0).mean()
+        net.eval()
+        eval_mode = net.embed(x).std(0).mean()
+    assert eval_mode > 0.3 * train_mode, (float(eval_mode), float(train_mode))
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_conv_student_running_stats_average_the_first_batches_then_move_and_resume(arch):
+    torch.manual_seed(0)
+    spec = NetSpec(arch, SMALL[arch], num_classes=2)
+    net = students.build(spec).train()
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    seen = []
+    stem = bns[0]
+    stem.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().transpose(0, 1).flatten(1).var(1)))
+    batches = [torch.randn(16, *SMALL[arch]) for _ in range(14)]
+    for b in batches[:3]:
+        net(b)
+    torch.testing.assert_close(stem.running_var, torch.stack(seen).mean(0))  # a plain mean so far
+    for b in batches[3:12]:
+        net(b)
+    assert stem.momentum == pytest.approx(0.1) and not stem.warming
+    resumed = students.build(spec).train()
+    resumed.load_state_dict(net.state_dict())
+    for b in batches[12:]:
+        net(b), resumed(b)
+    for a, b in zip(net.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
