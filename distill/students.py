@@ -185,6 +185,11 @@ class _WarmStartStats:
     The mlp keeps torch's BatchNorm: its layers start near unit variance, and tiny vector sets measured no gain.
     """
 
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.target_momentum = self.momentum
+        self.warming = True  # kept, not derived: reading num_batches_tracked syncs a GPU, so only the first steps do
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.track_running_stats and self.warming:
             seen = int(self.num_batches_tracked)
@@ -198,15 +203,11 @@ class _WarmStartStats:
 
 
 class BatchNorm1d(_WarmStartStats, nn.BatchNorm1d):
-    def __init__(self, num_features: int) -> None:
-        super().__init__(num_features)
-        self.target_momentum, self.warming = self.momentum, True
+    """(B, C) or (B, C, T), warm-started."""
 
 
 class BatchNorm2d(_WarmStartStats, nn.BatchNorm2d):
-    def __init__(self, num_features: int) -> None:
-        super().__init__(num_features)
-        self.target_momentum, self.warming = self.momentum, True
+    """(B, C, H, W), warm-started."""
 
 
 # ------------------------------------------------------------------------------------------- cnn1d (sequences)

@@ -115,9 +115,8 @@ def test_conv_student_running_stats_average_the_first_batches_then_move_and_resu
     torch.manual_seed(0)
     spec = NetSpec(arch, SMALL[arch], num_classes=2)
     net = students.build(spec).train()
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    stem = next(m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
     seen = []
-    stem = bns[0]
     stem.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().transpose(0, 1).flatten(1).var(1)))
     batches = [torch.randn(16, *SMALL[arch]) for _ in range(14)]
     for b in batches[:3]:
