@@ -41,6 +41,8 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     sha = teacher_sha256(cfg.teacher)
     if sha is not None:  # a file saved over the old one at the same path is another teacher
         key["teacher_sha256"] = sha
+    if cfg.teacher_select_window != 1:  # keyed when set, so a compare made before the option still extends
+        key["teacher_select_window"] = cfg.teacher_select_window
     key_file = folder / "teacher_key.json"
     if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
         old = json.loads(key_file.read_text())
@@ -67,7 +69,8 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
         ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped
         t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
                           dist=ddp.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
-                          batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes)
+                          batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes,
+                          select_window=cfg.teacher_select_window)
     elif loaded is not None:
         log.info("seed %d: the --teacher's outputs of the seed before, scored on this seed's test split", cfg.seed)
         t = loaded.scored_on(ds, splits)

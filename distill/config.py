@@ -57,6 +57,7 @@ class DistillConfig:
     patience: int = 25
     select_window: int = 5  # model selection: val accuracy averaged over this many epochs (odd; 1 = the epoch alone)
     teacher_batch_size: int = 128
+    teacher_select_window: int = 1  # the built-in teacher's select_window (1 keeps every teacher made before it)
     max_batch_bytes: int | None = None  # refuse steps whose activations would pass this (None: half the free memory)
     preload: str = "auto"  # a view converted up front (always), read from its memory map per batch (never), or by size
     teacher_cache: str | None = None  # a folder keeping teachers' outputs across runs (teacher_cache.py)
@@ -86,9 +87,10 @@ class DistillConfig:
             if getattr(self, name) < 1:  # named as the flag where there is one, else as the config key
                 shown = f"--{name.replace('_', '-')}" if name in ("epochs", "batch_size") else name
                 raise UserError(f"{shown} must be >= 1, got {getattr(self, name)}")
-        if self.select_window < 1 or self.select_window % 2 == 0:
-            raise UserError(f"select_window must be an odd number >= 1 (a centred window of epochs), "
-                            f"got {self.select_window}")
+        for name in ("select_window", "teacher_select_window"):
+            if getattr(self, name) < 1 or getattr(self, name) % 2 == 0:
+                raise UserError(f"{name} must be an odd number >= 1 (a centred window of epochs), "
+                                f"got {getattr(self, name)}")
         if self.finetune_epochs < 0:
             raise UserError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -82,7 +82,8 @@ class TeacherCache:
                "torch": torch.__version__, "cmcd_edge": __version__, "code": _code_sha256()}
         if cfg.teacher == "train":
             key.update(teacher="train", seed=cfg.seed, teacher_epochs=cfg.teacher_epochs,
-                       teacher_batch_size=cfg.teacher_batch_size, world=world)
+                       teacher_batch_size=cfg.teacher_batch_size, teacher_select_window=cfg.teacher_select_window,
+                       world=world)
         else:
             sha = teacher_sha256(cfg.teacher)
             if sha is None:

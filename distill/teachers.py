@@ -101,7 +101,8 @@ def check_teacher_memory(ds: Dataset, source: str, batch_size: int, limit: int |
 
 def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs: int, device: torch.device,
                   dist: ddp.Dist, out: Path | None = None, resume: dict | None = None,
-                  preload: str = "auto", batch_size: int = 128, max_batch_bytes: int | None = None) -> TeacherOutputs:
+                  preload: str = "auto", batch_size: int = 128, max_batch_bytes: int | None = None,
+                  select_window: int = 1) -> TeacherOutputs:
     """A larger network of the source view's kind, trained on all labeled train rows of the source view.
 
     With ``out``, training writes ``out/checkpoint.pt`` and ``out/teacher_history.csv`` (loss, val accuracy, val
@@ -109,7 +110,9 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     (a resumed run's checkpoint, ``{}`` when it has none) continues a killed teacher from that checkpoint, or takes
     the saved weights when the teacher had finished (killed before its outputs were cached): a large teacher is not
     trained again from scratch. ``preload`` (auto|always|never): whether the source view is converted up front or
-    read from its memory map batch by batch (:mod:`~cmcd_edge.distill.rows`)."""
+    read from its memory map batch by batch (:mod:`~cmcd_edge.distill.rows`). ``select_window``: model selection's
+    window of epochs (``engine.BestOnVal``; 1, the epoch alone, is the default the students' 5 is not, so that
+    teachers made before the option stay the same bits; BENCHMARKS.md, "Teachers' model selection")."""
     info = ds.views[source]
     labels = torch.as_tensor(np.asarray(ds.labels))
     train = splits.train[labels[splits.train].numpy() >= 0]
@@ -144,7 +147,7 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
         net.load_state_dict({k: v.to(device) for k, v in load_file(saved).items()})
         log.info("teacher: trained weights found in %s (not trained again)", saved)
     else:
-        phase = engine.PhaseSpec("teacher", epochs, 2e-3, 1e-4, 20, max(1, len(tr) // bs), seed)
+        phase = engine.PhaseSpec("teacher", epochs, 2e-3, 1e-4, 20, max(1, len(tr) // bs), seed, select_window)
         curve = None if out is None else (lambda rows: write_csv_rows(out / "teacher_history.csv", rows))
         res = engine.run_phase(phase, net, step, evaluate, engine.Checkpoint(None if out is None else out / "checkpoint.pt"),
                                dist, resume=resume, on_epoch=curve)

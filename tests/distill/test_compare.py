@@ -235,6 +235,9 @@ def test_compare_resume_refuses_a_cached_teacher_made_with_other_settings(base, 
         f.unlink()
     with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_epochs: "):
         run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
+    with pytest.raises(UserError, match=r"other settings \(teacher_select_window: cached None vs now 3\)"):
+        run_compare(dataclasses.replace(base, teacher_select_window=3), ["supervised"], 1, out, upper_bound=False)
+    run_compare(base, ["supervised"], 1, out, upper_bound=False)  # the default window is keyed as before: continues
 
 
 def test_compare_resume_keeps_runs_from_another_preload_and_teachers_cached_before_keys(base, tmp_path):

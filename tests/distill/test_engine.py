@@ -64,10 +64,11 @@ def test_bestonval_resumed_from_its_state_dict_selects_as_if_never_stopped():
         (whole.best_epoch, whole.best_key, int(whole.best_state["epoch"]))
 
 
+@pytest.mark.parametrize("key", ["select_window", "teacher_select_window"])
 @pytest.mark.parametrize("window", [0, 4])
-def test_distill_config_rejects_a_select_window_that_is_not_odd_and_positive(window):
-    with pytest.raises(UserError, match=f"select_window.*got {window}"):
-        DistillConfig(data="builtin:mfeat", source="fac", target="zer", select_window=window)
+def test_distill_config_rejects_a_select_window_that_is_not_odd_and_positive(key, window):
+    with pytest.raises(UserError, match=f"^{key} must be an odd number >= 1.*got {window}"):
+        DistillConfig(data="builtin:mfeat", source="fac", target="zer", **{key: window})
 
 
 def _tiny_phase(tmp_path, monkeypatch, amp: torch.dtype | None, epochs: int = 2):

@@ -383,3 +383,12 @@ def test_teacher_cache_list_and_prune_beside_another_prune_do_not_fail(command, 
         res = cli("teacher-cache", "prune", cache, "--all")
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("removed 0 entries (0.0 MB); 0 left") and "1 removed meanwhile" in res.stdout
+
+
+def test_teacher_cache_keys_the_teachers_select_window(cfg, tmp_path, trainings):
+    """A teacher selected over another window of epochs is another teacher: not served from the cache."""
+    cache = str(tmp_path / "cache")
+    for window in (1, 3, 3):
+        run_distill(dataclasses.replace(cfg, teacher_epochs=4, teacher_select_window=window, teacher_cache=cache),
+                    tmp_path / f"w{window}", force=True)
+    assert len(trainings) == 2

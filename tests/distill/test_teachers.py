@@ -147,3 +147,28 @@ def test_distill_warns_once_of_a_teacher_at_chance_and_not_of_a_good_one(tmp_pat
     caplog.clear()
     run_distill(dataclasses.replace(cfg, source="src"), tmp_path / "src")
     assert not [r for r in caplog.records if "chance" in r.getMessage()]
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_train_teacher_selects_over_the_window_it_is_given(window, toy, tmp_path, caplog):
+    """The built-in teacher's model selection takes ``select_window`` (the config's ``teacher_select_window``): the
+    epoch it keeps is the one engine.BestOnVal picks over that window from the teacher's own val curve."""
+    import csv
+
+    from cmcd_edge import datasets
+    from cmcd_edge.distill import ddp
+    from cmcd_edge.distill.engine import BestOnVal
+    from cmcd_edge.splitting import make_splits
+
+    ds = datasets.load(str(toy))
+    caplog.set_level("INFO", logger="cmcd_edge.distill.engine")
+    teachers.train_teacher(ds, "src", make_splits(ds, 0), seed=0, epochs=8, device=torch.device("cpu"),
+                           dist=ddp.Dist(), out=tmp_path, select_window=window)
+    curve = list(csv.DictReader(open(tmp_path / "teacher_history.csv")))
+    replay = BestOnVal(window)
+    for row in curve:
+        replay.add(float(row["val_acc"]), float(row["val_loss"]), {})
+    replay.finish()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: epoch")]
+    assert line.startswith(f"teacher: epoch {replay.best_epoch + 1} selected"), (line, curve)
+    assert (f"averaged over a {window}-epoch window" in line) == (window > 1)
