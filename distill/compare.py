@@ -28,6 +28,21 @@ from cmcd_edge.registry import check_choice, check_unique
 from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
+_UNKEYED_DEFAULTS = {"teacher_select_window": 1}  # keys a teacher_key.json leaves out when at their default
+
+
+def _key_diff(old: dict, now: dict) -> str:
+    """The settings that differ between a cached teacher's key and this run's, as ``name: cached A vs now B``. A key
+    one side leaves out reads as its default (the select window's 1), or else as absent."""
+    old, now = {**_UNKEYED_DEFAULTS, **old}, {**_UNKEYED_DEFAULTS, **now}
+
+    def shown(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "absent"
+
+    keys = [*now, *(k for k in old if k not in now)]
+    return ", ".join(f"{k}: cached {shown(old, k)} vs now {shown(now, k)}" for k in keys if shown(old, k) != shown(now, k))
+
+
 def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | None = None,
                      check: Callable[[TeacherOutputs], None] | None = None) -> TeacherOutputs:
     """The seed's teacher, trained (or loaded) once and cached in ``folder``. ``folder/teacher_key.json``, written
@@ -47,8 +62,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
         old = json.loads(key_file.read_text())
         if old != key:
-            diff = ", ".join(f"{k}: cached {old[k] if k in old else None!r} vs now {v!r}" for k, v in key.items()
-                             if k not in old or old[k] != v)
+            diff = _key_diff(old, key)
             raise UserError(f"{folder}: this cached teacher was made with other settings ({diff[:300]}); "
                             "pass --force to recompute, or use a new --out")
     cached = TeacherOutputs.load(folder)

@@ -235,9 +235,19 @@ def test_compare_resume_refuses_a_cached_teacher_made_with_other_settings(base, 
         f.unlink()
     with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_epochs: "):
         run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
-    with pytest.raises(UserError, match=r"other settings \(teacher_select_window: cached None vs now 3\)"):
+    with pytest.raises(UserError, match=r"other settings \(teacher_select_window: cached 1 vs now 3\)"):
         run_compare(dataclasses.replace(base, teacher_select_window=3), ["supervised"], 1, out, upper_bound=False)
     run_compare(base, ["supervised"], 1, out, upper_bound=False)  # the default window is keyed as before: continues
+
+
+def test_teacher_key_diff_reads_a_left_out_window_as_its_default_both_ways():
+    from cmcd_edge.distill.compare import _key_diff
+
+    assert _key_diff({"seed": 0}, {"seed": 0, "teacher_select_window": 3}) == "teacher_select_window: cached 1 vs now 3"
+    assert _key_diff({"seed": 0, "teacher_select_window": 3}, {"seed": 0}) == "teacher_select_window: cached 3 vs now 1"
+    assert _key_diff({"seed": 0}, {"seed": 1, "teacher_sha256": "ab"}) == ("seed: cached 0 vs now 1, "
+                                                                          "teacher_sha256: cached absent vs now 'ab'")
+    assert _key_diff({"seed": 0}, {"seed": 0}) == ""
 
 
 def test_compare_resume_keeps_runs_from_another_preload_and_teachers_cached_before_keys(base, tmp_path):
