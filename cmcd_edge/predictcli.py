@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cmcd_edge.fsutil import open_atomic, write_bytes, write_json
 from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.errors import InputShapeError
 
+log = logging.getLogger(__name__)
 FORMATS = (".json", ".csv", ".npz")
 CSV_HEAD = ("sample", "class")  # then a probability column per class
 CHUNK_ROWS = 4096  # samples a call: a file larger than memory is read one slice at a time
@@ -35,7 +37,7 @@ def run_predict(bundle: str, input_npy: str, *, variant: str, backend: str, out:
     if suffix == ".csv" and clash:  # a header with a name twice reads back as another table (pandas: 'class.1')
         raise UserError(f"--out {out}: class {clash[0]!r} would repeat a column of the CSV header ({', '.join(CSV_HEAD)}, "
                         "then one per class); write .json or .npz")
-    x = load_array(input_npy, "INPUT.npy", mmap=True)
+    x = _one_channel(load_array(input_npy, "INPUT.npy", mmap=True), p.input_shape, input_npy)
     if x.ndim != len(p.input_shape) + 1 or not len(x):  # one sample, or neither a sample nor a batch (the check
         try:                                             # names which)
             p.check_input(np.asarray(x))
@@ -60,6 +62,23 @@ def run_predict(bundle: str, input_npy: str, *, variant: str, backend: str, out:
         return
     {".json": _write_json, ".csv": _write_csv, ".npz": _write_npz}[suffix](out, p, bundle, probs)
     click.echo(f"{len(probs)} predictions ({p.variant.name}, {p.backend}) -> {out}")
+
+
+def _one_channel(x: np.ndarray, shape: tuple[int, ...], input_npy: str) -> np.ndarray:
+    """Samples of a one-channel bundle ([1, H, W] or [1, T]) saved without their channel axis, a batch [N, H, W] or one
+    sample [H, W], read as one channel, as `data from-arrays` reads an `:image` or `:sequence` view: the channel is the
+    only axis missing, so no other reading fits. A view of the memory map; nothing is copied. (The Predictor, a device
+    app's hot path, stays strict and says how to add the axis.)"""
+    if len(shape) < 2 or shape[0] != 1 or x.shape == shape:
+        return x
+    if x.ndim == len(shape) and x.shape[1:] == shape[1:]:
+        x = x[:, None]
+    elif x.shape == shape[1:]:
+        x = x[None, None]
+    else:
+        return x
+    log.info("%s: read as one channel, %s", input_npy, list(x.shape))
+    return x
 
 
 def _named_by_file_row(exc: InputShapeError, batch: np.ndarray, start: int, chunk_rows: int) -> str:

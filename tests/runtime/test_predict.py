@@ -107,3 +107,32 @@ def test_predict_csv_refuses_a_class_named_like_a_header_column(toy_bundle, cli,
                           "(sample, class, then one per class); write .json or .npz")
     assert not (tmp_path / "p.csv").exists()
     assert cli("predict", bundle, x, "--out", tmp_path / "p.npz").returncode == 0
+
+
+def test_predict_reads_samples_saved_without_their_one_channel_axis(cli, tmp_path):
+    """Was refused ('the channel axis (1) is missing'): depth maps [N, H, W], the array `data from-arrays --view
+    d=x.npy:image` takes, for the [1, H, W] bundle made from it. A batch and a single map both read as one channel, as
+    the same samples with the axis would; a [N, H, W + 1] array is still refused."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import run_distill
+    from cmcd_edge.export.bundle import ExportConfig, run_export
+    from tests.helpers import synthetic_paired
+
+    ds = synthetic_paired(tmp_path / "data", "image", n=160, target_shape=(1, 8, 8))
+    run_distill(DistillConfig(data=str(ds.root), source="src", target="tgt", method="supervised", epochs=1,
+                              finetune="none"), tmp_path / "run")
+    run_export(ExportConfig(run=str(tmp_path / "run"), out=str(tmp_path / "b"), int8=False))
+    maps = np.random.default_rng(0).normal(size=(5, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "with.npy", maps[:, None])
+    np.save(tmp_path / "batch.npy", maps)
+    np.save(tmp_path / "one.npy", maps[3])
+    want = cli("predict", tmp_path / "b", tmp_path / "with.npy")
+    assert want.returncode == 0, want.stderr
+    batch = cli("predict", tmp_path / "b", tmp_path / "batch.npy")
+    assert batch.returncode == 0 and batch.stdout == want.stdout
+    assert "batch.npy: read as one channel, [5, 1, 8, 8]" in batch.stderr
+    one = cli("predict", tmp_path / "b", tmp_path / "one.npy")
+    assert one.returncode == 0 and one.stdout.strip() == "0:" + want.stdout.splitlines()[3].split(":", 1)[1]
+    np.save(tmp_path / "wide.npy", np.zeros((5, 8, 9), np.float32))
+    assert_one_line_error(cli("predict", tmp_path / "b", tmp_path / "wide.npy"), 2,
+                          "wide.npy: input shape [5, 8, 9] does not match the bundle's [1, 8, 8]")
