@@ -19,6 +19,7 @@ from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import open_atomic, write_bytes, write_json
 from cmcd_edge.runtime import Predictor
 from cmcd_edge.runtime.errors import InputShapeError
+from cmcd_edge.runtime.predictor import missing_channel_axis
 
 log = logging.getLogger(__name__)
 FORMATS = (".json", ".csv", ".npz")
@@ -69,14 +70,10 @@ def _one_channel(x: np.ndarray, shape: tuple[int, ...], input_npy: str) -> np.nd
     sample [H, W], read as one channel, as `data from-arrays` reads an `:image` or `:sequence` view: the channel is the
     only axis missing, so no other reading fits. A view of the memory map; nothing is copied. (The Predictor, a device
     app's hot path, stays strict and says how to add the axis.)"""
-    if len(shape) < 2 or shape[0] != 1 or x.shape == shape:
+    axis = missing_channel_axis(x.shape, shape)
+    if axis is None:
         return x
-    if x.ndim == len(shape) and x.shape[1:] == shape[1:]:
-        x = x[:, None]
-    elif x.shape == shape[1:]:
-        x = x[None, None]
-    else:
-        return x
+    x = np.expand_dims(x, axis)
     log.info("%s: read as one channel, %s", input_npy, list(x.shape))
     return x
 

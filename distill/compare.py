@@ -56,8 +56,10 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     sha = teacher_sha256(cfg.teacher)
     if sha is not None:  # a file saved over the old one at the same path is another teacher
         key["teacher_sha256"] = sha
-    if cfg.teacher_select_window != 1:  # keyed when set, so a compare made before the option still extends
-        key["teacher_select_window"] = cfg.teacher_select_window
+    key["teacher_select_window"] = cfg.teacher_select_window
+    for name, default in _UNKEYED_DEFAULTS.items():  # keyed when set, so a compare made before the option extends
+        if key[name] == default:
+            del key[name]
     key_file = folder / "teacher_key.json"
     if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
         old = json.loads(key_file.read_text())

@@ -129,9 +129,9 @@ class Predictor:
             if len(shape) > 1 and arr.ndim == len(shape) + 1 and sorted(arr.shape[1:]) == sorted(shape):
                 want = f" ({self.manifest.layout} expected)" if self.manifest.layout else ""
                 hint = f"; the same sizes in another order{want}: axes transposed?"
-            if len(shape) > 1 and shape[0] == 1 and shape[1:] in (given, given[1:]):
-                add = "x[None]" if given == shape[1:] else "x[:, None]"
-                hint = f"; the channel axis (1) is missing: add it with {add}"
+            axis = missing_channel_axis(given, shape)
+            if axis is not None:
+                hint = f"; the channel axis (1) is missing: add it with {('x[None]', 'x[:, None]')[axis]}"
             raise InputShapeError(f"input shape {list(given)} does not match the bundle's "
                                   f"{list(shape)} (one sample) or [batch, {', '.join(map(str, shape))}]{hint}")
         if arr.shape[0] == 0:
@@ -187,6 +187,17 @@ class Predictor:
         dims = ", ".join(map(str, self.input_shape))
         return (f"Predictor({str(self.manifest.root)!r}, variant={v.name!r} ({v.precision}, gate {v.gate}), "
                 f"backend={self.backend!r}, input=[batch, {dims}], {len(self.classes)} classes)")
+
+
+def missing_channel_axis(given: tuple[int, ...], shape: tuple[int, ...]) -> int | None:
+    """Where the channel axis of a one-channel sample ``shape`` ([1, H, W], [1, T]) is missing from ``given``: 0 for
+    one sample ([H, W]), 1 for a batch ([N, H, W]); None when that is not the one difference. The Predictor names it in
+    its error; ``predict`` adds it to a file's samples."""
+    if len(shape) < 2 or shape[0] != 1 or given == shape:
+        return None
+    if given == shape[1:]:
+        return 0
+    return 1 if given[1:] == shape[1:] else None
 
 
 def _open(manifest: Manifest, variant: str, backend: str, threads: int | None):
