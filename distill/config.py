@@ -9,7 +9,7 @@ from typing import Protocol
 from cmcd_edge.datasets import Dataset, canonical_spec
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, methods_without, parse_recipe
 from cmcd_edge.distill.rows import PRELOAD
-from cmcd_edge.distill.students import STUDENTS
+from cmcd_edge.distill.students import ARCH_FOR_KIND, STUDENTS, NetSpec, default_spec
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice, check_keys, check_types
 
@@ -46,6 +46,7 @@ class DistillConfig:
     embed_dim: int = 128
     width: int | None = None
     depth: int | None = None
+    stem_stride: int | None = None  # a conv student's stem: 1 or 2 (None: 2 from 32 steps or pixels on, else 1)
     epochs: int = 60
     finetune: str = "head"
     finetune_epochs: int = 30
@@ -91,6 +92,8 @@ class DistillConfig:
             if getattr(self, name) < 1 or getattr(self, name) % 2 == 0:
                 raise UserError(f"{name} must be an odd number >= 1 (a centred window of epochs), "
                                 f"got {getattr(self, name)}")
+        if self.stem_stride is not None and self.stem_stride not in (1, 2):
+            raise UserError(f"stem_stride must be 1 or 2 (or null: by the target's length), got {self.stem_stride}")
         if self.finetune_epochs < 0:
             raise UserError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -136,6 +139,13 @@ class DistillConfig:
                 raise UserError(f"{flag} {view!r}: no such view in {ds.spec}; valid views: {', '.join(ds.views)}")
         if (ds.labels >= 0).sum() == 0:
             raise UserError(f"{ds.spec}: has no labels; a teacher cannot be trained and nothing can be evaluated")
+
+    def student_spec(self, ds: Dataset) -> NetSpec:
+        """The student network this config builds for the target view of ``ds`` (checked by :meth:`check_against`)."""
+        info = ds.views[self.target]
+        arch = ARCH_FOR_KIND[info.kind] if self.student == "auto" else self.student
+        return default_spec(info.kind, info.sample_shape, ds.n_classes, arch=arch, embed_dim=self.embed_dim,
+                            width=self.width, depth=self.depth, stem_stride=self.stem_stride)
 
     def to_json(self) -> dict:
         return asdict(self)

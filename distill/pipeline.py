@@ -101,11 +101,8 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
         y_train = labels[splits.train]
         _warn_labels_raised(ds.spec, cfg.labeled_fraction, raised, len(np.unique(y_train[y_train >= 0])),
                             len(splits.labeled), int((y_train >= 0).sum()))
-    info = ds.views[cfg.target]
-    arch = students.ARCH_FOR_KIND[info.kind] if cfg.student == "auto" else cfg.student
-    spec = students.default_spec(info.kind, info.sample_shape, ds.n_classes, arch=arch, embed_dim=cfg.embed_dim,
-                                 width=cfg.width, depth=cfg.depth)
     try:  # a student that cannot take the view fails here, not after the teacher trained
+        spec = cfg.student_spec(ds)
         students.check_buildable(spec)
     except UserError as exc:
         raise UserError(f"--student {cfg.student} for --target {cfg.target}: {exc}") from exc
@@ -173,11 +170,11 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     cfg.check_teacher_logits(teacher)
     engine.seed_everything(cfg.seed)
     student = students.train_layout(students.build(spec))
-    student.set_normalization(*datasets.norm_stats(ds.view(cfg.target), splits.train, info.kind))
+    student.set_normalization(*datasets.norm_stats(ds.view(cfg.target), splits.train, ds.views[cfg.target].kind))
     recipe = Recipe(recipe_terms, LossDims(spec.embed_dim, teacher.emb.shape[1], ds.n_classes, ds.n_rows),
                     cfg.loss)
     model = DistillModel(student, recipe).to(device)
-    log.info("%s  (%s -> %s, %s)", recipe, cfg.source, cfg.target, arch)
+    log.info("%s  (%s -> %s, %s)", recipe, cfg.source, cfg.target, spec.arch)
 
     x = ViewRows.open(ds.view(cfg.target), device, cfg.preload, ranks=dist.world, what=f"--target {cfg.target}")
     y = torch.as_tensor(labels).to(device)

@@ -1,5 +1,5 @@
 """A run folder's record, run.json, and what it decides: whether ``--out`` may be written, whether ``--resume`` may
-continue the run there (same config, recipe, data and teacher), and which machines trained it."""
+continue the run there (same config, recipe, student network, data and teacher), and which machines trained it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from cmcd_edge import datasets
-from cmcd_edge.distill import engine, machine
+from cmcd_edge.distill import engine, machine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.losses import recipe_str
 from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
@@ -85,12 +85,16 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
     why = recipe_change(record, cfg)
     if why:
         return f"--resume: {out} was {why} (the method's default recipe changed): rerun with --force, or use a new --out"
-    if datasets.changed_since(datasets.load(cfg.data), recorded):  # else its splits move
+    ds = datasets.load(cfg.data)
+    if datasets.changed_since(ds, recorded):  # else its splits move
         if datasets.canonical_spec(cfg.data) != datasets.canonical_spec(started_on):
             return (f"--resume: --data {cfg.data} is not the data {out} was started on ({started_on}): its files "
                     "differ from run.json's data_fingerprint; name that data, or use a new --out")
         return (f"--resume: {out} was started on {cfg.data}, which changed since (its files differ from run.json's "
                 "data_fingerprint): restore that data, rerun with --force, or use a new --out")
+    why = student_change(record, cfg.student_spec(ds))
+    if why:
+        return f"--resume: {out} {why}: rerun with --force, or use a new --out"
     cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher it started with
     if cached.exists() and json.loads(cached.read_text()).get("sha256") not in (None, teacher_sha256(cfg.teacher)):
         what = "its file" if Path(cfg.teacher).suffix in (".pt", ".pt2") else "its factory's module"
@@ -110,10 +114,24 @@ def recipe_change(record: dict, cfg: DistillConfig) -> str | None:
     return f"{made}; these flags give {want!r}"
 
 
+def student_change(record: dict, spec: students.NetSpec) -> str | None:
+    """How the student network the run that wrote run.json ``record`` trained differs from ``spec``, the one these
+    flags build now; None when they match. The spec is built by code (the default student of a view), so a config
+    match alone misses a network changed between versions. A run started before run.json kept ``student_spec`` is
+    read as :meth:`NetSpec.from_json` reads a spec of its time (this version's spec without ``stem_stride``)."""
+    made = record["student_spec"] if "student_spec" in record else \
+        {k: v for k, v in spec.to_json().items() if k != "stem_stride"}
+    old = students.NetSpec.from_json(made).to_json()
+    diff = [f"{k}: {old[k] if k in old else 'absent'} vs now {v}" for k, v in spec.to_json().items()
+            if k not in old or old[k] != v]
+    return f"trained another student network ({', '.join(diff)}; made by an older version)" if diff else None
+
+
 def run_json(cfg: DistillConfig, ds: datasets.Dataset, splits: Splits, teacher: TeacherOutputs | None,
              status: str) -> dict:
     """run.json's record of a run: its config and recipe, the versions and machine, the data and splits, the teacher."""
-    return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "status": status, "versions": machine.versions(),
+    return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "student_spec": cfg.student_spec(ds).to_json(),
+            "status": status, "versions": machine.versions(),
             "made_on": machine.made_on(engine.pick_device(cfg.device)), "data_fingerprint": ds.fingerprint(),
             "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
                                          "labeled": len(splits.labeled)},

@@ -20,6 +20,7 @@ ARCH_FOR_KIND = {"vector": "mlp", "sequence": "cnn1d", "image": "cnn2d"}
 EVAL_BYTES = {"cpu": 8 << 20, "cuda": 256 << 20}  # the largest activation of one inference batch, float32
 TRAIN_FACTOR = 1.5  # a training step's memory over its forward activations
 MIN_EVAL_ROWS = 16  # from 16 rows a batch on, a row's outputs are the same bits in any batch (smaller: other kernels)
+STEM_STRIDE_FROM = 32  # a conv stem strides 2 from this many steps (cnn1d) or pixels on the short side (cnn2d)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class NetSpec:
     width: int = 96
     depth: int = 2
     dropout: float = 0.1
+    stem_stride: int | None = None  # conv nets: set from the input's size when not given; vectors: None (no stem)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_shape", tuple(int(d) for d in self.in_shape))
@@ -41,14 +43,33 @@ class NetSpec:
         for name in ("num_classes", "embed_dim", "width", "depth"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.stem_stride is None:
+            object.__setattr__(self, "stem_stride", default_stem_stride(self.in_shape))
+        elif default_stem_stride(self.in_shape) is None:
+            raise UserError(f"stem_stride {self.stem_stride}: a network of vector samples {list(self.in_shape)} has no "
+                            "stem; leave stem_stride out")
+        elif self.stem_stride not in (1, 2):
+            raise UserError(f"stem_stride must be 1 or 2, got {self.stem_stride}")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "in_shape": list(self.in_shape)}
+        d = {**asdict(self), "in_shape": list(self.in_shape)}
+        return d if d["stem_stride"] is not None else {k: v for k, v in d.items() if k != "stem_stride"}
 
     @classmethod
     def from_json(cls, d: dict) -> NetSpec:
+        """A spec saved by :meth:`to_json`. One saved before the spec held ``stem_stride`` (session 35) is read as that
+        code built it: a cnn1d stem strided 2 at every length, a cnn2d stem as the size rule still says."""
         check_keys(d, cls.__dataclass_fields__, "network spec")
+        if "stem_stride" not in d and "arch" in d and d["arch"] == "cnn1d":
+            d = {**d, "stem_stride": 2}
         return cls(**d)
+
+
+def default_stem_stride(in_shape: tuple[int, ...]) -> int | None:
+    """A conv stem's stride: 2 from ``STEM_STRIDE_FROM`` steps (sequence) or pixels on the short side (image) on, 1
+    under it, where a halved input leaves the blocks too few positions (benchmarks/cnn1d_stem.py); None for a
+    vector."""
+    return None if len(in_shape) < 2 else 2 if min(in_shape[1:]) >= STEM_STRIDE_FROM else 1
 
 
 STUDENTS: Registry = Registry("student architecture")
@@ -230,11 +251,13 @@ class SeparableBlock1d(nn.Module):
 
 @STUDENTS.register("cnn1d")
 def cnn1d(spec: NetSpec) -> tuple[nn.Module, int]:
-    """Stem conv, then depth x (a strided and a plain depthwise-separable block), global average pool -> (B, W)."""
+    """Stem conv (``spec.stem_stride``: 2 on 32 steps or more), then depth x (a strided and a plain
+    depthwise-separable block), global average pool -> (B, W)."""
     if len(spec.in_shape) != 2:
         raise UserError(f"cnn1d takes sequence views [N, C, T]; got sample shape {list(spec.in_shape)}")
     c, w = spec.in_shape[0], spec.width // 2
-    layers: list[nn.Module] = [nn.Conv1d(c, w, 5, stride=2, padding=2, bias=False), BatchNorm1d(w), nn.ReLU()]
+    layers: list[nn.Module] = [nn.Conv1d(c, w, 5, stride=spec.stem_stride, padding=2, bias=False), BatchNorm1d(w),
+                               nn.ReLU()]
     for i in range(spec.depth):
         w_out = min(spec.width, w * 2) if i else w
         layers += [SeparableBlock1d(w, w_out, 2), SeparableBlock1d(w_out, w_out, 1)]
@@ -267,13 +290,12 @@ class InvertedResidual(nn.Module):
 
 @STUDENTS.register("cnn2d")
 def cnn2d(spec: NetSpec) -> tuple[nn.Module, int]:
-    """Stem 3x3 conv (stride 2 on large inputs), depth x (strided + plain inverted residual), global pool."""
+    """Stem 3x3 conv (``spec.stem_stride``: 2 when the short side has 32 pixels or more), depth x (strided + plain
+    inverted residual), global pool."""
     if len(spec.in_shape) != 3:
         raise UserError(f"cnn2d takes image views [N, C, H, W]; got sample shape {list(spec.in_shape)}")
-    c, h = spec.in_shape[0], min(spec.in_shape[1:])
-    w = max(8, spec.width // 4)
-    stem_stride = 2 if h >= 32 else 1
-    layers: list[nn.Module] = [nn.Conv2d(c, w, 3, stride=stem_stride, padding=1, bias=False), BatchNorm2d(w),
+    c, w = spec.in_shape[0], max(8, spec.width // 4)
+    layers: list[nn.Module] = [nn.Conv2d(c, w, 3, stride=spec.stem_stride, padding=1, bias=False), BatchNorm2d(w),
                                nn.ReLU6()]
     for i in range(spec.depth):
         w_out = min(spec.width, w * 2)

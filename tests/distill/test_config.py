@@ -35,6 +35,7 @@ def test_from_json_refuses_a_value_of_the_wrong_type(extra, message):
     ({"lr": math.inf}, "lr must be a finite number > 0, got inf"),
     ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0, got -0.0001"),
     ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, got nan"),
+    ({"stem_stride": 3}, r"stem_stride must be 1 or 2 \(or null: by the target's length\), got 3"),
 ])
 def test_distill_config_refuses_nonfinite_and_out_of_range_floats(extra, message):
     with pytest.raises(UserError, match=f"^{message}$"):
@@ -79,3 +80,22 @@ def test_select_teacher_checks_its_seed_before_loading_data():
 def test_defaults_and_a_saved_config_still_load():
     cfg = DistillConfig(**BASE, lr=1, loss=LossParams(kd_t=2))  # an int where a float is asked is fine
     assert DistillConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("stem_stride,want", [(None, 1), (1, 1), (2, 2)])
+def test_student_spec_takes_the_stem_stride_or_the_size_rule(tmp_path, stem_stride, want):
+    from tests.helpers import synthetic_paired
+
+    ds = synthetic_paired(tmp_path / "d", "sequence", n=40, target_shape=(3, 16))
+    cfg = DistillConfig(data=str(ds.root), source="src", target="tgt", stem_stride=stem_stride)
+    assert cfg.student_spec(ds).stem_stride == want
+
+
+def test_stem_stride_for_a_vector_target_is_refused_in_one_line_before_anything_trains(tmp_path):
+    from cmcd_edge.distill.pipeline import run_distill
+
+    with pytest.raises(UserError) as err:
+        run_distill(DistillConfig(**BASE, stem_stride=2), tmp_path / "run")
+    assert str(err.value) == ("--student auto for --target zer: stem_stride 2: a network of vector samples [47] has "
+                              "no stem; leave stem_stride out")
+    assert not (tmp_path / "run").exists()

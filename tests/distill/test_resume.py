@@ -167,6 +167,35 @@ def test_resume_refuses_a_run_whose_data_changed_since_it_started(toy_run, tmp_p
                                   f"started on ({data})"), why
 
 
+def test_resume_refuses_a_run_whose_student_network_changed_since_it_started(toy_run, tmp_path):
+    """A short-sequence cnn1d run started before run.json kept ``student_spec`` trained a stem of stride 2 (session 35
+    made it 1 under 32 steps): --resume names the change (was: the checkpoint's weights, of the same shapes, went on
+    training in the other network). A run that kept its spec resumes; a vector run of that time too (no stem)."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import run_distill
+    from cmcd_edge.distill.run_record import resume_refusal
+    from tests.helpers import synthetic_paired
+
+    ds = synthetic_paired(tmp_path / "data", "sequence", n=200, target_shape=(3, 16))
+    cfg = DistillConfig(data=str(ds.root), source="src", target="tgt", epochs=1, teacher_epochs=1, finetune_epochs=1,
+                        batch_size=64, device="cpu")
+    run = tmp_path / "run"
+    run_distill(cfg, run)
+    assert resume_refusal(run, cfg) is None
+    record = json.loads((run / "run.json").read_text())
+    assert record["student_spec"]["stem_stride"] == 1
+    del record["student_spec"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert resume_refusal(run, cfg) == (f"--resume: {run} trained another student network (stem_stride: 2 vs now 1; "
+                                        "made by an older version): rerun with --force, or use a new --out")
+    vector = tmp_path / "vector"
+    shutil.copytree(toy_run, vector)
+    record = json.loads((vector / "run.json").read_text())
+    del record["student_spec"]
+    (vector / "run.json").write_text(json.dumps(record))
+    assert resume_refusal(vector, DistillConfig.from_json(record["config"])) is None
+
+
 @pytest.mark.parametrize("kind", ["pt2", "factory"])
 def test_resume_refuses_a_teacher_replaced_since_the_run_started(kind, toy, tmp_path, cli, monkeypatch):
     """Was: --resume took the run's cached outputs of the old --teacher after the file was replaced, or the factory's

@@ -90,6 +90,33 @@ def test_spec_with_an_unknown_key_names_it_with_a_close_match():
         NetSpec.from_json(d)
 
 
+@pytest.mark.parametrize("arch,shape,stride", [("cnn1d", (3, 16), 1), ("cnn1d", (3, 31), 1), ("cnn1d", (3, 32), 2),
+                                               ("cnn2d", (1, 16, 15), 1), ("cnn2d", (3, 48, 31), 1),
+                                               ("cnn2d", (3, 32, 40), 2)])
+def test_conv_stem_strides_2_from_32_steps_or_pixels_on_the_short_side(arch, shape, stride):
+    """Was: cnn1d's stem strided 2 at every length, so a 16-step sequence reached its blocks as 8 steps and left them
+    as 2 (benchmarks/cnn1d_stem.py: a [3, 16] student gained several points with stride 1)."""
+    spec = NetSpec(arch, shape, num_classes=3)
+    stem = students.build(spec).encoder[0]
+    assert spec.stem_stride == stride and stem.stride == (stride,) * (len(shape) - 1)
+    assert NetSpec.from_json(spec.to_json()) == spec
+
+
+def test_spec_saved_before_it_held_the_stem_stride_builds_the_network_of_its_time():
+    """student.json / teacher.json written before session 35 have no stem_stride: a cnn1d one is read with the stride
+    2 its code built at every length (was: rebuilt with today's rule, whose weights load into another network), a
+    cnn2d one by the size rule, unchanged; a vector spec still writes no stem_stride."""
+    def saved_before(spec: NetSpec) -> dict:
+        return {k: v for k, v in spec.to_json().items() if k != "stem_stride"}
+
+    assert NetSpec.from_json(saved_before(NetSpec("cnn1d", (3, 16), 3))).stem_stride == 2
+    assert NetSpec.from_json(saved_before(NetSpec("cnn2d", (1, 16, 15), 3))).stem_stride == 1
+    assert NetSpec.from_json(saved_before(NetSpec("cnn2d", (3, 64, 64), 3))).stem_stride == 2
+    assert "stem_stride" not in NetSpec("mlp", (47,), 3).to_json()
+    with pytest.raises(UserError, match="stem_stride must be 1 or 2, got 3"):
+        NetSpec("cnn1d", (3, 16), 3, stem_stride=3)
+
+
 SMALL = {"cnn1d": (4, 2), "cnn2d": (1, 3, 3)}  # a conv layer on these reads mostly padding
 
 
