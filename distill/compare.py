@@ -19,7 +19,7 @@ from cmcd_edge.distill.compare_jobs import Jobs, continues, train_run
 from cmcd_edge.distill.compare_results import UPPER, confused_pairs, paired, results_markdown, summary, teacher_stats
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS, methods_without
-from cmcd_edge.distill.run_record import recipe_change, training_diff
+from cmcd_edge.distill.run_record import recipe_change, student_change, training_diff
 from cmcd_edge.distill.teacher_cache import TeacherCache
 from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
@@ -316,6 +316,10 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     metrics = json.loads(path.read_text())
     why = recipe_change(metrics, cfg)  # --method cmcd names today's default recipe
     if why:
+        log.info("  %s: %s: trained again", run_dir.name, why)
+        return None
+    why = student_change(json.loads((run_dir / "run.json").read_text()), cfg.student_spec(datasets.load(cfg.data)))
+    if why:  # the same config built another network then (cnn1d's short-input stem, session 35)
         log.info("  %s: %s: trained again", run_dir.name, why)
         return None
     missing = [k for k in ("val_accuracy", "test_per_class", "test_confusions") if k not in metrics]

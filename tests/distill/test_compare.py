@@ -199,6 +199,25 @@ def test_compare_resume_retrains_a_run_whose_method_recipe_changed(base, tmp_pat
     assert json.loads((kd / "metrics.json").read_text())["recipe"] == "Loss = 1.0 * kd + 1.0 * ce"
 
 
+def test_compare_resume_retrains_a_run_whose_student_network_changed(base, tmp_path, caplog):
+    """A finished short-sequence cnn1d run of a version before run.json kept ``student_spec`` trained a stem of
+    stride 2: a rerun or --extend trains it again in today's network (was: kept beside runs of the other network)."""
+    from tests.helpers import synthetic_paired
+
+    ds = synthetic_paired(tmp_path / "seq", "sequence", n=200, target_shape=(3, 16))
+    cfg = dataclasses.replace(base, data=str(ds.root))
+    out = tmp_path / "cmp"
+    run_compare(cfg, ["supervised"], 1, out, upper_bound=False)
+    run_json = out / "runs" / "supervised-s0" / "run.json"
+    record = json.loads(run_json.read_text())
+    del record["student_spec"]
+    run_json.write_text(json.dumps(record))
+    caplog.set_level("INFO")
+    run_compare(cfg, ["supervised"], 1, out, upper_bound=False, extend=True)
+    assert "supervised-s0: trained another student network (stem_stride: 2 vs now 1" in caplog.text
+    assert json.loads(run_json.read_text())["student_spec"]["stem_stride"] == 1
+
+
 def test_compare_resume_retrains_a_run_from_a_version_without_per_class_figures(base, tmp_path):
     out = tmp_path / "cmp"
     run_compare(base, ["kd"], 1, out, upper_bound=False)
