@@ -84,7 +84,7 @@ def main(work: Path, seeds: tuple[int, ...]) -> None:
             summary[f"{target} {method}"] = per_arm
             before, after = per_arm["torch BatchNorm (before)"], per_arm["warm start (shipped)"]
             table.append(f"| {kind} {list(shape)} ({'cnn1d' if kind == 'sequence' else 'cnn2d'}) | {method} | "
-                         f"{_pct(before['test_accuracy'])} | {_pct(after['test_accuracy'])} | "
+                         f"{pct(before['test_accuracy'])} | {pct(after['test_accuracy'])} | "
                          f"{100 * before['median_test_accuracy']:.1f} -> {100 * after['median_test_accuracy']:.1f} | "
                          f"{before['runs_one_class_for_every_row']} -> {after['runs_one_class_for_every_row']} |")
     print("\n".join(table))
@@ -92,7 +92,8 @@ def main(work: Path, seeds: tuple[int, ...]) -> None:
                                    "summary": summary}, indent=1) + "\n")
 
 
-def _pct(accs: list[float]) -> str:
+def pct(accs: list[float]) -> str:
+    """Top-1 fractions as a table cell of percents (cnn1d_stem.py uses it too)."""
     return " ".join(f"{100 * a:.1f}" for a in accs)
 
 
@@ -110,11 +111,16 @@ def _majority_share(student, ds, target: str, seed: int) -> float:
     return float(np.bincount(pred).max() / len(pred))
 
 
-if __name__ == "__main__":
+def run_cli(main, doc: str) -> None:
+    """The command line of the scratch-folder studies (this one and cnn1d_stem.py): WORK [--seeds N]."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("work", type=Path, help="a scratch folder (the dataset and teacher cache go there)")
     ap.add_argument("--seeds", type=int, default=5)
     a = ap.parse_args()
     main(a.work, tuple(range(a.seeds)))
+
+
+if __name__ == "__main__":
+    run_cli(main, __doc__)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bn_warm_start import pct, run_cli  # the scratch-folder studies' table cell and command line
 
 RESULTS = Path(__file__).parent / "results" / "cnn1d_stem.json"
 TARGETS = {"seq8": 8, "seq16": 16, "seq24": 24, "seq48": 48}
@@ -87,7 +88,7 @@ def main(work: Path, seeds: tuple[int, ...]) -> None:
             stride2, stride1 = per_arm.values()
             gain = 100 * (stride1["median_test_accuracy"] - stride2["median_test_accuracy"])
             table.append(f"| [3, {steps}] ({2 if steps >= shipped else 1}) | {setting} | "
-                         + " | ".join(f"{_pct(a['test_accuracy'])}; {100 * a['median_test_accuracy']:.1f}"
+                         + " | ".join(f"{pct(a['test_accuracy'])}; {100 * a['median_test_accuracy']:.1f}"
                                       for a in (stride2, stride1))
                          + f" | {gain:+.1f} | {stride2['macs']:,} -> {stride1['macs']:,} |")
     print("\n".join(table))
@@ -95,15 +96,5 @@ def main(work: Path, seeds: tuple[int, ...]) -> None:
                                    "summary": summary}, indent=1) + "\n")
 
 
-def _pct(accs: list[float]) -> str:
-    return " ".join(f"{100 * a:.1f}" for a in accs)
-
-
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("work", type=Path, help="a scratch folder (the dataset and teacher cache go there)")
-    ap.add_argument("--seeds", type=int, default=5)
-    a = ap.parse_args()
-    main(a.work, tuple(range(a.seeds)))
+    run_cli(main, __doc__)
