@@ -65,16 +65,17 @@ def test_conv1d_as_conv2d_leaves_a_graph_without_1d_convs_untouched(tmp_path):
 
 
 @pytest.mark.parametrize("batch", [1, 32])
-def test_conv1d_as_conv2d_on_a_cnn1d_student_matches_torch(tmp_path, batch):
+@pytest.mark.parametrize("shape", [(6, 64), (3, 16)])  # stems of stride 2 and 1
+def test_conv1d_as_conv2d_on_a_cnn1d_student_matches_torch(tmp_path, batch, shape):
     import torch
 
     from cmcd_edge.distill import students
     from cmcd_edge.export import onnx_export
 
     torch.manual_seed(0)
-    net = students.build(students.default_spec("sequence", (6, 64), 5)).eval()
-    x = np.random.default_rng(1).normal(size=(batch, 6, 64)).astype(np.float32)
-    onnx_export.export_fp32(net, (6, 64), tmp_path / "f.onnx", example=x)  # lifts
+    net = students.build(students.default_spec("sequence", shape, 5)).eval()
+    x = np.random.default_rng(1).normal(size=(batch, *shape)).astype(np.float32)
+    onnx_export.export_fp32(net, shape, tmp_path / "f.onnx", example=x)  # lifts
     got = make_session(tmp_path / "f.onnx").run(None, {onnx_export.INPUT: x})[0]
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
