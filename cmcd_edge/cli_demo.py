@@ -46,8 +46,8 @@ def run_demo(root: Path, quick: bool) -> None:
     click.echo("== 5. export --int8 --per-tensor: ONNX FP32 + calibrated static INT8 + accuracy gate")
     ctx.invoke(command(ctx, "export"), run=str(root / "run"), out=str(root / "bundle"), data=None, int8=True, fp16=False,
                calib_size=None, calib_method="minmax", calib_select="random", max_accuracy_drop=1.0,
-               allow_accuracy_drop=False, target="auto", stem="auto", per_channel=False, force=False, recalibrate=False,
-               engine=False)
+               max_class_drop=None, allow_accuracy_drop=False, target="auto", stem="auto", per_channel=False,
+               force=False, recalibrate=False, engine=False)
     click.echo("\n== 6. bench: latency with accuracy beside it (torch-free runtime)")
     ctx.invoke(command(ctx, "bench"), bundles=(str(root / "bundle"),), variants="all", batches="1,8", threads="1",
                backend="cpu", duration=1.0, warmup=0.3, data=None, no_accuracy=False, torch_run=None,

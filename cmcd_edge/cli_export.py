@@ -23,6 +23,8 @@ INT8_FLAGS = ("calib_size", "calib_method", "calib_select", "target", "stem", "p
 @click.option("--calib-method", default="minmax", show_default=True, help="minmax | entropy | percentile")
 @click.option("--calib-select", default="random", show_default=True, help="random | coverage (k-center greedy)")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, help="Top-1 points INT8 may lose.")
+@click.option("--max-class-drop", type=float, default=None, help="Top-1 points a variant may lose on any one class "
+              "of the test split [default: reported in report.md, not gated].")
 @click.option("--allow-accuracy-drop", is_flag=True, help="Write the bundle even when a variant fails the gate.")
 @click.option("--target", default="auto", show_default=True,
               help="INT8 preset: auto | cpu (this CPU) | cpu-vnni | cpu-avx2 | cpu-arm64 (the device's CPU) | tensorrt")
@@ -46,7 +48,8 @@ def export(run: str, engine: bool = False, **kw) -> None:
     from cmcd_edge.export.bundle import ExportConfig, report_markdown, run_export
 
     if not kw["int8"]:
-        gated = () if kw["fp16"] else ("max_accuracy_drop", "allow_accuracy_drop")  # the gate also judges FP16
+        gated = () if kw["fp16"] else ("max_accuracy_drop", "max_class_drop", "allow_accuracy_drop")  # the gate also
+        # judges FP16
         cli_base.refuse_inert(INT8_FLAGS + gated, "for the INT8 variant, which --no-int8 leaves out (drop one or "
                               "the other)")
     if not kw["force"]:

@@ -62,6 +62,8 @@ def test_export_refuses_existing_bundle_and_keeps_it(toy_run, toy_bundle, cli):
     (["--no-int8", "--calib-method", "entropy", "--per-tensor"], ["--calib-method entropy, --per-tensor: for the INT8 "
                                                                   "variant, which --no-int8 leaves out"]),
     (["--no-int8", "--max-accuracy-drop", "2"], ["--max-accuracy-drop 2.0: for the INT8 variant"]),
+    (["--no-int8", "--max-class-drop", "5"], ["--max-class-drop 5.0: for the INT8 variant"]),
+    (["--max-class-drop", "-1"], ["--max-class-drop -1.0: must be >= 0"]),
     (["--recalibrate"], ["--recalibrate: only with --force"]),
 ])
 def test_export_bad_flags(toy_run, tmp_path, cli, args, needles):
@@ -319,6 +321,48 @@ def test_export_report_names_the_class_each_variant_loses_most_on(toy_bundle):
     assert class_drop_line("int8", fp32, {"a": {"rows": 40, "top1": 0.925}, "b": {"rows": 10, "top1": 0.5}}) == \
         "Per class, int8 loses most on b: 80.0% -> 50.0% (3 of its 10 test rows)."
     assert class_drop_line("fp16", fp32, fp32) == "Per class, fp16 loses no test top-1 against FP32."
+
+
+def test_class_gate_fails_a_variant_that_loses_more_of_one_class_golden_values():
+    from cmcd_edge.export.bundle import class_gate
+
+    fp32 = {"a": {"rows": 40, "top1": 0.9}, "b": {"rows": 10, "top1": 0.8}}
+    pcs = {"fp32": fp32, "int8": {"a": {"rows": 40, "top1": 0.925}, "b": {"rows": 10, "top1": 0.5}}, "fp16": fp32}
+    variants = [{"name": n, "gate": "passed"} for n in pcs]
+    assert class_gate(variants, pcs, 30.0) == {}  # b loses 30.0 points: not more than 30
+    assert class_gate(variants, pcs, 29.0) == {"int8": "class 'b' loses 30.0 points, 80.0% -> 50.0% (3 of its 10 test "
+                                                       "rows), more than --max-class-drop 29"}
+    assert [v["gate"] for v in variants] == ["passed", "failed", "passed"]
+
+
+def test_max_class_drop_fails_int8_that_loses_one_class_in_one_line_and_writes_nothing(toy_run, tmp_path, cli):
+    """Was: per-class drops were printed in report.md only, so a CI export passed an INT8 that lost most of one class
+    while its overall top-1 met the gate. A real export of a student with one outlier weight in its first layer
+    (per-tensor INT8 rounds that layer's other weights to zero; INT8 agrees with FP32 on 29% of the rows here), the
+    overall budget opened wide."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    state = load_file(run / "student.safetensors")
+    with torch.no_grad():
+        state["encoder.0.weight"][0, 0] = 50.0
+    save_file(state, run / "student.safetensors")
+    flags = ["--per-tensor", "--target", "cpu-avx2", "--max-accuracy-drop", "100"]  # 7-bit weights: the same graph,
+    # and the same integer sums, on every x86 CPU (the VNNI preset's 8-bit grid kept more of this layer)
+    res = cli("export", run, "--out", tmp_path / "b", *flags, "--max-class-drop", "50")
+    assert_one_line_error(res, 1, "accuracy gate failed for int8 (class '", "more than --max-class-drop 50); nothing "
+                          "was written: raise --max-accuracy-drop or --max-class-drop")
+    assert not (tmp_path / "b").exists()
+    res = cli("export", run, "--out", tmp_path / "b", *flags, "--max-class-drop", "50", "--allow-accuracy-drop")
+    assert res.returncode == 0, res.stderr
+    int8 = {v.name: v for v in load_manifest(tmp_path / "b").variants}["int8"]
+    assert int8.gate == "failed"
+    assert "and at most 50 of any one class's" in (tmp_path / "b" / "report.md").read_text()
+    res = cli("export", run, "--out", tmp_path / "c", *flags)  # not gated per class unless asked
+    assert res.returncode == 0, res.stderr
+    assert {v.name: v for v in load_manifest(tmp_path / "c").variants}["int8"].gate == "passed"
 
 
 def test_export_runs_each_variant_over_the_test_rows_once(toy_run, tmp_path, monkeypatch):
