@@ -113,9 +113,10 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         variants.append(_variant(tmp, "fp32", "fp32", fp32, fp32_acc, "passed", "any",
                                  {"agreement_with_fp32": 1.0, "macs": macs, "parity": par}))
         calibration = None
+        budget = gate.Budget(cfg.max_accuracy_drop, cfg.max_class_drop, tuple(ds.classes))
         if cfg.int8:
             calibration, g, speed_float, probe = _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32,
-                                                       preset, test, val, ref)
+                                                       preset, test, val, ref, budget)
             predicted["int8"] = g.predicted
             variants.append(_variant(tmp, "int8", "int8", tmp / "model.int8.onnx", g.accuracy,
                                      "passed" if g.passed else "failed", preset.name,
@@ -127,16 +128,16 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             quantize.to_fp16(fp32, tmp / "model.fp16.onnx")
             acc16, agree16, cos16, logits16 = gate.scored(tmp / "model.fp16.onnx", *test, ref)
             predicted["fp16"] = logits16.argmax(1)
-            passed16 = 100 * (fp32_acc - acc16) <= cfg.max_accuracy_drop
+            misses16 = budget.misses(test[1], predicted["fp32"], predicted["fp16"])
             variants.append(_variant(tmp, "fp16", "fp16", tmp / "model.fp16.onnx", acc16,
-                                     "passed" if passed16 else "failed", "cuda",
+                                     "failed" if misses16 else "passed", "cuda",
                                      {"agreement_with_fp32": agree16, "cosine_with_fp32": cos16, "macs": macs}))
         per_class_top1 = {name: per_class(p, test[1], tuple(ds.classes)) for name, p in predicted.items()}
-        failures = {v["name"]: f"more than {cfg.max_accuracy_drop} points below FP32" + (
-            " even with each node that wins accuracy back on val left float" if v["name"] == "int8" else "")
-            for v in variants if v["gate"] == "failed"}
-        if cfg.max_class_drop is not None:
-            failures |= class_gate(variants, per_class_top1, cfg.max_class_drop)
+        failures = {}  # variant -> why it fails the budget
+        if cfg.int8 and not g.passed:
+            failures["int8"] = "; ".join(g.misses) + ", even with each node that wins accuracy back on val left float"
+        if cfg.fp16 and misses16:
+            failures["fp16"] = "; ".join(misses16)
         gate_failed = bool(failures)
         manifest = _manifest(run, ds, view, variants, calibration, cfg)
         cpu_variants = [v for v in variants if v["target"] in RUNS_TARGET["cpu"]]
@@ -188,7 +189,7 @@ def _calib_key(cfg: ExportConfig, ds, calib_size: int, preset, model_sha256: str
                                  preset.symmetric, cfg.seed)
 
 
-def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val, ref):
+def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, test, val, ref, budget):
     pre = tmp / ".model.pre.onnx"
     quantize.preprocess(fp32, pre)
     train = splits.train
@@ -220,7 +221,7 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
         q_raw([*keep_float, *exclude], path)
 
     g = gate.run_gate(q, [n for n in quantize.quantizable_nodes(pre) if n not in keep_float], tmp / "model.int8.onnx",
-                      fp32, test, val, cfg.max_accuracy_drop, ref=ref)
+                      fp32, test, val, budget, ref=ref)
     pre.unlink()
     calibration = {"method": cfg.calib_method, "select": cfg.calib_select, "size": len(rows),
                    "data_fingerprint": ds.fingerprint(), "file": "calibration.json", "preset": preset.to_json()}
@@ -306,36 +307,11 @@ def report_details(manifest: dict, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def worst_class(fp32: dict, variant: dict) -> tuple[str, float, str]:
-    """The class a variant loses most test top-1 on against FP32 (per-class dicts of :func:`per_class`): its name,
-    the drop in points, and the drop in words (``80.0% -> 50.0% (3 of its 10 test rows)``)."""
-    c = max(fp32, key=lambda k: (fp32[k]["top1"] - variant[k]["top1"], k))
-    drop = 100 * (fp32[c]["top1"] - variant[c]["top1"])
-    lost = round(drop * fp32[c]["rows"] / 100)
-    return c, drop, (f"{100 * fp32[c]['top1']:.1f}% -> {100 * variant[c]['top1']:.1f}% ({lost} of its "
-                     f"{fp32[c]['rows']} test rows)")
-
-
 def class_drop_line(name: str, fp32: dict, variant: dict) -> str:
     """The class a variant loses most top-1 on against FP32: an overall drop within the gate can hide one class's."""
-    c, drop, words = worst_class(fp32, variant)
+    c, drop, words = gate.worst_class(fp32, variant)
     return f"Per class, {name} loses most on {c}: {words}." if drop > 0 else \
         f"Per class, {name} loses no test top-1 against FP32."
-
-
-def class_gate(variants: list[dict], per_class_top1: dict, max_drop: float) -> dict[str, str]:
-    """``--max-class-drop``: each variant that passed the overall gate but loses more than ``max_drop`` points of one
-    class's test top-1 against FP32 is marked failed (in place); returns name -> why. The node search of the overall
-    gate does not look at classes: this judges the variant it settled on."""
-    why = {}
-    for v in variants:
-        if v["name"] == "fp32" or v["gate"] != "passed":
-            continue
-        c, drop, words = worst_class(per_class_top1["fp32"], per_class_top1[v["name"]])
-        if drop > max_drop + 1e-9:
-            v["gate"] = "failed"
-            why[v["name"]] = f"class {c!r} loses {drop:.1f} points, {words}, more than --max-class-drop {max_drop:g}"
-    return why
 
 
 def load_report(bundle: Path) -> dict:

@@ -35,7 +35,7 @@ def _student_and_gate(tmp_path, outlier: float | None, layer: str = "head"):
         quantize.quantize(pre, path, preset, ranges, "minmax", exclude)
 
     res = gate.run_gate(q, quantize.quantizable_nodes(pre), tmp_path / "int8.onnx", fp32, (x[400:], y[400:]),
-                        (x[200:400], y[200:400]), max_drop=1.0)
+                        (x[200:400], y[200:400]), gate.Budget(1.0))
     head = next(n.name for n in onnx.load(str(pre)).graph.node if "net.head.weight" in n.input)
     return res, head
 
