@@ -48,8 +48,8 @@ def export(run: str, engine: bool = False, **kw) -> None:
     from cmcd_edge.export.bundle import ExportConfig, report_markdown, run_export
 
     if not kw["int8"]:
-        gated = () if kw["fp16"] else ("max_accuracy_drop", "max_class_drop", "allow_accuracy_drop")  # the gate also
-        # judges FP16
+        # the gate also judges FP16
+        gated = () if kw["fp16"] else ("max_accuracy_drop", "max_class_drop", "allow_accuracy_drop")
         cli_base.refuse_inert(INT8_FLAGS + gated, "for the INT8 variant, which --no-int8 leaves out (drop one or "
                               "the other)")
     if not kw["force"]:

@@ -9,7 +9,7 @@ from typing import Protocol
 from cmcd_edge.datasets import Dataset, canonical_spec
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, methods_without, parse_recipe
 from cmcd_edge.distill.rows import PRELOAD
-from cmcd_edge.distill.students import ARCH_FOR_KIND, STUDENTS, NetSpec, default_spec
+from cmcd_edge.distill.students import ARCH_FOR_KIND, STEM_STRIDES, STUDENTS, NetSpec, default_spec
 from cmcd_edge.errors import UserError
 from cmcd_edge.registry import check_choice, check_keys, check_types
 
@@ -92,7 +92,7 @@ class DistillConfig:
             if getattr(self, name) < 1 or getattr(self, name) % 2 == 0:
                 raise UserError(f"{name} must be an odd number >= 1 (a centred window of epochs), "
                                 f"got {getattr(self, name)}")
-        if self.stem_stride is not None and self.stem_stride not in (1, 2):
+        if self.stem_stride is not None and self.stem_stride not in STEM_STRIDES:  # as NetSpec, before data loads
             raise UserError(f"stem_stride must be 1 or 2 (or null: by the target's length), got {self.stem_stride}")
         if self.finetune_epochs < 0:
             raise UserError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")

@@ -21,6 +21,7 @@ EVAL_BYTES = {"cpu": 8 << 20, "cuda": 256 << 20}  # the largest activation of on
 TRAIN_FACTOR = 1.5  # a training step's memory over its forward activations
 MIN_EVAL_ROWS = 16  # from 16 rows a batch on, a row's outputs are the same bits in any batch (smaller: other kernels)
 STEM_STRIDE_FROM = 32  # a conv stem strides 2 from this many steps (cnn1d) or pixels on the short side (cnn2d)
+STEM_STRIDES = (1, 2)  # the strides a spec (and a config's stem_stride) may ask for
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class NetSpec:
         elif default_stem_stride(self.in_shape) is None:
             raise UserError(f"stem_stride {self.stem_stride}: a network of vector samples {list(self.in_shape)} has no "
                             "stem; leave stem_stride out")
-        elif self.stem_stride not in (1, 2):
+        elif self.stem_stride not in STEM_STRIDES:
             raise UserError(f"stem_stride must be 1 or 2, got {self.stem_stride}")
 
     def to_json(self) -> dict:

@@ -36,7 +36,7 @@ class Budget:
 
     max_drop: float
     max_class_drop: float | None = None
-    classes: tuple[str, ...] = ()  # class names, for the messages (by index; empty: the indices)
+    classes: tuple[str, ...] = ()  # class names by index, for the messages (needed with max_class_drop)
 
     def misses(self, y: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray) -> list[str]:
         """Why predictions ``pred`` fail the budget against FP32's ``ref_pred`` on labels ``y`` (empty: they pass)."""
@@ -45,8 +45,7 @@ class Budget:
         if drop > self.max_drop + 1e-9:
             why.append(f"more than {self.max_drop} points below FP32")
         if self.max_class_drop is not None:
-            names = self.classes or tuple(str(c) for c in range(int(max(y.max(), pred.max(), ref_pred.max())) + 1))
-            c, lost, words = worst_class(per_class(ref_pred, y, names), per_class(pred, y, names))
+            c, lost, words = worst_class(per_class(ref_pred, y, self.classes), per_class(pred, y, self.classes))
             if lost > self.max_class_drop + 1e-9:
                 why.append(f"class {c!r} loses {lost:.1f} points, {words}, more than --max-class-drop "
                            f"{self.max_class_drop:g}")
