@@ -19,9 +19,9 @@ from cmcd_edge.distill.compare_jobs import Jobs, continues, train_run
 from cmcd_edge.distill.compare_results import UPPER, confused_pairs, paired, results_markdown, summary, teacher_stats
 from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS, methods_without
-from cmcd_edge.distill.run_record import recipe_change, student_change, training_diff
+from cmcd_edge.distill.run_record import network_change, recipe_change, spec_change, training_diff
 from cmcd_edge.distill.teacher_cache import TeacherCache
-from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, teacher_spec, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, write_json, write_text
 from cmcd_edge.registry import check_choice, check_unique
@@ -60,13 +60,22 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     for name, default in _UNKEYED_DEFAULTS.items():  # keyed when set, so a compare made before the option extends
         if key[name] == default:
             del key[name]
+    spec = teacher_spec(ds, cfg.source) if cfg.teacher == "train" else None
     key_file = folder / "teacher_key.json"
     if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
         old = json.loads(key_file.read_text())
+        made = old.pop("teacher_spec") if "teacher_spec" in old else None  # not a setting: the code builds it
         if old != key:
             diff = _key_diff(old, key)
             raise UserError(f"{folder}: this cached teacher was made with other settings ({diff[:300]}); "
                             "pass --force to recompute, or use a new --out")
+        why = None if spec is None else spec_change(made, spec)
+        if why:  # the runs distilled from it are trained again too (run_record.network_change)
+            log.info("seed %d: the teacher in %s is another network (%s; made by an older version): trained again",
+                     cfg.seed, folder, why)
+            shutil.rmtree(folder)
+    if spec is not None:  # a version that builds another network trains the teacher again (session 35's cnn1d stem)
+        key["teacher_spec"] = spec.to_json()
     cached = TeacherOutputs.load(folder)
     if cached is not None:
         return cached
@@ -318,8 +327,8 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     if why:
         log.info("  %s: %s: trained again", run_dir.name, why)
         return None
-    why = student_change(json.loads((run_dir / "run.json").read_text()), cfg.student_spec(datasets.load(cfg.data)))
-    if why:  # the same config built another network then (cnn1d's short-input stem, session 35)
+    why = network_change(json.loads((run_dir / "run.json").read_text()), cfg, datasets.load(cfg.data))
+    if why:  # the same config built another student or teacher then (cnn1d's short-input stem, session 35)
         log.info("  %s: %s: trained again", run_dir.name, why)
         return None
     missing = [k for k in ("val_accuracy", "test_per_class", "test_confusions") if k not in metrics]

@@ -1,5 +1,6 @@
 """A run folder's record, run.json, and what it decides: whether ``--out`` may be written, whether ``--resume`` may
-continue the run there (same config, recipe, student network, data and teacher), and which machines trained it."""
+continue the run there (same config, recipe, data, student and teacher networks, and teacher), and which machines
+trained it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from cmcd_edge import datasets
 from cmcd_edge.distill import engine, machine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.losses import recipe_str
-from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
+from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256, teacher_spec
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import remove_stale_temps, write_json
 from cmcd_edge.splitting import Splits
@@ -92,7 +93,7 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
                     "differ from run.json's data_fingerprint; name that data, or use a new --out")
         return (f"--resume: {out} was started on {cfg.data}, which changed since (its files differ from run.json's "
                 "data_fingerprint): restore that data, rerun with --force, or use a new --out")
-    why = student_change(record, cfg.student_spec(ds))
+    why = network_change(record, cfg, ds)
     if why:
         return f"--resume: {out} {why}: rerun with --force, or use a new --out"
     cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher it started with
@@ -114,23 +115,41 @@ def recipe_change(record: dict, cfg: DistillConfig) -> str | None:
     return f"{made}; these flags give {want!r}"
 
 
-def student_change(record: dict, spec: students.NetSpec) -> str | None:
-    """How the student network the run that wrote run.json ``record`` trained differs from ``spec``, the one these
-    flags build now; None when they match. The spec is built by code (the default student of a view), so a config
-    match alone misses a network changed between versions. A run started before run.json kept ``student_spec`` is
-    read as :meth:`NetSpec.from_json` reads a spec of its time (this version's spec without ``stem_stride``)."""
-    made = record["student_spec"] if "student_spec" in record else \
-        {k: v for k, v in spec.to_json().items() if k != "stem_stride"}
+def network_change(record: dict, cfg: DistillConfig, ds: datasets.Dataset) -> str | None:
+    """How the networks the run that wrote run.json ``record`` trained differ from those ``cfg`` builds now on ``ds``:
+    the student, then the teacher ``--teacher train`` trains; None when they match. Both specs are built by code (the
+    default network of a view), so a config match alone misses a network changed between versions (cnn1d's
+    short-input stem, session 35). A spec of a version before run.json kept it is read as :meth:`NetSpec.from_json`
+    reads a spec of its time (this version's spec without ``stem_stride``); a finished run's teacher, from the
+    ``teacher`` record it kept."""
+    why = spec_change(record["student_spec"] if "student_spec" in record else None, cfg.student_spec(ds))
+    if why:
+        return f"trained another student network ({why}; made by an older version)"
+    if cfg.teacher != "train" or not cfg.needs_teacher:
+        return None
+    kept = record["teacher"] if "teacher" in record else None  # a finished run's: the teacher it was given
+    made = kept["spec"] if kept is not None and "spec" in kept else \
+        record["teacher_spec"] if "teacher_spec" in record else None
+    why = spec_change(made, teacher_spec(ds, cfg.source))
+    return f"trained another teacher network ({why}; made by an older version)" if why else None
+
+
+def spec_change(made: dict | None, spec: students.NetSpec) -> str | None:
+    """The keys in which the spec a run recorded (``made``; None: an older version kept none) differs from ``spec``."""
+    if made is None:
+        made = {k: v for k, v in spec.to_json().items() if k != "stem_stride"}
     old = students.NetSpec.from_json(made).to_json()
     diff = [f"{k}: {old[k] if k in old else 'absent'} vs now {v}" for k, v in spec.to_json().items()
             if k not in old or old[k] != v]
-    return f"trained another student network ({', '.join(diff)}; made by an older version)" if diff else None
+    return ", ".join(diff) or None
 
 
 def run_json(cfg: DistillConfig, ds: datasets.Dataset, splits: Splits, teacher: TeacherOutputs | None,
              status: str) -> dict:
     """run.json's record of a run: its config and recipe, the versions and machine, the data and splits, the teacher."""
+    trains_teacher = cfg.teacher == "train" and cfg.needs_teacher
     return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "student_spec": cfg.student_spec(ds).to_json(),
+            "teacher_spec": teacher_spec(ds, cfg.source).to_json() if trains_teacher else None,
             "status": status, "versions": machine.versions(),
             "made_on": machine.made_on(engine.pick_device(cfg.device)), "data_fingerprint": ds.fingerprint(),
             "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),

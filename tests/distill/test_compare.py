@@ -218,6 +218,41 @@ def test_compare_resume_retrains_a_run_whose_student_network_changed(base, tmp_p
     assert json.loads(run_json.read_text())["student_spec"]["stem_stride"] == 1
 
 
+def test_compare_resume_retrains_a_teacher_whose_network_changed_and_its_runs(base, tmp_path, caplog):
+    """A compare distilling from a short-sequence source of a version before teacher_key.json kept the network
+    (session 35 gave cnn1d's stem stride 1 under 32 steps): a rerun trains the seed's teacher again and the runs
+    distilled from it (was: kept the old network's outputs, and a killed teacher's checkpoint went on in the new
+    network). A vector source's teacher cached by that version is kept."""
+    from tests.helpers import synthetic_paired
+
+    ds = synthetic_paired(tmp_path / "seq", "sequence", n=200, target_shape=(3, 16))
+    cfg = dataclasses.replace(base, data=str(ds.root), source="tgt", target="src")
+    out = tmp_path / "cmp"
+    run_compare(cfg, ["kd"], 1, out, upper_bound=False)
+    key, run_json = out / "teachers" / "seed0" / "teacher_key.json", out / "runs" / "kd-s0" / "run.json"
+    assert json.loads(key.read_text())["teacher_spec"]["stem_stride"] == 1
+    for path, drop in [(key, lambda d: d.pop("teacher_spec")), (run_json, lambda d: d["teacher"]["spec"].pop("stem_stride"))]:
+        doc = json.loads(path.read_text())
+        drop(doc)  # as an older version wrote it
+        path.write_text(json.dumps(doc))
+    caplog.set_level("INFO")
+    run_compare(cfg, ["kd"], 1, out, upper_bound=False, extend=True)
+    assert "seed 0: the teacher in " in caplog.text and "is another network (stem_stride: 2 vs now 1" in caplog.text
+    assert "kd-s0: trained another teacher network (stem_stride: 2 vs now 1" in caplog.text
+    assert json.loads(key.read_text())["teacher_spec"]["stem_stride"] == 1
+    assert json.loads(run_json.read_text())["teacher"]["spec"]["stem_stride"] == 1
+
+    out = tmp_path / "vec"
+    run_compare(base, ["kd"], 1, out, upper_bound=False)
+    key, outputs = out / "teachers" / "seed0" / "teacher_key.json", out / "teachers" / "seed0" / "teacher_outputs.json"
+    doc = json.loads(key.read_text())
+    del doc["teacher_spec"]
+    key.write_text(json.dumps(doc))
+    mtime = outputs.stat().st_mtime_ns
+    run_compare(base, ["kd"], 1, out, upper_bound=False, extend=True)
+    assert outputs.stat().st_mtime_ns == mtime
+
+
 def test_compare_resume_retrains_a_run_from_a_version_without_per_class_figures(base, tmp_path):
     out = tmp_path / "cmp"
     run_compare(base, ["kd"], 1, out, upper_bound=False)

@@ -196,6 +196,35 @@ def test_resume_refuses_a_run_whose_student_network_changed_since_it_started(toy
     assert resume_refusal(vector, DistillConfig.from_json(record["config"])) is None
 
 
+def test_resume_refuses_a_run_whose_teacher_network_changed_since_it_started(tmp_path):
+    """A run distilling from a short-sequence source trained a cnn1d teacher of stem stride 2 before session 35:
+    --resume names the teacher's change, whether the run had finished its teacher (run.json's ``teacher``) or was
+    killed before (its ``teacher_spec``, or neither in a version before either) (was: a killed teacher's checkpoint
+    went on training in the other network, of the same shapes). A run that kept the spec it trained resumes."""
+    from cmcd_edge.distill.config import DistillConfig
+    from cmcd_edge.distill.pipeline import run_distill
+    from cmcd_edge.distill.run_record import resume_refusal
+    from tests.helpers import synthetic_paired
+
+    ds = synthetic_paired(tmp_path / "data", "sequence", n=200, target_shape=(3, 16))
+    cfg = DistillConfig(data=str(ds.root), source="tgt", target="src", epochs=1, teacher_epochs=1, finetune_epochs=1,
+                        batch_size=64, device="cpu")  # the (3, 16) sequence view is the source
+    run = tmp_path / "run"
+    run_distill(cfg, run)
+    run_json = run / "run.json"
+    record = json.loads(run_json.read_text())
+    assert record["teacher"]["spec"]["stem_stride"] == 1 and record["teacher_spec"] == record["teacher"]["spec"]
+    want = (f"--resume: {run} trained another teacher network (stem_stride: 2 vs now 1; made by an older version): "
+            "rerun with --force, or use a new --out")
+    started = {**record, "teacher": None}  # as run.json reads while the teacher trains
+    for made, refusal in [(record, None), (started, None),
+                          ({**record, "teacher": {**record["teacher"], "spec": {
+                              k: v for k, v in record["teacher"]["spec"].items() if k != "stem_stride"}}}, want),
+                          ({k: v for k, v in started.items() if k != "teacher_spec"}, want)]:
+        run_json.write_text(json.dumps(made))
+        assert resume_refusal(run, cfg) == refusal
+
+
 @pytest.mark.parametrize("kind", ["pt2", "factory"])
 def test_resume_refuses_a_teacher_replaced_since_the_run_started(kind, toy, tmp_path, cli, monkeypatch):
     """Was: --resume took the run's cached outputs of the old --teacher after the file was replaced, or the factory's
