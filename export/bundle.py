@@ -135,7 +135,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         per_class_top1 = {name: per_class(p, test[1], tuple(ds.classes)) for name, p in predicted.items()}
         failures = {}  # variant -> why it fails the budget
         if cfg.int8 and not g.passed:
-            failures["int8"] = "; ".join(g.misses) + ", even with each node that wins accuracy back on val left float"
+            failures["int8"] = g.failure()
         if cfg.fp16 and misses16:
             failures["fp16"] = "; ".join(misses16)
         gate_failed = bool(failures)
@@ -220,8 +220,10 @@ def _int8(cfg, calib_size, run, ds, splits, x_all, labels, tmp, fp32, preset, te
     def q(exclude, path):
         q_raw([*keep_float, *exclude], path)
 
-    g = gate.run_gate(q, [n for n in quantize.quantizable_nodes(pre) if n not in keep_float], tmp / "model.int8.onnx",
-                      fp32, test, val, budget, ref=ref)
+    candidates = [n for n in quantize.quantizable_nodes(pre) if n not in keep_float]
+    limit = gate.FloatLimit(frozenset(quantize.quantizable_nodes(pre, quantize.LAYER_OPS)))
+    g = gate.run_gate(q, candidates, tmp / "model.int8.onnx", fp32, test, val, budget, limit, ref=ref,
+                      units=quantize.float_units(pre, candidates))
     pre.unlink()
     calibration = {"method": cfg.calib_method, "select": cfg.calib_select, "size": len(rows),
                    "data_fingerprint": ds.fingerprint(), "file": "calibration.json", "preset": preset.to_json()}

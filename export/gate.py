@@ -2,7 +2,9 @@
 with ``max_class_drop``, at most that many of any one class's), measured through the runtime's own session code.
 INT8 over budget: nodes are ranked by sensitivity (one-at-a-time exclusion, scored on the val split) and the worst
 stay float, in that order, until the variant is within budget; only nodes whose exclusion gains accuracy on val are
-kept float (a node that gains nothing would only cost speed)."""
+kept float (a node that gains nothing would only cost speed). Where no single node is enough, each layer is tried
+float together with the path of its output to the next layers (an outlier channel in a layer's output breaks the
+per-tensor scale of the next layer's input, which keeping the layer alone float does not mend), ranked the same way."""
 
 from __future__ import annotations
 
@@ -52,6 +54,26 @@ class Budget:
         return why
 
 
+@dataclass(frozen=True)
+class FloatLimit:
+    """How much of the graph the search may leave float: ``nodes`` at most, and at most half the weighted ``layers``
+    (:data:`~cmcd_edge.export.quantize.LAYER_OPS`; none given: no such bound). An INT8 variant most of whose layers
+    run float is no INT8 variant: it fails the gate instead."""
+
+    layers: frozenset[str] = frozenset()
+    nodes: int = 8
+
+    @property
+    def max_layers(self) -> int:
+        return max(1, len(self.layers) // 2)
+
+    def allows(self, excluded: list[str]) -> bool:
+        return len(excluded) <= self.nodes and sum(n in self.layers for n in excluded) <= self.max_layers
+
+    def __str__(self) -> str:
+        return f"at most {self.nodes} nodes and {self.max_layers} of the {len(self.layers)} weighted layers float"
+
+
 @dataclass
 class GateResult:
     accuracy: float
@@ -64,6 +86,12 @@ class GateResult:
     cosine: float = 1.0
     predicted: np.ndarray | None = None  # the final INT8 model's test top-1 classes (for per-class figures)
     misses: list[str] = field(default_factory=list)  # why it fails the budget (Budget.misses); empty when passed
+    limit: FloatLimit = FloatLimit()  # how much the search could leave float
+
+    def failure(self) -> str:
+        """Why the variant fails, for the error: the budget it misses after the search."""
+        return (f"{'; '.join(self.misses)}, even with the nodes that win accuracy back on val left float "
+                f"({self.limit})")
 
 
 def score(path: Path, x: np.ndarray, y: np.ndarray, ref_logits: np.ndarray | None = None) -> tuple[float, float, float]:
@@ -84,40 +112,73 @@ def scored(path: Path, x: np.ndarray, y: np.ndarray,
 
 def run_gate(quantize: Callable[[list[str], Path], None], candidates: list[str], out: Path, fp32: Path,
              test: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], budget: Budget,
-             max_excluded: int = 8, ref: np.ndarray | None = None) -> GateResult:
+             limit: FloatLimit = FloatLimit(), ref: np.ndarray | None = None,
+             units: list[list[str]] | None = None) -> GateResult:
     """``quantize(exclude, path)`` writes an INT8 model with ``exclude`` left float. ``ref``: FP32's logits on the
-    test rows, when the caller has them (else measured here)."""
+    test rows, when the caller has them (else measured here). ``units``: groups of nodes to try float together when
+    no single node is enough (:func:`~cmcd_edge.export.quantize.float_units`: a layer with the path of its output to
+    the next layers, which quantize that tensor at their inputs)."""
     fp32_acc, ref = top1(make_session(fp32), *test) if ref is None else (float((ref.argmax(1) == test[1]).mean()), ref)
     ref_pred = ref.argmax(1)
     quantize([], out)
     acc, agree, cos, logits = scored(out, *test, ref)
     res = GateResult(acc, fp32_acc, 100 * (fp32_acc - acc), False, agreement=agree, cosine=cos,
-                     predicted=logits.argmax(1), misses=budget.misses(test[1], ref_pred, logits.argmax(1)))
+                     predicted=logits.argmax(1), misses=budget.misses(test[1], ref_pred, logits.argmax(1)), limit=limit)
     res.passed = not res.misses
     if res.passed or not candidates:
         return res
     log.info("INT8 fails the gate (%s): ranking %d nodes by sensitivity", "; ".join(res.misses), len(candidates))
-    val_base, _, _ = score(out, *val)
     trial = out.with_suffix(".trial.onnx")
-    for node in candidates:
-        quantize([node], trial)
-        gain = score(trial, *val)[0] - val_base
-        res.sensitivity.append({"node": node, "val_gain_points": round(100 * gain, 3)})
-    trial.unlink(missing_ok=True)
-    res.sensitivity.sort(key=lambda s: -s["val_gain_points"])
-    for s in res.sensitivity[:max_excluded]:
-        if s["val_gain_points"] <= 0:  # keeping it float wins nothing back: no reason to pay its speed
-            log.info("  no other node wins accuracy back on val when kept float: the loss is spread over the graph "
-                     "(per-channel weights or --calib-method entropy may help)")
-            break
-        res.excluded.append(s["node"])
+    val_ref = top1(make_session(fp32), *val)[1]  # ties in val top-1 go to the group closer to FP32's logits
+    try:
+        _search(res, [[n] for n in candidates], quantize, out, trial, test, (*val, val_ref), budget, ref, limit)
+        groups = [u for u in units or [] if len(u) > 1]
+        if not res.passed and groups:
+            log.info("  trying %d layers float together with their outputs, beside single nodes", len(groups))
+            _search(res, [[n] for n in candidates] + groups, quantize, out, trial, test, (*val, val_ref), budget, ref,
+                     limit)
+    finally:
+        trial.unlink(missing_ok=True)
+    if not res.excluded:
+        log.info("  no node wins accuracy back on val when kept float: the loss is spread over the graph "
+                 "(per-channel weights or --calib-method entropy may help)")
+    return res
+
+
+def _search(res: GateResult, groups: list[list[str]], quantize: Callable[[list[str], Path], None], out: Path,
+            trial: Path, test: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray],
+            budget: Budget, ref: np.ndarray, limit: FloatLimit) -> None:
+    """Greedy forward selection over ``groups``: each round ranks the groups by the val top-1 that leaving each float
+    beside ``res.excluded`` wins back (``val``: rows, labels and FP32's logits, whose cosine breaks ties), and keeps
+    the best float, until the test split is within budget. A group that wins nothing back is not kept (it would only
+    cost speed), nor one that takes the float part past ``limit``. The first round's ranking is the sensitivity the
+    report keeps. Updates ``res``."""
+    for round_ in range(len(groups)):
+        quantize(res.excluded, trial)
+        base = score(trial, *val)
+        ranked = []
+        for group in groups:
+            wanted = [*res.excluded, *(n for n in group if n not in res.excluded)]
+            if len(wanted) == len(res.excluded) or not limit.allows(wanted):
+                continue
+            quantize(wanted, trial)
+            acc, _, cos = score(trial, *val)
+            ranked.append((100 * (acc - base[0]), cos - base[2], group))
+        ranked.sort(key=lambda g: (-g[0], -g[1]))  # stable: graph order among equals
+        if round_ == 0:  # each group once: a second pass re-ranks the single nodes beside the layers' units
+            seen = {(s["node"], *(s["with"] if "with" in s else ())) for s in res.sensitivity}
+            res.sensitivity += [{"node": group[0], **({"with": group[1:]} if len(group) > 1 else {}),
+                                 "val_gain_points": round(gain, 3), "val_cosine_gain": round(cos, 4)}
+                                for gain, cos, group in ranked if tuple(group) not in seen]
+        if not ranked or ranked[0][0] <= 0:
+            return
+        res.excluded += [n for n in ranked[0][2] if n not in res.excluded]
         quantize(res.excluded, out)
         res.accuracy, res.agreement, res.cosine, logits = scored(out, *test, ref)
         res.predicted = logits.argmax(1)
-        res.drop_points = 100 * (fp32_acc - res.accuracy)
-        res.misses = budget.misses(test[1], ref_pred, res.predicted)
+        res.drop_points = 100 * (res.fp32_accuracy - res.accuracy)
+        res.misses = budget.misses(test[1], ref.argmax(1), res.predicted)
         log.info("  float: %s -> drop %.2f points", ", ".join(res.excluded), res.drop_points)
         if not res.misses:
             res.passed = True
-            break
-    return res
+            return

@@ -86,12 +86,44 @@ def quantize(pre: Path, out: Path, preset: Preset, ranges: dict, method: str,
     compact(out, derive_bias_scales=preset.name != "tensorrt")
 
 
-def quantizable_nodes(model_path: Path) -> list[str]:
-    """Names of the nodes whose inputs get QDQ pairs (candidates for the gate's exclusion)."""
+LAYER_OPS = {"Conv", "MatMul", "Gemm"}  # the weighted layers; the others pass a quantized tensor on
+QDQ_OPS = LAYER_OPS | {"Add", "Mul", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Concat"}
+
+
+def quantizable_nodes(model_path: Path, ops: set[str] = QDQ_OPS) -> list[str]:
+    """Names of the nodes whose inputs get QDQ pairs (candidates for the gate's exclusion); with ``ops=LAYER_OPS``,
+    of the weighted layers among them."""
     import onnx
 
-    ops = {"Conv", "MatMul", "Gemm", "Add", "Mul", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Concat"}
     return [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type in ops and n.name]
+
+
+def float_units(model_path: Path, candidates: list[str]) -> list[list[str]]:
+    """For each weighted layer among ``candidates``, in graph order: the layer and the candidates its output flows
+    through up to and including the next weighted layers. In QDQ a tensor is quantized at its readers' inputs, so an
+    outlier channel a layer writes is rounded into the next layer's per-tensor input scale whether or not the layer
+    itself is float: only the layer and its readers float together keep that tensor float."""
+    import onnx
+
+    nodes = onnx.load(str(model_path)).graph.node
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    keep = set(candidates)
+    units = []
+    for layer in nodes:
+        if layer.op_type not in LAYER_OPS or layer.name not in keep:
+            continue
+        unit, todo = [layer.name], list(layer.output)
+        while todo:
+            for n in readers.get(todo.pop(), []):
+                if n.name in keep and n.name not in unit:
+                    unit.append(n.name)
+                if n.op_type not in LAYER_OPS:  # Relu, Add, a Reshape: the tensor goes on to its readers
+                    todo += n.output
+        units.append(unit)
+    return units
 
 
 def to_fp16(fp32: Path, out: Path) -> None:
