@@ -69,8 +69,8 @@ def test_gate_keeps_no_node_float_that_gains_nothing_and_fails_instead(tmp_path)
 def test_gate_keeps_a_layer_float_with_its_output_where_no_single_node_is_enough(tmp_path):
     """The same mid-network outlier, with the layers' units: the hidden layer, its Relu and the layer that reads its
     output float together win most of the accuracy back; the head float too would pass, but that is 3 of the 4
-    layers, past FloatLimit's half, so the variant fails naming the limit. Without the bound it passes with just
-    those nodes float (was: no node gained, and it failed with none float)."""
+    layers, past FloatLimit's half, so the variant fails naming the limit. Without the bound a second round adds the
+    head and it passes (was: no node gained, and it failed with none float)."""
     res, _ = _student_and_gate(tmp_path, 200.0, layer="hidden", units=True)
     ops = {n.name: n.op_type for n in onnx.load(str(tmp_path / "pre.onnx")).graph.node}
     assert [ops[n] for n in res.excluded] == ["Gemm", "Relu", "Gemm"] and not res.passed
@@ -78,9 +78,9 @@ def test_gate_keeps_a_layer_float_with_its_output_where_no_single_node_is_enough
     unit = next(s for s in res.sensitivity if "with" in s and [s["node"], *s["with"]] == res.excluded)
     assert unit["val_gain_points"] > 10 and all(s["val_gain_points"] <= 0 for s in res.sensitivity if "with" not in s)
     assert len({(s["node"], *s.get("with", ())) for s in res.sensitivity}) == len(res.sensitivity)  # each once
-    free, _ = _student_and_gate(tmp_path, 200.0, layer="hidden", units=True, cap_layers=False)
+    free, head = _student_and_gate(tmp_path, 200.0, layer="hidden", units=True, cap_layers=False)
     assert free.passed and free.drop_points <= 1.0 and free.excluded[:3] == res.excluded
-    assert [ops[n] for n in free.excluded] == ["Gemm", "Relu", "Gemm", "Gemm"]
+    assert head in free.excluded[3:] and len(free.excluded) <= 5  # the head, alone or with the Relu before it
 
 
 def test_float_units_follow_each_layer_output_to_the_next_layers(tmp_path):
