@@ -301,14 +301,12 @@ def _made_on(run_dir: Path) -> list[dict]:
     return machine.run_machines(json.loads((run_dir / "run.json").read_text()))
 
 
-def _same_config(run_dir: Path, cfg: DistillConfig) -> bool:
-    """Whether the run in ``run_dir`` was made with ``cfg``'s training settings and data files (where it ran, device
-    and preload, and where the data lies do not matter)."""
+def _same_config(record: dict, ds: datasets.Dataset, cfg: DistillConfig) -> bool:
+    """Whether the run that wrote run.json ``record`` was made with ``cfg``'s training settings and data files ``ds``
+    (where it ran, device and preload, and where the data lies do not matter)."""
     try:
-        record = json.loads((run_dir / "run.json").read_text())
-        return not training_diff(record, cfg) and not datasets.changed_since(datasets.load(cfg.data),
-                                                                             record.get("data_fingerprint"))
-    except (OSError, ValueError, KeyError, UserError):  # no run.json, or a config key this version does not know
+        return not training_diff(record, cfg) and not datasets.changed_since(ds, record.get("data_fingerprint"))
+    except (ValueError, KeyError, UserError):  # a config key this version does not know
         return False
 
 
@@ -319,7 +317,12 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     path = run_dir / "metrics.json"
     if not (path.exists() and (run_dir / "run.json").exists()):
         return None
-    if not _same_config(run_dir, cfg):
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):  # unreadable: as a run of another config
+        record = None
+    ds = datasets.load(cfg.data)
+    if record is None or not _same_config(record, ds, cfg):
         log.info("  %s: made with another config, trained again", run_dir.name)
         return None
     metrics = json.loads(path.read_text())
@@ -327,7 +330,7 @@ def _finished(run_dir: Path, cfg: DistillConfig) -> dict | None:
     if why:
         log.info("  %s: %s: trained again", run_dir.name, why)
         return None
-    why = network_change(json.loads((run_dir / "run.json").read_text()), cfg, datasets.load(cfg.data))
+    why = network_change(record, cfg, ds)
     if why:  # the same config built another student or teacher then (cnn1d's short-input stem, session 35)
         log.info("  %s: %s: trained again", run_dir.name, why)
         return None
