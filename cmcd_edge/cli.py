@@ -57,7 +57,7 @@ def _distill_options(fn):
         click.option("--labeled-fraction", type=float, default=0.1, show_default=True,
                      help="Fraction of target train rows with labels."),
         click.option("--teacher", default="train", show_default=True,
-                     help="'train', a TorchScript .pt / ExportedProgram .pt2 file, or pkg.module:factory."),
+                     help="'train', a TorchScript .pt / ExportedProgram .pt2 / ONNX .onnx file, or pkg.module:factory."),
         click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
                      help="Folder keeping each teacher's outputs across runs: the same teacher distilled into another "
                           "target or method (or seed, for a file or factory) is not trained or run again."),

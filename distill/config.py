@@ -39,7 +39,7 @@ class DistillConfig:
     method: str = "cmcd"
     recipe: str | None = None  # overrides the method's recipe, e.g. "1.0*cmd+0.5*cmc+1.0*ce"
     labeled_fraction: float = 0.1
-    teacher: str = "train"  # "train" | PATH.pt | PATH.pt2 | pkg.module:factory
+    teacher: str = "train"  # "train" | PATH.pt | PATH.pt2 | PATH.onnx | pkg.module:factory
     seed: int = 0
     device: str = "auto"
     student: str = "auto"  # a registered architecture, or auto by the target view's kind

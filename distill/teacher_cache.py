@@ -3,7 +3,7 @@
 A run computes its frozen teacher's embeddings (and logits) of every row once (:mod:`~cmcd_edge.distill.teachers`);
 this cache keeps them beyond the run, as torchdistill caches teacher outputs, so distilling the same teacher into
 another target view or with another method does not pay for the teacher again: the pass of a user's pretrained
-model (a .pt/.pt2 file or a factory) over every source row, for any seed, or the training of ``--teacher train``,
+model (a .pt/.pt2/.onnx file or a factory) over every source row, for any seed, or the training of ``--teacher train``,
 whose teacher is one seed's.
 
 An entry is named by the sha256 of its key, everything that makes the teacher: the data's files (their fingerprint),
@@ -32,9 +32,9 @@ import torch
 
 from cmcd_edge import __version__, datasets, splitting
 from cmcd_edge.datasets import Dataset
-from cmcd_edge.distill import ddp, engine, machine, rows, students, teachers
+from cmcd_edge.distill import ddp, engine, machine, onnx_teacher, rows, students, teachers
 from cmcd_edge.distill.config import DistillConfig
-from cmcd_edge.distill.teachers import TeacherOutputs, teacher_sha256
+from cmcd_edge.distill.teachers import TEACHER_FILES, TeacherOutputs, teacher_sha256
 from cmcd_edge.errors import CmcdError, OutputBusy, UserError
 from cmcd_edge.fsutil import atomic_dir, write_bytes, write_json
 from cmcd_edge.splitting import Splits
@@ -50,7 +50,7 @@ def _code_sha256() -> str:
     """sha256 of the modules that build, train and run a teacher, and split and normalise its rows: an edit between
     releases (the version stays) is another teacher."""
     h = hashlib.sha256()
-    for mod in (teachers, students, engine, rows, ddp, datasets, splitting):
+    for mod in (teachers, onnx_teacher, students, engine, rows, ddp, datasets, splitting):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -89,7 +89,7 @@ class TeacherCache:
             if sha is None:
                 return None
             # a file is its bytes wherever it lies; one module may hold several factories
-            key.update(teacher="file" if Path(cfg.teacher).suffix in (".pt", ".pt2") else cfg.teacher,
+            key.update(teacher="file" if Path(cfg.teacher).suffix in TEACHER_FILES else cfg.teacher,
                        teacher_sha256=sha)
         return cls(root, key, {"data": cfg.data, "teacher": cfg.teacher})
 

@@ -1,5 +1,5 @@
 """Teachers on the source view: trained here (a larger network, all source labels of the train split), or loaded
-from the user's TorchScript (.pt), ExportedProgram (.pt2) or ``pkg.module:factory``. Frozen; their embeddings (and
+from the user's TorchScript (.pt), ExportedProgram (.pt2), ONNX (.onnx) or ``pkg.module:factory``. Frozen; their embeddings (and
 logits) of every row are computed once and cached, so distillation costs only the student."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cmcd_edge.runtime.manifest import sha256_file
 from cmcd_edge.splitting import Splits
 
 log = logging.getLogger(__name__)
+TEACHER_FILES = (".pt", ".pt2", ".onnx")  # --teacher FILE: TorchScript, ExportedProgram, ONNX
 EXTERNAL_BATCH_BYTES = 64 << 20  # float32 input of one batch through a user's teacher (its activations are unknown)
 EXPORT_HOWTO = ("torch.export.save(torch.export.export(model.eval(), (batch,), "
                 "dynamic_shapes=({0: torch.export.Dim('batch')},)), 'teacher.pt2')")
@@ -220,7 +221,7 @@ class _External(nn.Module):
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
                  preload: str = "auto", dist: ddp.Dist = ddp.Dist(),
                  check: Callable[[TeacherOutputs], None] | None = None) -> TeacherOutputs:
-    """``--teacher PATH.pt|PATH.pt2|pkg.module:factory``: run the user's model over the source view of every row. It
+    """``--teacher PATH.pt|PATH.pt2|PATH.onnx|pkg.module:factory``: run the user's model over the source view of every row. It
     gets the stored values as float32, not normalised (the built-in teacher normalises; a user's model brings its own
     preprocessing). ``check`` sees the outputs of a 2-row probe first (e.g. logits a method needs), so a teacher the
     run cannot use fails before the pass over every row."""
@@ -248,12 +249,17 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
 
 
 def teacher_sha256(ref: str) -> str | None:
-    """sha256 of what a ``--teacher`` names, which a cache of its outputs is keyed by: a .pt/.pt2 file (a file saved
-    over the old one is another teacher), or a ``pkg.module:factory``'s module source file (an edited factory is
-    another teacher; what that module reads or imports in turn, such as a weights file, is not covered). None for
-    'train', or for a file or module that is not there (loading it says so)."""
+    """sha256 of what a ``--teacher`` names, which a cache of its outputs is keyed by: a .pt/.pt2/.onnx file (a file
+    saved over the old one is another teacher; an ONNX file's external data files count too), or a
+    ``pkg.module:factory``'s module source file (an edited factory is another teacher; what that module reads or
+    imports in turn, such as a weights file, is not covered). None for 'train', or for a file or module that is not
+    there (loading it says so)."""
     path = Path(ref)
-    if path.suffix in (".pt", ".pt2"):
+    if path.suffix == ".onnx":
+        from cmcd_edge.distill.onnx_teacher import onnx_sha256
+
+        return onnx_sha256(path) if path.is_file() else None
+    if path.suffix in TEACHER_FILES:
         return sha256_file(path) if path.is_file() else None
     if ":" not in ref:
         return None
@@ -269,9 +275,13 @@ def _load_external(ref: str, device: torch.device = torch.device("cpu")):
     """The user's teacher, on ``device`` (the batches are read there): a file is loaded onto it, a factory's
     ``nn.Module`` moved to it; a factory returning a plain callable gets device batches and must handle them."""
     path = Path(ref)
+    if path.suffix in TEACHER_FILES and not path.is_file():
+        raise UserError(f"--teacher {ref}: no such file")
+    if path.suffix == ".onnx":
+        from cmcd_edge.distill.onnx_teacher import OnnxTeacher
+
+        return OnnxTeacher(path, device), {"kind": "file", "path": str(path.resolve()), "sha256": teacher_sha256(ref)}
     if path.suffix in (".pt", ".pt2"):
-        if not path.is_file():
-            raise UserError(f"--teacher {ref}: no such file")
         sha = teacher_sha256(ref)
         try:
             model = _load_torchscript(path, device) if path.suffix == ".pt" else _load_exported(path, device)
@@ -295,7 +305,7 @@ def _load_external(ref: str, device: torch.device = torch.device("cpu")):
         if isinstance(model, nn.Module):
             model.to(device).eval()
         return model, {"kind": "factory", "ref": ref, "sha256": teacher_sha256(ref)}
-    raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2 file or pkg.module:factory")
+    raise UserError(f"--teacher {ref!r}: expected 'train', a .pt/.pt2/.onnx file or pkg.module:factory")
 
 
 def _is_torch_save(path: Path) -> bool:

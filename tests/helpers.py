@@ -114,7 +114,7 @@ def save_exported(module, path, dynamic: bool = True) -> None:
 
 
 def teacher_of_kind(kind: str, folder: Path, seed: int, monkeypatch) -> str:
-    """A ``--teacher`` of ``kind`` taking (B, 16) rows, in ``folder``, made with ``seed``: a .pt2 file, or a
+    """A ``--teacher`` of ``kind`` taking (B, 16) rows, in ``folder``, made with ``seed``: a .pt2 or .onnx file, or a
     ``pkg.module:factory`` whose module is (re)written. A second call with another seed replaces the first teacher."""
     import torch
 
@@ -122,11 +122,41 @@ def teacher_of_kind(kind: str, folder: Path, seed: int, monkeypatch) -> str:
     if kind == "pt2":
         save_exported(torch.nn.Linear(16, 8).eval(), folder / "teacher.pt2")
         return str(folder / "teacher.pt2")
+    if kind == "onnx":
+        lin = torch.nn.Linear(16, 8)
+        save_onnx_linear(lin.weight.detach().numpy(), lin.bias.detach().numpy(), folder / "teacher.onnx")
+        return str(folder / "teacher.onnx")
     name = "teacher_" + re.sub(r"\W", "_", folder.name)  # one per test: a module imported stays in sys.modules
     (folder / f"{name}.py").write_text(f"import torch\ndef make():\n    torch.manual_seed({seed})\n"
                                        "    return torch.nn.Linear(16, 8)\n")
     monkeypatch.syspath_prepend(str(folder))
     return f"{name}:make"
+
+
+def save_onnx_linear(weight: np.ndarray, bias: np.ndarray, path: Path, batch: int | None = None,
+                     outputs: tuple[str, ...] = ("embedding",), logits_of: int = 0) -> Path:
+    """An ONNX teacher written with onnx.helper: x (batch, in) -> x @ weight.T + bias, named ``outputs[0]``; a second
+    output, when named, is the first ``logits_of`` input columns times 3 (as :func:`counted_teacher`'s logits).
+    ``batch``: a fixed batch size in the graph (None: dynamic)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out_dim, in_dim = weight.shape
+    n = batch if batch is not None else "batch"
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], [outputs[0]], transB=1)]
+    inits = [numpy_helper.from_array(weight.astype(np.float32), "w"), numpy_helper.from_array(bias.astype(np.float32), "b")]
+    outs = [helper.make_tensor_value_info(outputs[0], TensorProto.FLOAT, [n, out_dim])]
+    if len(outputs) > 1:
+        nodes += [helper.make_node("Slice", ["x", "s0", "s1", "ax"], ["cols"]),
+                  helper.make_node("Mul", ["cols", "three"], [outputs[1]])]
+        inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+                  (("s0", [0]), ("s1", [logits_of]), ("ax", [1]))] + [numpy_helper.from_array(np.float32(3.0), "three")]
+        outs.append(helper.make_tensor_value_info(outputs[1], TensorProto.FLOAT, [n, logits_of]))
+    graph = helper.make_graph(nodes, "teacher", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, in_dim])],
+                              outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)  # what ORT reads
+    onnx.save(model, str(path))
+    return path
 
 
 def counted_teacher(folder: Path, name: str, monkeypatch) -> tuple[str, Path]:

@@ -73,7 +73,7 @@ def test_compare_names_every_method_a_teacher_without_logits_cannot_serve(base, 
     assert row[-1] == (f"{wall:.1f} |" if wall < 10 else f"{wall:.0f} |")  # was '0' for a run under half a second
 
 
-@pytest.mark.parametrize("kind", ["pt2", "factory"])
+@pytest.mark.parametrize("kind", ["pt2", "onnx", "factory"])
 def test_compare_resume_refuses_a_teacher_replaced_since(kind, base, tmp_path, monkeypatch):
     """Was: the key named the --teacher by its path or factory name, so a killed compare rerun after the file was
     replaced (a retrained teacher saved over the old one), or the factory's module edited, went on with the old

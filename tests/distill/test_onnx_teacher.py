@@ -1,0 +1,93 @@
+"""``--teacher FILE.onnx``: real ONNX files (written with onnx.helper) run by onnxruntime over the source view."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cmcd_edge.distill import teachers
+from cmcd_edge.errors import UserError
+from cmcd_edge.splitting import make_splits
+from tests.helpers import assert_one_line_error, save_onnx_linear, synthetic_paired
+
+RNG = np.random.default_rng(0)
+W, B = RNG.normal(size=(8, 16)).astype(np.float32), RNG.normal(size=8).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return synthetic_paired(tmp_path_factory.mktemp("onnx") / "d", n=120)  # src: (120, 16) rows, 4 classes
+
+
+@pytest.mark.parametrize("batch", [None, 1, 7])
+def test_onnx_teacher_embeds_every_row_as_its_graph_computes(batch, ds, tmp_path):
+    """A dynamic batch, and graphs fixed at 1 row and at 7 (120 rows: the last chunk padded, its padding dropped)."""
+    path = save_onnx_linear(W, B, tmp_path / "t.onnx", batch=batch)
+    out = teachers.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    x = np.asarray(ds.view("src"), np.float32)
+    np.testing.assert_allclose(out.emb.numpy(), x @ W.T + B, rtol=1e-5, atol=1e-5)
+    assert out.logits is None and out.test_accuracy is None and out.info["kind"] == "file"
+    assert out.info["sha256"] == teachers.teacher_sha256(str(path))
+
+
+@pytest.mark.parametrize("outputs", [("embedding", "logits"), ("logits", "embedding"), ("e", "l")])
+def test_onnx_teacher_reads_logits_by_name_or_second(outputs, ds, tmp_path):
+    """Named outputs are taken by name whatever their order; unnamed ones in order: embedding, then logits."""
+    names = outputs if outputs[0] != "logits" else ("embedding", "logits")
+    path = save_onnx_linear(W, B, tmp_path / "t.onnx", outputs=names, logits_of=4)
+    out = teachers.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    x = np.asarray(ds.view("src"), np.float32)
+    np.testing.assert_allclose(out.logits.numpy(), x[:, :4] * 3, rtol=1e-6)
+    assert out.emb.shape == (120, 8) and out.test_accuracy is not None  # scored on the test split
+
+
+def test_onnx_teacher_bad_files_get_one_line(ds, tmp_path):
+    splits, cpu = make_splits(ds, 0), torch.device("cpu")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match=r"^--teacher .*junk\.onnx: onnxruntime cannot load it \("):
+        teachers.load_teacher(str(tmp_path / "junk.onnx"), ds, "src", splits, cpu)
+    wide = save_onnx_linear(RNG.normal(size=(8, 32)).astype(np.float32), B, tmp_path / "wide.onnx")
+    with pytest.raises(UserError, match=r"fails on a source batch of shape \[2, 16\]: its input 'x' takes rows of "
+                                        r"shape \[32\], the source rows are \[16\]$"):
+        teachers.load_teacher(str(wide), ds, "src", splits, cpu)
+    with pytest.raises(UserError, match=r"missing\.onnx: no such file"):
+        teachers.load_teacher(str(tmp_path / "missing.onnx"), ds, "src", splits, cpu)
+
+
+def test_distill_from_an_onnx_teacher_and_resume_refuses_it_replaced(ds, tmp_path, cli):
+    """End to end through the CLI: the run records the file's sha256; kd reads its logits; a file saved over it since
+    the run started is refused on --resume, as a .pt2's is."""
+    path = save_onnx_linear(W, B, tmp_path / "t.onnx", outputs=("embedding", "logits"), logits_of=4)
+    args = ("distill", "--data", ds.root, "--source", "src", "--target", "tgt", "--teacher", path, "--method", "kd",
+            "--epochs", "2", "--out", tmp_path / "run")
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["teacher"]["sha256"] == teachers.teacher_sha256(str(path))
+    (tmp_path / "run" / "metrics.json").unlink()  # as if killed before its last write
+    save_onnx_linear(W * 2, B, path, outputs=("embedding", "logits"), logits_of=4)
+    assert_one_line_error(cli(*args, "--resume"), 2, f"--resume: --teacher {path} changed since", "its file")
+
+
+def test_onnx_teacher_sha256_covers_its_external_data(tmp_path):
+    """Weights saved beside an unchanged graph (onnx's external data) are another teacher: the graph file's bytes
+    alone stay the same."""
+    import onnx
+
+    def saved(weight):
+        model = onnx.load(str(save_onnx_linear(weight, B, tmp_path / "in.onnx")))
+        (tmp_path / "t.onnx.data").unlink(missing_ok=True)  # onnx.save appends to a data file already there
+        onnx.save(model, str(tmp_path / "t.onnx"), save_as_external_data=True, location="t.onnx.data",
+                  size_threshold=0)
+        return (tmp_path / "t.onnx").read_bytes(), teachers.teacher_sha256(str(tmp_path / "t.onnx"))
+
+    graph0, sha0 = saved(W)
+    graph1, sha1 = saved(W * 2)
+    assert graph0 == graph1 and sha0 != sha1
+    small = synthetic_paired(tmp_path / "d", n=40)
+    out = teachers.load_teacher(str(tmp_path / "t.onnx"), small, "src", make_splits(small, 0), torch.device("cpu"))
+    x = np.asarray(small.view("src"), np.float32)
+    np.testing.assert_allclose(out.emb.numpy(), x @ (W * 2).T + B, rtol=1e-5, atol=1e-5)  # its weights read
