@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -55,6 +56,24 @@ def test_onnx_teacher_bad_files_get_one_line(ds, tmp_path):
         teachers.load_teacher(str(wide), ds, "src", splits, cpu)
     with pytest.raises(UserError, match=r"missing\.onnx: no such file"):
         teachers.load_teacher(str(tmp_path / "missing.onnx"), ds, "src", splits, cpu)
+    for name, graph, says in [("two_in", _identity_graph(inputs=2, outputs=1), r"the graph takes 2 inputs \(x0, x1\); "
+                                                                              r"a teacher takes one, the source batch$"),
+                              ("three_out", _identity_graph(inputs=1, outputs=3), r"the graph has 3 outputs \(y0, y1, "
+                                                                                 r"y2\); name them 'embedding'")]:
+        onnx.save(graph, str(tmp_path / f"{name}.onnx"))
+        with pytest.raises(UserError, match=says):
+            teachers.load_teacher(str(tmp_path / f"{name}.onnx"), ds, "src", splits, cpu)
+
+
+def _identity_graph(inputs: int, outputs: int):
+    """A graph of Identity nodes: ``inputs`` inputs x0.. of (batch, 16), ``outputs`` outputs y0.. copying x0."""
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["batch", 16]) for i in range(inputs)]
+    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["batch", 16]) for i in range(outputs)]
+    nodes = [helper.make_node("Identity", ["x0"], [f"y{i}"]) for i in range(outputs)]
+    return helper.make_model(helper.make_graph(nodes, "g", ins, outs), opset_imports=[helper.make_opsetid("", 17)],
+                             ir_version=9)
 
 
 def test_distill_from_an_onnx_teacher_and_resume_refuses_it_replaced(ds, tmp_path, cli):
@@ -75,8 +94,6 @@ def test_distill_from_an_onnx_teacher_and_resume_refuses_it_replaced(ds, tmp_pat
 def test_onnx_teacher_sha256_covers_its_external_data(tmp_path):
     """Weights saved beside an unchanged graph (onnx's external data) are another teacher: the graph file's bytes
     alone stay the same."""
-    import onnx
-
     def saved(weight):
         model = onnx.load(str(save_onnx_linear(weight, B, tmp_path / "in.onnx")))
         (tmp_path / "t.onnx.data").unlink(missing_ok=True)  # onnx.save appends to a data file already there
