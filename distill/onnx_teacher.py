@@ -87,7 +87,6 @@ class OnnxTeacher:
         if self.fixed is not None:
             log.info("--teacher %s: the graph takes a fixed batch of %d rows; fed in chunks of that size", path,
                      self.fixed)
-        self.path = path
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         want = list(self.input.shape[1:])

@@ -105,23 +105,23 @@ def float_units(model_path: Path, candidates: list[str]) -> list[list[str]]:
     itself is float: only the layer and its readers float together keep that tensor float."""
     import onnx
 
-    nodes = onnx.load(str(model_path)).graph.node
-    readers: dict[str, list] = {}
-    for n in nodes:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
+    from cmcd_edge.export.compact import readers
+
+    graph = onnx.load(str(model_path)).graph
+    read_by = readers(graph)
     keep = set(candidates)
     units = []
-    for layer in nodes:
+    for layer in graph.node:
         if layer.op_type not in LAYER_OPS or layer.name not in keep:
             continue
-        unit, todo = [layer.name], list(layer.output)
+        unit, todo, seen = [layer.name], list(layer.output), set(layer.output)
         while todo:
-            for n in readers.get(todo.pop(), []):
+            for n in read_by.get(todo.pop(), []):
                 if n.name in keep and n.name not in unit:
                     unit.append(n.name)
                 if n.op_type not in LAYER_OPS:  # Relu, Add, a Reshape: the tensor goes on to its readers
-                    todo += n.output
+                    todo += [o for o in n.output if o not in seen]
+                    seen.update(n.output)
         units.append(unit)
     return units
 
