@@ -1,6 +1,7 @@
 """Teachers on the source view: trained here (a larger network, all source labels of the train split), or loaded
-from the user's TorchScript (.pt), ExportedProgram (.pt2), ONNX (.onnx) or ``pkg.module:factory``. Frozen; their embeddings (and
-logits) of every row are computed once and cached, so distillation costs only the student."""
+from the user's TorchScript (.pt), ExportedProgram (.pt2), ONNX (.onnx, :mod:`~cmcd_edge.distill.onnx_teacher`) or
+``pkg.module:factory``. Frozen; their embeddings (and logits) of every row are computed once and cached, so
+distillation costs only the student."""
 
 from __future__ import annotations
 
@@ -221,9 +222,9 @@ class _External(nn.Module):
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
                  preload: str = "auto", dist: ddp.Dist = ddp.Dist(),
                  check: Callable[[TeacherOutputs], None] | None = None) -> TeacherOutputs:
-    """``--teacher PATH.pt|PATH.pt2|PATH.onnx|pkg.module:factory``: run the user's model over the source view of every row. It
-    gets the stored values as float32, not normalised (the built-in teacher normalises; a user's model brings its own
-    preprocessing). ``check`` sees the outputs of a 2-row probe first (e.g. logits a method needs), so a teacher the
+    """``--teacher PATH.pt|PATH.pt2|PATH.onnx|pkg.module:factory``: run the user's model over the source view of every
+    row. It gets the stored values as float32, not normalised (the built-in teacher normalises; a user's model brings
+    its own preprocessing). ``check`` sees the outputs of a 2-row probe first (e.g. logits a method needs), so a teacher the
     run cannot use fails before the pass over every row."""
     model, info = _load_external(ref, device)
     net = _External(model)
