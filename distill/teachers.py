@@ -224,8 +224,8 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
                  check: Callable[[TeacherOutputs], None] | None = None) -> TeacherOutputs:
     """``--teacher PATH.pt|PATH.pt2|PATH.onnx|pkg.module:factory``: run the user's model over the source view of every
     row. It gets the stored values as float32, not normalised (the built-in teacher normalises; a user's model brings
-    its own preprocessing). ``check`` sees the outputs of a 2-row probe first (e.g. logits a method needs), so a teacher the
-    run cannot use fails before the pass over every row."""
+    its own preprocessing). ``check`` sees the outputs of a 2-row probe first (e.g. logits a method needs), so a
+    teacher the run cannot use fails before the pass over every row."""
     model, info = _load_external(ref, device)
     net = _External(model)
     x = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
