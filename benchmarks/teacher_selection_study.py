@@ -28,6 +28,7 @@ from selection_study import EVERY_EPOCH, correct_and_nll, pipeline_pick, score_r
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, students
+from cmcd_edge.distill.config import TeacherTraining
 from cmcd_edge.distill.teachers import train_teacher
 from cmcd_edge.splitting import make_splits
 
@@ -52,7 +53,7 @@ def val_trace(ds, view: str, seed: int, epochs: int) -> tuple[np.ndarray, np.nda
     engine.accuracy_and_loss, engine.PhaseSpec = spy, full_length
     try:
         splits = make_splits(ds, seed)
-        train_teacher(ds, view, splits, seed=seed, epochs=epochs, device=torch.device("cpu"),
+        train_teacher(ds, view, splits, TeacherTraining(epochs), seed=seed, device=torch.device("cpu"),
                       dist=ddp.Dist())
     finally:
         engine.accuracy_and_loss, engine.PhaseSpec = real_acc, real_spec

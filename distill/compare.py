@@ -28,7 +28,9 @@ from cmcd_edge.registry import check_choice, check_unique
 from cmcd_edge.splitting import make_splits
 
 log = logging.getLogger(__name__)
-_UNKEYED_DEFAULTS = {"teacher_select_window": 1}  # keys a teacher_key.json leaves out when at their default
+# keys a teacher_key.json leaves out when at their default, so that a compare made before each option extends
+_UNKEYED_DEFAULTS = {k: getattr(DistillConfig, k) for k in ("teacher_lr", "teacher_weight_decay", "teacher_patience",
+                                                             "teacher_select_window")}
 
 
 def _key_diff(old: dict, now: dict) -> str:
@@ -56,10 +58,9 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     sha = teacher_sha256(cfg.teacher)
     if sha is not None:  # a file saved over the old one at the same path is another teacher
         key["teacher_sha256"] = sha
-    key["teacher_select_window"] = cfg.teacher_select_window
     for name, default in _UNKEYED_DEFAULTS.items():  # keyed when set, so a compare made before the option extends
-        if key[name] == default:
-            del key[name]
+        if getattr(cfg, name) != default:
+            key[name] = getattr(cfg, name)
     spec = teacher_spec(ds, cfg.source) if cfg.teacher == "train" else None
     key_file = folder / "teacher_key.json"
     if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
@@ -92,10 +93,9 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
         cache.copy_weights(folder)
     elif cfg.teacher == "train":
         ckpt = engine.Checkpoint(folder / "checkpoint.pt")  # a killed compare's teacher continues where it stopped
-        t = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
+        t = train_teacher(ds, cfg.source, splits, cfg.teacher_training, seed=cfg.seed, device=device,
                           dist=ddp.Dist(), out=folder, resume=ckpt.load() or {}, preload=cfg.preload,
-                          batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes,
-                          select_window=cfg.teacher_select_window)
+                          max_batch_bytes=cfg.max_batch_bytes)
     elif loaded is not None:
         log.info("seed %d: the --teacher's outputs of the seed before, scored on this seed's test split", cfg.seed)
         t = loaded.scored_on(ds, splits)

@@ -32,6 +32,21 @@ class TeacherLike(Protocol):
 
 
 @dataclass(frozen=True)
+class TeacherTraining:
+    """How ``--teacher train`` trains the source view's network: AdamW with a cosine schedule for up to ``epochs``
+    epochs of ``batch_size`` rows, early stop after ``patience`` epochs without a better val score, model selection
+    over ``select_window`` epochs (:class:`~cmcd_edge.distill.engine.BestOnVal`). DistillConfig's ``teacher_*``
+    keys; select-teacher's candidates take the defaults but for ``epochs``."""
+
+    epochs: int = 80
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 20
+    select_window: int = 1  # 1 (the epoch alone) keeps every teacher made before the option
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     data: str
     source: str
@@ -58,6 +73,9 @@ class DistillConfig:
     patience: int = 25
     select_window: int = 5  # model selection: val accuracy averaged over this many epochs (odd; 1 = the epoch alone)
     teacher_batch_size: int = 128
+    teacher_lr: float = 2e-3
+    teacher_weight_decay: float = 1e-4
+    teacher_patience: int = 20
     teacher_select_window: int = 1  # the built-in teacher's select_window (1 keeps every teacher made before it)
     max_batch_bytes: int | None = None  # refuse steps whose activations would pass this (None: half the free memory)
     preload: str = "auto"  # a view converted up front (always), read from its memory map per batch (never), or by size
@@ -84,7 +102,7 @@ class DistillConfig:
         if self.finetune not in FINETUNE:
             raise UserError(f"--finetune {self.finetune!r}; valid: {', '.join(FINETUNE)}")
         for name in ("epochs", "teacher_epochs", "batch_size", "labeled_batch_size", "teacher_batch_size", "embed_dim",
-                     "patience"):
+                     "patience", "teacher_patience"):
             if getattr(self, name) < 1:  # named as the flag where there is one, else as the config key
                 shown = f"--{name.replace('_', '-')}" if name in ("epochs", "batch_size") else name
                 raise UserError(f"{shown} must be >= 1, got {getattr(self, name)}")
@@ -96,10 +114,12 @@ class DistillConfig:
             raise UserError(f"stem_stride must be 1 or 2 (or null: by the target's length), got {self.stem_stride}")
         if self.finetune_epochs < 0:
             raise UserError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"lr must be a finite number > 0, got {self.lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("lr", "teacher_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise UserError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "teacher_weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise UserError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         check_seed(self.seed)
         if self.source == self.target:
             raise UserError(f"--source and --target are the same view ({self.source!r}); distill across two views")
@@ -107,6 +127,11 @@ class DistillConfig:
     @property
     def terms(self) -> list[tuple[float, str]]:
         return parse_recipe(self.recipe) if self.recipe else METHODS[self.method]
+
+    @property
+    def teacher_training(self) -> TeacherTraining:
+        return TeacherTraining(self.teacher_epochs, self.teacher_batch_size, self.teacher_lr, self.teacher_weight_decay,
+                               self.teacher_patience, self.teacher_select_window)
 
     @property
     def needs_teacher_logits(self) -> bool:

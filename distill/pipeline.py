@@ -149,10 +149,9 @@ def _run(cfg, out, resume, force, teacher, ranking, capture, hold: contextlib.Ex
     if teacher is None:
         computed = True
         if cfg.teacher == "train":
-            teacher = train_teacher(ds, cfg.source, splits, seed=cfg.seed, epochs=cfg.teacher_epochs, device=device,
+            teacher = train_teacher(ds, cfg.source, splits, cfg.teacher_training, seed=cfg.seed, device=device,
                                     dist=dist, out=out, resume=ckpt_state, preload=cfg.preload,
-                                    batch_size=cfg.teacher_batch_size, max_batch_bytes=cfg.max_batch_bytes,
-                                    select_window=cfg.teacher_select_window)
+                                    max_batch_bytes=cfg.max_batch_bytes)
         else:
             teacher = load_teacher(cfg.teacher, ds, cfg.source, splits, device, cfg.preload, dist)
         if out is not None and dist.main:

@@ -22,7 +22,7 @@ import torch
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, machine, mi
-from cmcd_edge.distill.config import DistillConfig, check_seed
+from cmcd_edge.distill.config import DistillConfig, TeacherTraining, check_seed
 from cmcd_edge.distill.evaluate import chance_bar
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teacher_cache import TeacherCache, cache_root
@@ -163,9 +163,10 @@ def _candidate_teacher(ds: datasets.Dataset, view: str, target: str, splits, see
         if hit is not None:
             return hit
     if cache is None:
-        return train_teacher(ds, view, splits, seed=seed, epochs=epochs, device=dev, dist=ddp.Dist())
+        return train_teacher(ds, view, splits, TeacherTraining(epochs), seed=seed, device=dev, dist=ddp.Dist())
     with tempfile.TemporaryDirectory() as tmp:  # train_teacher writes the network into a folder
-        t = train_teacher(ds, view, splits, seed=seed, epochs=epochs, device=dev, dist=ddp.Dist(), out=Path(tmp))
+        t = train_teacher(ds, view, splits, TeacherTraining(epochs), seed=seed, device=dev, dist=ddp.Dist(),
+                          out=Path(tmp))
         cache.put(t, Path(tmp))
     return t
 

@@ -8,11 +8,11 @@ whose teacher is one seed's.
 
 An entry is named by the sha256 of its key, everything that makes the teacher: the data's files (their fingerprint),
 the source view, the device type, the torch and cmcd-edge versions and the code of the teacher's modules, and either
-the teacher file's (or factory module's) sha256 or, for a trained teacher, its seed, epochs, batch size and world
-size. A loaded teacher's outputs do not depend on the seed, so one entry serves every seed and is scored on each
-run's own test split. Entries are written whole (a temp folder renamed into place, as onnxruntime writes its
-calibration cache) and checked against their key.json when read; a failed write warns and the run goes on, since the
-cache only saves time."""
+the teacher file's (or factory module's) sha256 or, for a trained teacher, its seed, its training settings (epochs,
+batch size, lr, weight decay, patience, selection window) and world size. A loaded teacher's outputs do not depend
+on the seed, so one entry serves every seed and is scored on each run's own test split. Entries are written whole (a
+temp folder renamed into place, as onnxruntime writes its calibration cache) and checked against their key.json when
+read; a failed write warns and the run goes on, since the cache only saves time."""
 
 from __future__ import annotations
 
@@ -82,8 +82,9 @@ class TeacherCache:
                "torch": torch.__version__, "cmcd_edge": __version__, "code": _code_sha256()}
         if cfg.teacher == "train":
             key.update(teacher="train", seed=cfg.seed, teacher_epochs=cfg.teacher_epochs,
-                       teacher_batch_size=cfg.teacher_batch_size, teacher_select_window=cfg.teacher_select_window,
-                       world=world)
+                       teacher_batch_size=cfg.teacher_batch_size, teacher_lr=cfg.teacher_lr,
+                       teacher_weight_decay=cfg.teacher_weight_decay, teacher_patience=cfg.teacher_patience,
+                       teacher_select_window=cfg.teacher_select_window, world=world)
         else:
             sha = teacher_sha256(cfg.teacher)
             if sha is None:

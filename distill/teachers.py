@@ -24,6 +24,7 @@ from torch import nn
 
 from cmcd_edge.datasets import Dataset, norm_stats
 from cmcd_edge.distill import ddp, engine, progress, students
+from cmcd_edge.distill.config import TeacherTraining
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_csv_rows, write_text
@@ -101,10 +102,9 @@ def check_teacher_memory(ds: Dataset, source: str, batch_size: int, limit: int |
                               "lower teacher_batch_size in --config, or pass --teacher FILE")
 
 
-def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs: int, device: torch.device,
-                  dist: ddp.Dist, out: Path | None = None, resume: dict | None = None,
-                  preload: str = "auto", batch_size: int = 128, max_batch_bytes: int | None = None,
-                  select_window: int = 1) -> TeacherOutputs:
+def train_teacher(ds: Dataset, source: str, splits: Splits, training: TeacherTraining, *, seed: int,
+                  device: torch.device, dist: ddp.Dist, out: Path | None = None, resume: dict | None = None,
+                  preload: str = "auto", max_batch_bytes: int | None = None) -> TeacherOutputs:
     """A larger network of the source view's kind, trained on all labeled train rows of the source view.
 
     With ``out``, training writes ``out/checkpoint.pt`` and ``out/teacher_history.csv`` (loss, val accuracy, val
@@ -112,8 +112,8 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     (a resumed run's checkpoint, ``{}`` when it has none) continues a killed teacher from that checkpoint, or takes
     the saved weights when the teacher had finished (killed before its outputs were cached): a large teacher is not
     trained again from scratch. ``preload`` (auto|always|never): whether the source view is converted up front or
-    read from its memory map batch by batch (:mod:`~cmcd_edge.distill.rows`). ``select_window``: model selection's
-    window of epochs (``engine.BestOnVal``; 1, the epoch alone, is the default the students' 5 is not, so that
+    read from its memory map batch by batch (:mod:`~cmcd_edge.distill.rows`). ``training``: epochs, batch, optimiser,
+    patience and model selection's window (1, the epoch alone, is the default the students' 5 is not, so that
     teachers made before the option stay the same bits; BENCHMARKS.md, "Teachers' model selection")."""
     info = ds.views[source]
     labels = torch.as_tensor(np.asarray(ds.labels))
@@ -121,7 +121,8 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     if train.size == 0:
         raise UserError(f"--source {source}: no labeled train rows to train a teacher on; pass --teacher FILE")
     spec = teacher_spec(ds, source)
-    check_teacher_memory(ds, source, batch_size, max_batch_bytes, device)
+    bs = training.batch_size
+    check_teacher_memory(ds, source, bs, max_batch_bytes, device)
     engine.seed_everything(seed)
     net = students.train_layout(students.build(spec))
     net.set_normalization(*norm_stats(ds.view(source), splits.train, info.kind))
@@ -134,7 +135,6 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
     batch = students.eval_batch(spec, device)
     tr = torch.as_tensor(train, device=device)
     val = torch.as_tensor(splits.val, device=device)
-    bs = batch_size
 
     def step(gen: torch.Generator):
         pick = tr[torch.randint(0, len(tr), (min(bs, len(tr)),), generator=gen).to(device)][dist.rank::dist.world]
@@ -149,7 +149,8 @@ def train_teacher(ds: Dataset, source: str, splits: Splits, *, seed: int, epochs
         net.load_state_dict({k: v.to(device) for k, v in load_file(saved).items()})
         log.info("teacher: trained weights found in %s (not trained again)", saved)
     else:
-        phase = engine.PhaseSpec("teacher", epochs, 2e-3, 1e-4, 20, max(1, len(tr) // bs), seed, select_window)
+        phase = engine.PhaseSpec("teacher", training.epochs, training.lr, training.weight_decay, training.patience,
+                                 max(1, len(tr) // bs), seed, training.select_window)
         curve = None if out is None else (lambda rows: write_csv_rows(out / "teacher_history.csv", rows))
         res = engine.run_phase(phase, net, step, evaluate, engine.Checkpoint(None if out is None else out / "checkpoint.pt"),
                                dist, resume=resume, on_epoch=curve)

@@ -291,7 +291,13 @@ def test_compare_resume_refuses_a_cached_teacher_made_with_other_settings(base, 
         run_compare(dataclasses.replace(base, teacher_epochs=3), ["supervised"], 1, out, upper_bound=False)
     with pytest.raises(UserError, match=r"other settings \(teacher_select_window: cached 1 vs now 3\)"):
         run_compare(dataclasses.replace(base, teacher_select_window=3), ["supervised"], 1, out, upper_bound=False)
+    with pytest.raises(UserError, match=r"other settings \(teacher_lr: cached 0.002 vs now 0.001, teacher_patience: "
+                                        r"cached 20 vs now 5\)"):
+        run_compare(dataclasses.replace(base, teacher_lr=1e-3, teacher_patience=5), ["supervised"], 1, out,
+                    upper_bound=False)
     run_compare(base, ["supervised"], 1, out, upper_bound=False)  # the default window is keyed as before: continues
+    key = json.loads((out / "teachers" / "seed0" / "teacher_key.json").read_text())
+    assert not {"teacher_lr", "teacher_weight_decay", "teacher_patience", "teacher_select_window"} & set(key)
 
 
 def test_teacher_key_diff_reads_a_left_out_window_as_its_default_both_ways():

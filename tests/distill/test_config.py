@@ -35,6 +35,9 @@ def test_from_json_refuses_a_value_of_the_wrong_type(extra, message):
     ({"lr": math.inf}, "lr must be a finite number > 0, got inf"),
     ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0, got -0.0001"),
     ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, got nan"),
+    ({"teacher_lr": 0.0}, "teacher_lr must be a finite number > 0, got 0.0"),
+    ({"teacher_weight_decay": -1.0}, "teacher_weight_decay must be a finite number >= 0, got -1.0"),
+    ({"teacher_patience": 0}, "teacher_patience must be >= 1, got 0"),
     ({"stem_stride": 3}, r"stem_stride must be 1 or 2 \(or null: by the target's length\), got 3"),
 ])
 def test_distill_config_refuses_nonfinite_and_out_of_range_floats(extra, message):
@@ -99,3 +102,11 @@ def test_stem_stride_for_a_vector_target_is_refused_in_one_line_before_anything_
     assert str(err.value) == ("--student auto for --target zer: stem_stride 2: a network of vector samples [47] has "
                               "no stem; leave stem_stride out")
     assert not (tmp_path / "run").exists()
+
+
+def test_teacher_training_reads_the_teacher_keys():
+    cfg = DistillConfig(**BASE, teacher_epochs=7, teacher_batch_size=32, teacher_lr=1e-3, teacher_weight_decay=0.0,
+                        teacher_patience=4, teacher_select_window=3)
+    t = cfg.teacher_training
+    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.patience, t.select_window) == (7, 32, 1e-3, 0.0, 4, 3)
+    assert DistillConfig(**BASE).teacher_training == type(t)()  # the defaults agree

@@ -79,6 +79,7 @@ def test_run_phase_ranks_score_select_and_stop_alike(tmp_path):
 def _teacher(dist: ddp.Dist, tmp, data: str) -> dict:
     from cmcd_edge import datasets
     from cmcd_edge.distill import students, teachers
+    from cmcd_edge.distill.config import TeacherTraining
     from cmcd_edge.splitting import make_splits
 
     seen: list[int] = []
@@ -93,8 +94,8 @@ def _teacher(dist: ddp.Dist, tmp, data: str) -> dict:
     ds = datasets.load(data)
     splits = make_splits(ds, 0, labeled_fraction=0.5)
     out = tmp / "teacher" if dist.main else None
-    t = teachers.train_teacher(ds, "src", splits, seed=0, epochs=3, device=torch.device("cpu"), dist=dist, out=out,
-                               batch_size=64)
+    t = teachers.train_teacher(ds, "src", splits, TeacherTraining(epochs=3, batch_size=64), seed=0,
+                               device=torch.device("cpu"), dist=dist, out=out)
     return {"rows_per_step": sorted(set(seen)), "steps": len(seen), "emb": t.emb[:20].tolist(),
             "test_accuracy": t.test_accuracy}
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cmcd_edge.distill import teachers
+from cmcd_edge.distill.config import TeacherTraining
 from tests.helpers import save_exported, save_torchscript
 
 
@@ -162,8 +163,8 @@ def test_train_teacher_selects_over_the_window_it_is_given(window, toy, tmp_path
 
     ds = datasets.load(str(toy))
     caplog.set_level("INFO", logger="cmcd_edge.distill.engine")
-    teachers.train_teacher(ds, "src", make_splits(ds, 0), seed=0, epochs=8, device=torch.device("cpu"),
-                           dist=ddp.Dist(), out=tmp_path, select_window=window)
+    teachers.train_teacher(ds, "src", make_splits(ds, 0), TeacherTraining(epochs=8, select_window=window), seed=0,
+                           device=torch.device("cpu"), dist=ddp.Dist(), out=tmp_path)
     curve = list(csv.DictReader(open(tmp_path / "teacher_history.csv")))
     replay = BestOnVal(window)
     for row in curve:
@@ -172,3 +173,25 @@ def test_train_teacher_selects_over_the_window_it_is_given(window, toy, tmp_path
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: epoch")]
     assert line.startswith(f"teacher: epoch {replay.best_epoch + 1} selected"), (line, curve)
     assert (f"averaged over a {window}-epoch window" in line) == (window > 1)
+
+
+def test_train_teacher_takes_its_optimiser_and_patience_from_the_config(toy, tmp_path):
+    """teacher_lr, teacher_weight_decay and teacher_patience (were fixed at 2e-3, 1e-4 and 20): the history's first
+    learning rate is the one given (a cosine schedule from it), and patience 1 stops at the first epoch without a
+    better val score. A teacher on the toy's noisy view, whose val score does not rise every epoch."""
+    import csv
+
+    from cmcd_edge import datasets
+    from cmcd_edge.distill import ddp
+    from cmcd_edge.splitting import make_splits
+
+    ds = datasets.load(str(toy))
+    runs = {}
+    for name, training in [("default", TeacherTraining(epochs=12)),
+                           ("set", TeacherTraining(epochs=12, lr=5e-4, weight_decay=0.0, patience=1))]:
+        teachers.train_teacher(ds, "tgt", make_splits(ds, 0), training, seed=0, device=torch.device("cpu"),
+                               dist=ddp.Dist(), out=tmp_path / name)
+        runs[name] = list(csv.DictReader(open(tmp_path / name / "teacher_history.csv")))
+    assert float(runs["default"][0]["lr"]) == pytest.approx(2e-3, rel=0.05)
+    assert float(runs["set"][0]["lr"]) == pytest.approx(5e-4, rel=0.05)
+    assert len(runs["set"]) < len(runs["default"]) == 12  # patience 1 stopped early; 20 ran all 12 epochs
