@@ -28,7 +28,7 @@ from selection_study import EVERY_EPOCH, correct_and_nll, pipeline_pick, score_r
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, students
-from cmcd_edge.distill.config import TeacherTraining
+from cmcd_edge.distill.engine import TeacherTraining
 from cmcd_edge.distill.teachers import train_teacher
 from cmcd_edge.splitting import make_splits
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Protocol
 
 from cmcd_edge.datasets import Dataset, canonical_spec
+from cmcd_edge.distill.engine import TeacherTraining
 from cmcd_edge.distill.losses import METHODS, PROJECTORS, LossParams, methods_without, parse_recipe
 from cmcd_edge.distill.rows import PRELOAD
 from cmcd_edge.distill.students import ARCH_FOR_KIND, STEM_STRIDES, STUDENTS, NetSpec, default_spec
@@ -32,21 +33,6 @@ class TeacherLike(Protocol):
 
 
 @dataclass(frozen=True)
-class TeacherTraining:
-    """How ``--teacher train`` trains the source view's network: AdamW with a cosine schedule for up to ``epochs``
-    epochs of ``batch_size`` rows, early stop after ``patience`` epochs without a better val score, model selection
-    over ``select_window`` epochs (:class:`~cmcd_edge.distill.engine.BestOnVal`). DistillConfig's ``teacher_*``
-    keys; select-teacher's candidates take the defaults but for ``epochs``."""
-
-    epochs: int = 80
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 20
-    select_window: int = 1  # 1 (the epoch alone) keeps every teacher made before the option
-
-
-@dataclass(frozen=True)
 class DistillConfig:
     data: str
     source: str
@@ -65,18 +51,18 @@ class DistillConfig:
     epochs: int = 60
     finetune: str = "head"
     finetune_epochs: int = 30
-    teacher_epochs: int = 80
+    teacher_epochs: int = TeacherTraining.epochs
     batch_size: int = 128
     labeled_batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 25
     select_window: int = 5  # model selection: val accuracy averaged over this many epochs (odd; 1 = the epoch alone)
-    teacher_batch_size: int = 128
-    teacher_lr: float = 2e-3
-    teacher_weight_decay: float = 1e-4
-    teacher_patience: int = 20
-    teacher_select_window: int = 1  # the built-in teacher's select_window (1 keeps every teacher made before it)
+    teacher_batch_size: int = TeacherTraining.batch_size
+    teacher_lr: float = TeacherTraining.lr
+    teacher_weight_decay: float = TeacherTraining.weight_decay
+    teacher_patience: int = TeacherTraining.patience
+    teacher_select_window: int = TeacherTraining.select_window  # 1 keeps every teacher made before the option
     max_batch_bytes: int | None = None  # refuse steps whose activations would pass this (None: half the free memory)
     preload: str = "auto"  # a view converted up front (always), read from its memory map per batch (never), or by size
     teacher_cache: str | None = None  # a folder keeping teachers' outputs across runs (teacher_cache.py)

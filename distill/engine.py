@@ -161,6 +161,21 @@ class PhaseResult:
 
 
 @dataclass(frozen=True)
+class TeacherTraining:
+    """How ``--teacher train`` trains the source view's network: AdamW with a cosine schedule for up to ``epochs``
+    epochs of ``batch_size`` rows, early stop after ``patience`` epochs without a better val score, model selection
+    over ``select_window`` epochs (:class:`BestOnVal`). DistillConfig's ``teacher_*`` keys default to these;
+    select-teacher's candidates take the defaults but for ``epochs``."""
+
+    epochs: int = 80
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 20
+    select_window: int = 1  # 1 (the epoch alone) keeps every teacher made before the option
+
+
+@dataclass(frozen=True)
 class PhaseSpec:
     name: str
     epochs: int

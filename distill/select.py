@@ -22,7 +22,8 @@ import torch
 
 from cmcd_edge import datasets
 from cmcd_edge.distill import ddp, engine, machine, mi
-from cmcd_edge.distill.config import DistillConfig, TeacherTraining, check_seed
+from cmcd_edge.distill.config import DistillConfig, check_seed
+from cmcd_edge.distill.engine import TeacherTraining
 from cmcd_edge.distill.evaluate import chance_bar
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teacher_cache import TeacherCache, cache_root

@@ -24,7 +24,7 @@ from torch import nn
 
 from cmcd_edge.datasets import Dataset, norm_stats
 from cmcd_edge.distill import ddp, engine, progress, students
-from cmcd_edge.distill.config import TeacherTraining
+from cmcd_edge.distill.engine import TeacherTraining
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_bytes, write_csv_rows, write_text

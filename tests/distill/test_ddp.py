@@ -79,7 +79,7 @@ def test_run_phase_ranks_score_select_and_stop_alike(tmp_path):
 def _teacher(dist: ddp.Dist, tmp, data: str) -> dict:
     from cmcd_edge import datasets
     from cmcd_edge.distill import students, teachers
-    from cmcd_edge.distill.config import TeacherTraining
+    from cmcd_edge.distill.engine import TeacherTraining
     from cmcd_edge.splitting import make_splits
 
     seen: list[int] = []

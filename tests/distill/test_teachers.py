@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cmcd_edge.distill import teachers
-from cmcd_edge.distill.config import TeacherTraining
+from cmcd_edge.distill.engine import TeacherTraining
 from tests.helpers import save_exported, save_torchscript
 
 
