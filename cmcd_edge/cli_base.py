@@ -204,6 +204,19 @@ def csv_items(value: str, flag: str) -> list[str]:
     return items
 
 
+def view_items(values: tuple[str, ...], flag: str, form: str) -> dict[str, str]:
+    """A repeated ``VIEW=VALUE`` flag as {view: value}: each names its view once."""
+    out: dict[str, str] = {}
+    for item in values:
+        view, eq, value = item.partition("=")
+        if not (eq and view.strip() and value.strip()):
+            raise UserError(f"{flag} {item}: expected {form}")
+        if view.strip() in out:
+            raise UserError(f"{flag} {item}: view {view.strip()!r} given twice")
+        out[view.strip()] = value.strip()
+    return out
+
+
 def csv_ints(value: str, flag: str) -> list[int]:
     """A comma-separated flag of positive integers, each at most once."""
     try:

@@ -27,7 +27,7 @@ from cmcd_edge.distill.engine import TeacherTraining
 from cmcd_edge.distill.evaluate import chance_bar
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teacher_cache import TeacherCache, cache_root
-from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json
 from cmcd_edge.splitting import make_splits
@@ -58,11 +58,14 @@ def _agg(values: list[float]) -> dict:
 def rank_teachers(data: str, target: str, candidates: list[str] | None = None, seeds: int = 3, seed: int = 0,
                   labeled_fraction: float = 0.1, teacher_epochs: int = 15, student_epochs: int = 30,
                   estimators: tuple[str, ...] = ("gaussian", "ksg", "infonce"), device: str = "auto",
-                  progress: Path | None = None, teacher_cache: str | None = None) -> dict:
+                  progress: Path | None = None, teacher_cache: str | None = None,
+                  teachers: dict[str, str] | None = None) -> dict:
     """The CCH ranking of ``candidates`` (default: every other view) for ``target``. With ``progress`` (a JSON file),
     each measured (seed, view) is kept there as it finishes, and a rerun with the same settings takes it instead of
     training that teacher again (a killed run resumes). ``teacher_cache``: a ``--teacher-cache`` folder, whose
-    candidates' teachers a ranking for another target (or a distill of the same teacher settings) takes."""
+    candidates' teachers a ranking for another target (or a distill of the same teacher settings) takes.
+    ``teachers``: a view's own teacher (``--teacher VIEW=FILE``: a .pt/.pt2/.onnx file or pkg.module:factory, as
+    distill takes), measured instead of a teacher trained on that view; the view joins the candidates."""
     t0 = time.perf_counter()
     for flag, value in (("--seeds", seeds), ("--teacher-epochs", teacher_epochs), ("--student-epochs", student_epochs)):
         if value < 1:
@@ -73,10 +76,15 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     ds = datasets.load(data)
     if target not in ds.views:
         raise UserError(f"--target {target!r}: no such view in {data}; valid views: {', '.join(ds.views)}")
-    cands = [c for c in (candidates or ds.views) if c != target]
-    for c in candidates or []:
+    teachers = dict(teachers or {})
+    for c in [*(candidates or []), *teachers]:
         if c not in ds.views:
-            raise UserError(f"--candidates: no view {c!r} in {data}; valid views: {', '.join(ds.views)}")
+            flag = f"--teacher {c}={teachers[c]}" if c in teachers else "--candidates"
+            raise UserError(f"{flag}: no view {c!r} in {data}; valid views: {', '.join(ds.views)}")
+    if target in teachers:
+        raise UserError(f"--teacher {target}={teachers[target]}: {target!r} is the target; a teacher is of a source view")
+    cands = [c for c in (candidates or ds.views) if c != target]
+    cands += [c for c in teachers if c not in cands]
     if not cands:
         raise UserError(f"--candidates {','.join(candidates or [])}: no candidate other than the target {target!r}")
     labels = np.asarray(ds.labels)
@@ -88,7 +96,11 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
     key = {"data_fingerprint": ds.fingerprint(), "target": target, "labeled_fraction": labeled_fraction,
            "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "estimators": list(estimators),
            "max_heldout": MAX_HELDOUT, "label_probe": mi.LABEL_PROBE}
+    if teachers:  # keyed by what they are: a file saved over at the same path is another teacher
+        key["teachers"] = {c: teacher_sha256(ref) for c, ref in sorted(teachers.items())}
     here = machine.made_on(dev)
+    first = make_splits(ds, seed, labeled_fraction=labeled_fraction)  # a teacher that does not load fails here
+    loaded = {c: load_teacher(ref, ds, c, first, dev) for c, ref in teachers.items()}  # run once: no seed in them
     store = Progress(progress, key, here) if progress is not None else None
     per: dict[str, dict[str, list[float]]] = {c: {} for c in cands}
     timing = {"student_s": 0.0, "teachers_s": 0.0, "estimators_s": 0.0}
@@ -123,11 +135,14 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                 log.info("seed %d  %-6s measured by an earlier run (%s)", s, c, progress)
             else:
                 t0_t = time.perf_counter()
-                t = _candidate_teacher(ds, c, target, splits, s, teacher_epochs, dev, teacher_cache)
+                if c in loaded:
+                    t = loaded[c].scored_on(ds, splits)
+                else:
+                    t = _candidate_teacher(ds, c, target, splits, s, teacher_epochs, dev, teacher_cache)
                 t0_e = time.perf_counter()
                 timing["teachers_s"] += t0_e - t0_t
                 h_t = t.emb.numpy()[held]
-                values = {**i_sy, "teacher_acc": t.test_accuracy or 0.0}
+                values = {**i_sy, "teacher_acc": t.test_accuracy}  # None: a teacher without logits
                 for est in estimators:
                     fn = {"gaussian": mi.gaussian_mi, "ksg": mi.ksg_mi, "infonce": mi.infonce_mi}[est]
                     values[est] = fn(h_t, h_s)
@@ -137,7 +152,8 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                     store.save(s, c, values)
             for k, v in values.items():
                 per[c].setdefault(k, []).append(v)
-    ranking = [rank_row(c, row, estimators) for c, row in per.items()]
+    ranking = [{**rank_row(c, row, estimators), "teacher": teachers[c] if c in teachers else "trained"}
+               for c, row in per.items()]
     ranking.sort(key=lambda r: -r["delta"])
     h_y_mean = float(np.mean(h_y))
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
@@ -180,7 +196,7 @@ def rank_row(view: str, row: dict[str, list[float]], estimators: tuple[str, ...]
     return {"view": view, "mi_teacher_student": i_ts, "mi_student_label": i_sy, "delta": delta,
             "verdict": verdict(delta), "delta_per_seed": per_seed,
             "seeds_agreeing": sum(verdict(d) == verdict(delta) for d in per_seed),
-            "teacher_test_accuracy": _agg(row["teacher_acc"]),
+            "teacher_test_accuracy": None if None in row["teacher_acc"] else _agg(row["teacher_acc"]),
             "estimators": {"mi_teacher_student": {e: _agg(row[e]) for e in estimators},
                            "mi_student_label": {"probe": i_sy, **({"ksg_mixed": _agg(row["i_sy_ksg"])}
                                                                   if "i_sy_ksg" in row else {})}}}
@@ -268,7 +284,7 @@ def chance_teachers(ranking: list[dict], test_y: np.ndarray, teacher_epochs: int
     return [f"{r['view']}: its teacher scored {r['teacher_test_accuracy']['mean']:.1%} test top-1, near chance "
             f"({chance:.1%}, the commonest class, over {len(test_y)} test rows): it learned nothing to teach, so its I(T;S) and "
             f"verdict say nothing of the view; raise --teacher-epochs (now {teacher_epochs}), or check the view"
-            for r in ranking if r["teacher_test_accuracy"]["mean"] < bar]
+            for r in ranking if r["teacher_test_accuracy"] is not None and r["teacher_test_accuracy"]["mean"] < bar]
 
 
 def _safe(fn):
@@ -300,8 +316,11 @@ def table(result: dict) -> str:
 
     for r in result["ranking"]:
         agree = f" ({r['seeds_agreeing']}/{n} seeds)" if n > 1 else ""
+        acc = r["teacher_test_accuracy"]
+        top1 = f"{100 * acc['mean']:>14.1f}%" if acc is not None else f"{'-':>15}"
+        own = f"  ({r['teacher']})" if "teacher" in r and r["teacher"] != "trained" else ""
         lines.append(f"{r['view']:<8}{mi(r['mi_teacher_student'])}{mi(r['mi_student_label'])}"
-                     f"{r['delta']:>+9.3f}{100 * r['teacher_test_accuracy']['mean']:>14.1f}%  {r['verdict']}{agree}")
+                     f"{r['delta']:>+9.3f}{top1}  {r['verdict']}{agree}{own}")
     split = [r["view"] for r in result["ranking"] if r["seeds_agreeing"] < n]
     if split:
         lines.append(f"note: the seeds' own deltas disagree with the mean's verdict for {', '.join(split)}: that "

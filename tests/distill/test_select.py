@@ -13,6 +13,7 @@ import torch
 
 from cmcd_edge.distill import mi
 from cmcd_edge.distill.select import verdict
+from cmcd_edge.errors import UserError
 from tests.conftest import CLI
 from tests.helpers import assert_one_line_error, synthetic_paired
 
@@ -416,3 +417,44 @@ def test_select_teacher_warns_of_a_teacher_that_learned_nothing(tmp_path):
     chance = [w for w in r["warnings"] if "near chance" in w]
     assert len(chance) == 1 and chance[0].startswith("noise: its teacher scored"), r["warnings"]
     assert "--teacher-epochs (now 3)" in chance[0]
+
+
+def test_select_teacher_measures_a_views_own_teacher_file(cli, tmp_path):
+    """--teacher VIEW=FILE: that view's pretrained teacher is measured instead of one trained on it (was: only
+    teachers trained here could be ranked). An ONNX teacher that copies the source rows: its I(T;S) is that of the
+    view's raw values, the same on every seed, and without logits it has no test top-1 (shown as '-'). A trained
+    teacher ranks beside it; the progress key holds the file's sha256, so a file saved over is not mixed in."""
+    from cmcd_edge.distill import select
+    from cmcd_edge.distill.teachers import teacher_sha256
+    from tests.helpers import save_onnx_linear
+
+    ds = synthetic_paired(tmp_path / "d", n=300)
+    ident = save_onnx_linear(np.eye(16, dtype=np.float32), np.zeros(16, np.float32), tmp_path / "ident.onnx")
+    out = tmp_path / "rank.json"
+    res = cli("select-teacher", "--data", ds.root, "--target", "tgt", "--seeds", "2", "--teacher-epochs", "2",
+              "--student-epochs", "3", "--device", "cpu", "--teacher", f"src={ident}", "--out", out)
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(out.read_text())["ranking"]
+    assert row["view"] == "src" and row["teacher"] == str(ident) and row["teacher_test_accuracy"] is None
+    assert "teacher: epoch" not in res.stderr  # no teacher trained
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("src "))
+    assert f"-  {row['verdict']}" in line and line.endswith(f"({ident})")
+    kwargs = {"seeds": 1, "teacher_epochs": 2, "student_epochs": 3, "teachers": {"src": str(ident)},
+              "progress": tmp_path / "p.json"}
+    select.rank_teachers(str(ds.root), "tgt", **kwargs)
+    key = json.loads((tmp_path / "p.json").read_text())["key"]
+    assert key["teachers"] == {"src": teacher_sha256(str(ident))}
+    save_onnx_linear(2 * np.eye(16, dtype=np.float32), np.zeros(16, np.float32), ident)  # saved over
+    with pytest.raises(UserError, match=r"p\.json: a killed select-teacher left this with other settings \(teachers: "):
+        select.rank_teachers(str(ds.root), "tgt", **kwargs)
+
+
+def test_select_teacher_refuses_a_bad_teacher_flag_in_one_line(cli, tmp_path):
+    ds = synthetic_paired(tmp_path / "d", n=300)
+    base = ("select-teacher", "--data", ds.root, "--target", "tgt", "--seeds", "1")
+    assert_one_line_error(cli(*base, "--teacher", "src"), 2, "--teacher src: expected VIEW=FILE (e.g. cam=camera.onnx)")
+    assert_one_line_error(cli(*base, "--teacher", "cam=x.onnx"), 2, "--teacher cam=x.onnx: no view 'cam' in")
+    assert_one_line_error(cli(*base, "--teacher", "tgt=x.onnx"), 2, "--teacher tgt=x.onnx: 'tgt' is the target")
+    assert_one_line_error(cli(*base, "--teacher", f"src={tmp_path / 'no.onnx'}"), 2, "no.onnx: no such file")
+    assert_one_line_error(cli(*base, "--teacher", "src=a.onnx", "--teacher", "src=b.onnx"), 2,
+                          "--teacher src=b.onnx: view 'src' given twice")
