@@ -62,6 +62,9 @@ class OnnxTeacher:
         from cmcd_edge.runtime.session import available_backends, make_session
 
         backend = "cuda" if device.type == "cuda" and "cuda" in available_backends() else "cpu"
+        if device.type == "cuda" and backend == "cpu":
+            log.warning("--teacher %s: this onnxruntime has no CUDA provider (onnxruntime-gpu has); the teacher runs on "
+                        "the CPU", path)
         try:
             self.session = make_session(path, backend)
         except CmcdError as exc:  # "PATH: onnxruntime cannot load it (its first line)"
