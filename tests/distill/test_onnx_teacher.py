@@ -108,3 +108,14 @@ def test_onnx_teacher_sha256_covers_its_external_data(tmp_path):
     out = teachers.load_teacher(str(tmp_path / "t.onnx"), small, "src", make_splits(small, 0), torch.device("cpu"))
     x = np.asarray(small.view("src"), np.float32)
     np.testing.assert_allclose(out.emb.numpy(), x @ (W * 2).T + B, rtol=1e-5, atol=1e-5)  # its weights read
+
+
+def test_onnx_teacher_says_it_runs_on_the_cpu_where_onnxruntime_has_no_cuda(tmp_path, caplog):
+    from cmcd_edge.distill.onnx_teacher import OnnxTeacher
+    from cmcd_edge.runtime.session import available_backends
+
+    if "cuda" in available_backends():
+        pytest.skip("this onnxruntime has the CUDA provider: the teacher runs there")
+    path = save_onnx_linear(W, B, tmp_path / "t.onnx")
+    OnnxTeacher(path, torch.device("cuda"))  # a device object only: nothing is moved to it here
+    assert "this onnxruntime has no CUDA provider (onnxruntime-gpu has); the teacher runs on the CPU" in caplog.text
