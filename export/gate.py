@@ -131,13 +131,22 @@ def run_gate(quantize: Callable[[list[str], Path], None], candidates: list[str],
     log.info("INT8 fails the gate (%s): ranking %d nodes by sensitivity", "; ".join(res.misses), len(candidates))
     trial = out.with_suffix(".trial.onnx")
     val_ref = top1(make_session(fp32), *val)[1]  # ties in val top-1 go to the group closer to FP32's logits
+    memo: dict[frozenset, tuple[float, float]] = {}  # val (top-1, cosine) of each float set scored: not quantized twice
+
+    def val_score(excluded: list[str]) -> tuple[float, float]:
+        key = frozenset(excluded)
+        if key not in memo:
+            quantize(excluded, trial)
+            acc, _, cos = score(trial, *val, val_ref)
+            memo[key] = (acc, cos)
+        return memo[key]
+
     try:
-        _search(res, [[n] for n in candidates], quantize, out, trial, test, (*val, val_ref), budget, ref, limit)
+        _search(res, [[n] for n in candidates], quantize, out, val_score, test, budget, ref, limit)
         groups = [u for u in units or [] if len(u) > 1]
         if not res.passed and groups:
             log.info("  trying %d layers float together with their outputs, beside single nodes", len(groups))
-            _search(res, [[n] for n in candidates] + groups, quantize, out, trial, test, (*val, val_ref), budget, ref,
-                     limit)
+            _search(res, [[n] for n in candidates] + groups, quantize, out, val_score, test, budget, ref, limit)
     finally:
         trial.unlink(missing_ok=True)
     if not res.excluded:
@@ -147,25 +156,24 @@ def run_gate(quantize: Callable[[list[str], Path], None], candidates: list[str],
 
 
 def _search(res: GateResult, groups: list[list[str]], quantize: Callable[[list[str], Path], None], out: Path,
-            trial: Path, test: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray],
+            val_score: Callable[[list[str]], tuple[float, float]], test: tuple[np.ndarray, np.ndarray],
             budget: Budget, ref: np.ndarray, limit: FloatLimit) -> None:
     """Greedy forward selection over ``groups``: each round ranks the groups by the val top-1 that leaving each float
-    beside ``res.excluded`` wins back (``val``: rows, labels and FP32's logits, whose cosine breaks ties), and keeps
-    the best float, until the test split is within budget. A group that wins nothing back is not kept (it would only
-    cost speed), nor one that takes the float part past ``limit``. Rounds after the first rank again only the
-    previous round's :data:`RERANK` best, so a search costs about ``len(groups) + 8 * RERANK`` trials, not
-    ``8 * len(groups)``. The first round's ranking is the sensitivity the report keeps. Updates ``res``."""
+    beside ``res.excluded`` wins back (``val_score``: val top-1 and the cosine to FP32's logits, which breaks ties, of
+    a float set), and keeps the best float, until the test split is within budget. A group that wins nothing back is
+    not kept (it would only cost speed), nor one that takes the float part past ``limit``. Rounds after the first
+    rank again only the previous round's :data:`RERANK` best, so a search costs about ``len(groups) + 8 * RERANK``
+    trials, not ``8 * len(groups)``; a float set scored before (the second pass's single nodes) is not quantized
+    again. The first round's ranking is the sensitivity the report keeps. Updates ``res``."""
     for round_ in range(len(groups)):
-        quantize(res.excluded, trial)
-        base = score(trial, *val)
+        base = val_score(res.excluded)
         ranked = []
         for group in groups:
             wanted = [*res.excluded, *(n for n in group if n not in res.excluded)]
             if len(wanted) == len(res.excluded) or not limit.allows(wanted):
                 continue
-            quantize(wanted, trial)
-            acc, _, cos = score(trial, *val)
-            ranked.append((100 * (acc - base[0]), cos - base[2], group))
+            acc, cos = val_score(wanted)
+            ranked.append((100 * (acc - base[0]), cos - base[1], group))
         ranked.sort(key=lambda g: (-g[0], -g[1]))  # stable: graph order among equals
         if round_ == 0:  # each group once: a second pass re-ranks the single nodes beside the layers' units
             seen = {(s["node"], *(s["with"] if "with" in s else ())) for s in res.sensitivity}
