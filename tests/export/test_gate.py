@@ -1,10 +1,12 @@
-"""The accuracy gate's search: over budget, nodes ranked by what leaving each float gains on val, the worst kept float
-until the test drop is within budget. Real export, quantization and onnxruntime sessions on a student whose head has
-one outlier weight, so per-tensor INT8 rounds the head's other weights to zero (it had no test before session 21)."""
+"""The accuracy gate: its budgets (overall and per class), and its search: over budget, nodes (and, where no single
+node is enough, layers with the path of their output) ranked by what leaving each float gains on val, the best kept
+float until the test drop is within budget. Real export, quantization and onnxruntime sessions on students with
+outlier weights, so per-tensor INT8 rounds a layer's other weights to zero (it had no test before session 21)."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import onnx
@@ -14,6 +16,7 @@ from cmcd_edge.calib.ranges import compute_ranges
 from cmcd_edge.distill import students
 from cmcd_edge.export import gate, onnx_export, quantize
 from cmcd_edge.runtime.session import make_session, top1
+from tests.helpers import assert_one_line_error
 
 
 def _student_and_gate(tmp_path, outlier: float | None, layer: str = "head", units: bool = False,
@@ -109,3 +112,90 @@ def test_float_limit_allows_at_most_half_the_layers_float():
     assert not limit.allows(["a", "r1", "r2", "r3", "r4"])  # past the node count
     assert gate.FloatLimit().allows(["x"] * 8) and gate.FloatLimit(frozenset({"a"})).allows(["a"])
     assert str(limit) == "at most 4 nodes and 2 of the 4 weighted layers float"
+
+
+def test_budget_names_the_class_a_variant_loses_more_of_than_allowed_golden_values():
+    from cmcd_edge.export.gate import Budget
+
+    y = np.array([0] * 40 + [1] * 10)
+    ref = y.copy()
+    ref[:4], ref[40:42] = 1, 0  # FP32: class a 90%, b 80%
+    pred = ref.copy()
+    pred[2:4], pred[42:45] = 0, 0  # a 95% (2 rows won), b 50% (3 rows lost): overall 88% -> 86%
+    assert Budget(2.0, 30.0, ("a", "b")).misses(y, ref, pred) == []  # b loses exactly 30.0 points
+    assert Budget(2.0, 29.0, ("a", "b")).misses(y, ref, pred) == [
+        "class 'b' loses 30.0 points, 80.0% -> 50.0% (3 of its 10 test rows), more than --max-class-drop 29"]
+    assert Budget(1.0).misses(y, ref, pred) == ["more than 1.0 points below FP32"]  # no class budget: overall only
+
+
+def _with_outlier(toy_run, folder, outliers: dict[str, float]):
+    """A copy of the toy run whose student has, in each weight named, one value far above the rest: per-tensor INT8
+    of that layer rounds its other weights to zero."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(toy_run, folder)
+    state = load_file(folder / "student.safetensors")
+    with torch.no_grad():
+        for weight, value in outliers.items():
+            state[weight][0, 0] = value
+    save_file(state, folder / "student.safetensors")
+    return folder
+
+
+# 7-bit weights: the same graph, and the same integer sums, on every x86 CPU (the VNNI preset's grid kept more of it);
+# the overall budget opened wide, so only the class budget judges
+CLASS_GATE_FLAGS = ["--per-tensor", "--target", "cpu-avx2", "--max-accuracy-drop", "100"]
+
+
+def _int8_and_worst_class(bundle):
+    from cmcd_edge.export.bundle import load_report
+    from cmcd_edge.export.gate import worst_class
+
+    rep = load_report(bundle)
+    int8 = next(v for v in rep["variants"] if v["name"] == "int8")
+    return int8, worst_class(rep["per_class_top1"]["fp32"], rep["per_class_top1"]["int8"])[1]
+
+
+def test_max_class_drop_keeps_float_the_node_that_costs_a_class_its_rows(toy_run, tmp_path, cli):
+    """Was: per-class drops were printed in report.md only, so an INT8 that lost most of one class passed a gate its
+    overall top-1 met. An outlier in the first layer: INT8 agrees with FP32 on under a third of the rows here."""
+    run = _with_outlier(toy_run, tmp_path / "run", {"encoder.0.weight": 50.0})
+    assert cli("export", run, "--out", tmp_path / "b", *CLASS_GATE_FLAGS).returncode == 0
+    int8, lost = _int8_and_worst_class(tmp_path / "b")
+    assert int8["gate"] == "passed" and int8["float_nodes"] == [] and lost > 20  # reported, not gated
+    res = cli("export", run, "--out", tmp_path / "c", *CLASS_GATE_FLAGS, "--max-class-drop", "20")
+    assert res.returncode == 0, res.stderr
+    assert "INT8 fails the gate (class '" in res.stderr  # the node search ran for the class
+    int8, lost = _int8_and_worst_class(tmp_path / "c")
+    assert int8["gate"] == "passed" and len(int8["float_nodes"]) == 1 and lost <= 20
+    assert "and at most 20 of any one class's" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_max_class_drop_keeps_a_layer_float_with_its_output_for_a_mid_network_outlier(toy_run, tmp_path, cli):
+    """An outlier mid-network: no one node kept float wins anything back (the layer's output still crosses the next
+    layer's per-tensor input scale), the layer with its Relu and the layer that reads it do (was: failed, session 35)."""
+    run = _with_outlier(toy_run, tmp_path / "run", {"encoder.4.weight": 200.0})
+    res = cli("export", run, "--out", tmp_path / "b", *CLASS_GATE_FLAGS, "--max-class-drop", "20")
+    assert res.returncode == 0, res.stderr
+    assert "trying 3 layers float together with their outputs" in res.stderr
+    int8, lost = _int8_and_worst_class(tmp_path / "b")
+    assert int8["gate"] == "passed" and len(int8["float_nodes"]) == 3 and lost <= 20
+    assert all(s["val_gain_points"] <= 0 for s in int8["sensitivity"] if "with" not in s)
+
+
+def test_max_class_drop_fails_a_class_that_most_layers_float_would_mend_in_one_line(toy_run, tmp_path, cli):
+    """Outliers in two layers: three of the four layers float would pass, past the search's bound (half the weighted
+    layers): the variant fails, naming the class and the bound, and nothing is written."""
+    run = _with_outlier(toy_run, tmp_path / "run", {"encoder.4.weight": 200.0,
+                                                                "to_embed.weight": 200.0})
+    res = cli("export", run, "--out", tmp_path / "b", *CLASS_GATE_FLAGS, "--max-class-drop", "20")
+    assert_one_line_error(res, 1, "accuracy gate failed for int8 (class '", "more than --max-class-drop 20, even with "
+                          "the nodes that win accuracy back on val left float (at most 8 nodes and 2 of the 4 weighted "
+                          "layers float)); nothing was written: raise --max-accuracy-drop or --max-class-drop")
+    assert not (tmp_path / "b").exists()
+    res = cli("export", run, "--out", tmp_path / "b", *CLASS_GATE_FLAGS, "--max-class-drop", "20",
+              "--allow-accuracy-drop")
+    assert res.returncode == 0, res.stderr
+    int8, lost = _int8_and_worst_class(tmp_path / "b")
+    assert int8["gate"] == "failed" and lost > 20
