@@ -119,3 +119,25 @@ def test_onnx_teacher_says_it_runs_on_the_cpu_where_onnxruntime_has_no_cuda(tmp_
     path = save_onnx_linear(W, B, tmp_path / "t.onnx")
     OnnxTeacher(path, torch.device("cuda"))  # a device object only: nothing is moved to it here
     assert "this onnxruntime has no CUDA provider (onnxruntime-gpu has); the teacher runs on the CPU" in caplog.text
+
+
+def test_onnx_teacher_takes_uint8_images_in_its_own_input_dtype(tmp_path):
+    """A camera model exported to take uint8 pixels: the stored values (0-255, [B, C, H, W]) reach it as uint8,
+    unchanged, as they reach a .pt2 teacher as float32."""
+    from onnx import TensorProto, helper
+
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(60, 3, 4, 5), dtype=np.uint8)
+    ds = datasets.write_dataset(tmp_path / "d", {"cam": ViewSpec(img, "image"),
+                                                 "vec": ViewSpec(rng.normal(size=(60, 3)).astype(np.float32), "vector")},
+                                np.arange(60) % 3, ["a", "b", "c"])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT), helper.make_node("Flatten", ["xf"], ["embedding"])],
+        "cam", [helper.make_tensor_value_info("x", TensorProto.UINT8, ["batch", 3, 4, 5])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 60])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(tmp_path / "c.onnx"))
+    out = teachers.load_teacher(str(tmp_path / "c.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))
+    assert torch.equal(out.emb, torch.from_numpy(img.reshape(60, -1).astype(np.float32)))
