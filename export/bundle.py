@@ -122,6 +122,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                                      "passed" if g.passed else "failed", preset.name,
                                      {"agreement_with_fp32": g.agreement, "cosine_with_fp32": g.cosine,
                                       "drop_points": round(g.drop_points, 3), "float_nodes": g.excluded,
+                                      "all_int8_test_accuracy": g.all_int8_accuracy,
                                       "speed_float_nodes": speed_float, "stem_probe": probe,
                                       "sensitivity": g.sensitivity[:20], "preset": preset.to_json(), "macs": macs}))
         if cfg.fp16:
@@ -271,9 +272,11 @@ def report_markdown(manifest: dict) -> str:
         agree = v.get("agreement_with_fp32")
         lines.append(f"| {v['name']} | {v['precision']} | {v['target']} | {v['size_bytes'] / 1024:.1f} | {acc} | "
                      f"{'' if agree is None else f'{100 * agree:.2f}'} | {v['gate']} |")
-    floats = [n for v in manifest["variants"] for n in v.get("float_nodes", [])]
-    if floats:
-        lines.append(f"\nNodes kept in float by the accuracy gate: {', '.join(floats)}")
+    for v in manifest["variants"]:
+        if v.get("float_nodes"):  # what they bought: the variant's top-1 with every node INT8
+            was = v.get("all_int8_test_accuracy")
+            lines.append(f"\nNodes kept in float by the accuracy gate: {', '.join(v['float_nodes'])}"
+                         + ("" if was is None else f" (every node INT8: {100 * was:.2f}% test top-1)"))
     return "\n".join(lines) + "\n"
 
 

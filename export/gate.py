@@ -88,6 +88,7 @@ class GateResult:
     predicted: np.ndarray | None = None  # the final INT8 model's test top-1 classes (for per-class figures)
     misses: list[str] = field(default_factory=list)  # why it fails the budget (Budget.misses); empty when passed
     limit: FloatLimit = FloatLimit()  # how much the search could leave float
+    all_int8_accuracy: float | None = None  # test top-1 with every node INT8: what the float nodes were kept against
 
     def failure(self) -> str:
         """Why the variant fails, for the error: the budget it misses after the search."""
@@ -124,7 +125,8 @@ def run_gate(quantize: Callable[[list[str], Path], None], candidates: list[str],
     quantize([], out)
     acc, agree, cos, logits = scored(out, *test, ref)
     res = GateResult(acc, fp32_acc, 100 * (fp32_acc - acc), False, agreement=agree, cosine=cos,
-                     predicted=logits.argmax(1), misses=budget.misses(test[1], ref_pred, logits.argmax(1)), limit=limit)
+                     predicted=logits.argmax(1), misses=budget.misses(test[1], ref_pred, logits.argmax(1)), limit=limit,
+                     all_int8_accuracy=acc)
     res.passed = not res.misses
     if res.passed or not candidates:
         return res

@@ -182,6 +182,9 @@ def test_max_class_drop_keeps_a_layer_float_with_its_output_for_a_mid_network_ou
     int8, lost = _int8_and_worst_class(tmp_path / "b")
     assert int8["gate"] == "passed" and len(int8["float_nodes"]) == 3 and lost <= 20
     assert all(s["val_gain_points"] <= 0 for s in int8["sensitivity"] if "with" not in s)
+    was = int8["all_int8_test_accuracy"]  # what the float nodes bought, in report.json and report.md
+    assert was < int8["test_accuracy"] and f"(every node INT8: {100 * was:.2f}% test top-1)" in (
+        tmp_path / "b" / "report.md").read_text()
 
 
 def test_max_class_drop_fails_a_class_that_most_layers_float_would_mend_in_one_line(toy_run, tmp_path, cli):
