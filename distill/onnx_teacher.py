@@ -65,8 +65,8 @@ class OnnxTeacher:
         if device.type == "cuda" and backend == "cpu":
             log.warning("--teacher %s: this onnxruntime has no CUDA provider (onnxruntime-gpu has); the teacher runs on "
                         "the CPU", path)
-        try:
-            self.session = make_session(path, backend)
+        try:  # torch's share of the cores (torchrun gives each rank one thread; onnxruntime would take them all)
+            self.session = make_session(path, backend, threads=torch.get_num_threads())
         except CmcdError as exc:  # "PATH: onnxruntime cannot load it (its first line)"
             raise UserError(f"--teacher {exc}") from exc
         inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]

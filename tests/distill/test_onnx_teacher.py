@@ -141,3 +141,12 @@ def test_onnx_teacher_takes_uint8_images_in_its_own_input_dtype(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(tmp_path / "c.onnx"))
     out = teachers.load_teacher(str(tmp_path / "c.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))
     assert torch.equal(out.emb, torch.from_numpy(img.reshape(60, -1).astype(np.float32)))
+
+
+def test_onnx_teacher_takes_torchs_share_of_the_cores(tmp_path, monkeypatch):
+    """Under torchrun each rank's torch has one thread; onnxruntime's default would take every core in every rank."""
+    from cmcd_edge.distill.onnx_teacher import OnnxTeacher
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    t = OnnxTeacher(save_onnx_linear(W, B, tmp_path / "t.onnx"), torch.device("cpu"))
+    assert t.session.get_session_options().intra_op_num_threads == 1
