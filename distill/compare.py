@@ -63,6 +63,7 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
             key[name] = getattr(cfg, name)
     spec = teacher_spec(ds, cfg.source) if cfg.teacher == "train" else None
     key_file = folder / "teacher_key.json"
+    made = None  # the network the folder's teacher is (or was being trained as), where recorded
     if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
         old = json.loads(key_file.read_text())
         made = old.pop("teacher_spec") if "teacher_spec" in old else None  # not a setting: the code builds it
@@ -70,14 +71,17 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
             diff = _key_diff(old, key)
             raise UserError(f"{folder}: this cached teacher was made with other settings ({diff[:300]}); "
                             "pass --force to recompute, or use a new --out")
-        why = None if spec is None else spec_change(made, spec)
-        if why:  # the runs distilled from it are trained again too (run_record.network_change)
-            log.info("seed %d: the teacher in %s is another network (%s; made by an older version): trained again",
-                     cfg.seed, folder, why)
-            shutil.rmtree(folder)
+    cached = TeacherOutputs.load(folder)
+    if made is None and cached is not None and "spec" in cached.info:
+        made = cached.info["spec"]
+    why = None if spec is None or not (key_file.exists() or cached is not None) else spec_change(made, spec)
+    if why:  # the runs distilled from it are trained again too (run_record.network_change)
+        log.info("seed %d: the teacher in %s is another network (%s; made by an older version): trained again",
+                 cfg.seed, folder, why)
+        shutil.rmtree(folder)
+        cached = None
     if spec is not None:  # a version that builds another network trains the teacher again (session 35's cnn1d stem)
         key["teacher_spec"] = spec.to_json()
-    cached = TeacherOutputs.load(folder)
     if cached is not None:
         return cached
     make_dir(folder)

@@ -229,18 +229,31 @@ def test_compare_resume_retrains_a_teacher_whose_network_changed_and_its_runs(ba
     cfg = dataclasses.replace(base, data=str(ds.root), source="tgt", target="src")
     out = tmp_path / "cmp"
     run_compare(cfg, ["kd"], 1, out, upper_bound=False)
-    key, run_json = out / "teachers" / "seed0" / "teacher_key.json", out / "runs" / "kd-s0" / "run.json"
+    teacher = out / "teachers" / "seed0"
+    key, run_json = teacher / "teacher_key.json", out / "runs" / "kd-s0" / "run.json"
     assert json.loads(key.read_text())["teacher_spec"]["stem_stride"] == 1
-    for path, drop in [(key, lambda d: d.pop("teacher_spec")), (run_json, lambda d: d["teacher"]["spec"].pop("stem_stride"))]:
-        doc = json.loads(path.read_text())
-        drop(doc)  # as an older version wrote it
-        path.write_text(json.dumps(doc))
     caplog.set_level("INFO")
-    run_compare(cfg, ["kd"], 1, out, upper_bound=False, extend=True)
-    assert "seed 0: the teacher in " in caplog.text and "is another network (stem_stride: 2 vs now 1" in caplog.text
-    assert "kd-s0: trained another teacher network (stem_stride: 2 vs now 1" in caplog.text
-    assert json.loads(key.read_text())["teacher_spec"]["stem_stride"] == 1
-    assert json.loads(run_json.read_text())["teacher"]["spec"]["stem_stride"] == 1
+    for keyed in (True, False):  # a key of that version (no teacher_spec), or none (a folder before keys)
+        if keyed:
+            doc = json.loads(key.read_text())
+            del doc["teacher_spec"]
+            key.write_text(json.dumps(doc))
+        else:
+            key.unlink()
+        for path, spec in [(teacher / "teacher_outputs.json", lambda d: d["spec"]),
+                           (run_json, lambda d: d["teacher"]["spec"])]:
+            doc = json.loads(path.read_text())
+            del spec(doc)["stem_stride"]  # as an older version wrote them
+            path.write_text(json.dumps(doc))
+        caplog.clear()
+        run_compare(cfg, ["kd"], 1, out, upper_bound=False, extend=True)
+        assert "seed 0: the teacher in " in caplog.text and "is another network (stem_stride: 2 vs now 1" in caplog.text
+        assert "kd-s0: trained another teacher network (stem_stride: 2 vs now 1" in caplog.text
+        assert json.loads(key.read_text())["teacher_spec"]["stem_stride"] == 1
+        assert json.loads(run_json.read_text())["teacher"]["spec"]["stem_stride"] == 1
+        caplog.clear()
+        run_compare(cfg, ["kd"], 1, out, upper_bound=False, extend=True)  # then kept: not trained on every rerun
+        assert "trained again" not in caplog.text
 
     out = tmp_path / "vec"
     run_compare(base, ["kd"], 1, out, upper_bound=False)
