@@ -150,8 +150,9 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
         raise click.BadParameter(f"{path}: unknown flag(s) {', '.join(sorted(extra))}", param_hint="--config")
     ctx.meta["config_extra"] = extra  # stage-config fields without a flag (checked by the stage's config)
     ctx.meta["config_path"] = str(path)
-    flags = {k: v for k, v in norm.items() if k in names.values()}
     params = {p.name: p for p in ctx.command.params}
+    flags = {k: [v] if isinstance(v, str) and getattr(params[k], "multiple", False) else v  # a repeatable flag, once
+             for k, v in norm.items() if k in names.values()}
     for key, v in flags.items():  # converted here, so a bad value names the file and its key, not a flag not typed
         try:
             params[key].type_cast_value(ctx, v)

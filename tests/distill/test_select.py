@@ -318,3 +318,18 @@ def test_select_teacher_refuses_a_bad_teacher_flag_in_one_line(cli, tmp_path):
     assert_one_line_error(cli(*base, "--teacher", f"src={tmp_path / 'no.onnx'}"), 2, "no.onnx: no such file")
     assert_one_line_error(cli(*base, "--teacher", "src=a.onnx", "--teacher", "src=b.onnx"), 2,
                           "--teacher src=b.onnx: view 'src' given twice")
+
+
+@pytest.mark.parametrize("value", ["LIST", "ONE"])
+def test_select_teacher_takes_its_teachers_from_a_config_file_as_a_list_or_one_string(value, cli, tmp_path):
+    """A repeatable flag in --config: a list, or one string for one item (was: click's 'Value must be an iterable')."""
+    from tests.helpers import save_onnx_linear
+
+    ds = synthetic_paired(tmp_path / "d", n=300)
+    ident = save_onnx_linear(np.eye(16, dtype=np.float32), np.zeros(16, np.float32), tmp_path / "ident.onnx")
+    item = f"src={ident}"
+    (tmp_path / "c.json").write_text(json.dumps({"teacher": [item] if value == "LIST" else item, "seeds": 1,
+                                                 "student_epochs": 2}))
+    res = cli("select-teacher", "--data", ds.root, "--target", "tgt", "--config", tmp_path / "c.json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert next(ln for ln in res.stdout.splitlines() if ln.startswith("src ")).endswith(f"({ident})")
