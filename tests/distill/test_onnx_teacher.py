@@ -150,3 +150,23 @@ def test_onnx_teacher_takes_torchs_share_of_the_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     t = OnnxTeacher(save_onnx_linear(W, B, tmp_path / "t.onnx"), torch.device("cpu"))
     assert t.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_onnx_teacher_of_channels_last_images_is_refused_with_the_transpose_hint(tmp_path):
+    """A TensorFlow camera model takes [B, H, W, C]; the view is [B, C, H, W]: one line naming both, and the fix."""
+    from onnx import TensorProto, helper
+
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+
+    rng = np.random.default_rng(2)
+    ds = datasets.write_dataset(tmp_path / "d", {"cam": ViewSpec(rng.random((40, 3, 8, 8), np.float32), "image"),
+                                                 "vec": ViewSpec(rng.normal(size=(40, 3)).astype(np.float32), "vector")},
+                                np.arange(40) % 2, ["a", "b"])
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["embedding"])], "nhwc",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 8, 3])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 192])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(tmp_path / "t.onnx"))
+    with pytest.raises(UserError, match=r"its input 'x' takes rows of shape \[8, 8, 3\], the source rows are \[3, 8, 8\] "
+                                        r"\(a channels-last graph: tf2onnx --inputs-as-nchw transposes it\)$"):
+        teachers.load_teacher(str(tmp_path / "t.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))
