@@ -204,13 +204,15 @@ compare.takes_config_extras = True
               "resumes when rerun.")
 @click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
               help="Folder keeping each candidate's teacher across runs: ranking for another target trains none again.")
+@click.option("--margin", type=float, default=0.1, show_default=True,
+              help="Nats: a delta within +-margin reads 'marginal' (the verdict only; the ranking is the same).")
 @click.option("--teacher", "teachers", multiple=True, metavar="VIEW=FILE",
               help="A view's own teacher (.pt/.pt2/.onnx file or pkg.module:factory, as distill takes), measured "
               "instead of one trained on the view; repeat for several views.")
 @config_option
 def select_teacher(data: str, target: str, candidates: str | None, seeds: int, seed: int, labeled_fraction: float,
                    teacher_epochs: int, student_epochs: int, device: str, out: str | None,
-                   teacher_cache: str | None, teachers: tuple[str, ...]) -> None:
+                   teacher_cache: str | None, margin: float, teachers: tuple[str, ...]) -> None:
     """Rank candidate source views by the CCH criterion I(T;S) - I(S;Y) (nats).
 
     Example: cmcd-edge select-teacher --data builtin:mfeat --target zer --candidates fac,pix,kar,fou,mor
@@ -232,7 +234,7 @@ def select_teacher(data: str, target: str, candidates: str | None, seeds: int, s
         with exclusive(out) if out else contextlib.nullcontext():  # one select-teacher per --out and progress file
             res = rank_teachers(data, target, cands, seeds=seeds, seed=seed, labeled_fraction=labeled_fraction,
                                 teacher_epochs=teacher_epochs, student_epochs=student_epochs, device=device,
-                                progress=progress, teacher_cache=teacher_cache, teachers=own)
+                                progress=progress, teacher_cache=teacher_cache, teachers=own, margin=margin)
             click.echo(table(res))
             if out:
                 write_json(out, res)

@@ -39,13 +39,13 @@ MIN_HELDOUT = 50
 MAX_HELDOUT = 2000  # the k-NN estimators hold D x N^2 distances (N = 2000, 16 dims: 0.5 GB); validated at n = 2000
 
 
-def verdict(delta: float) -> str:
+def verdict(delta: float, margin: float = MARGIN) -> str:
     """The CCH call on a delta in nats. The ranking gives it for the mean over seeds and counts the seeds whose own
     delta (that seed's teacher against that seed's student) gets the same call: a split count says the margin is
     inside the seed spread (I(S;Y) on a few hundred held-out rows spreads by ~0.2 nats, BENCHMARKS.md)."""
-    if delta > MARGIN:
+    if delta > margin:
         return "distill"
-    if delta >= -MARGIN:
+    if delta >= -margin:
         return "marginal"
     return "skip: distillation unlikely to help"
 
@@ -59,18 +59,22 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                   labeled_fraction: float = 0.1, teacher_epochs: int = 15, student_epochs: int = 30,
                   estimators: tuple[str, ...] = ("gaussian", "ksg", "infonce"), device: str = "auto",
                   progress: Path | None = None, teacher_cache: str | None = None,
-                  teachers: dict[str, str] | None = None) -> dict:
+                  teachers: dict[str, str] | None = None, margin: float = MARGIN) -> dict:
     """The CCH ranking of ``candidates`` (default: every other view) for ``target``. With ``progress`` (a JSON file),
     each measured (seed, view) is kept there as it finishes, and a rerun with the same settings takes it instead of
     training that teacher again (a killed run resumes). ``teacher_cache``: a ``--teacher-cache`` folder, whose
     candidates' teachers a ranking for another target (or a distill of the same teacher settings) takes.
     ``teachers``: a view's own teacher (``--teacher VIEW=FILE``: a .pt/.pt2/.onnx file or pkg.module:factory, as
-    distill takes), measured instead of a teacher trained on that view; the view joins the candidates."""
+    distill takes), measured instead of a teacher trained on that view; the view joins the candidates. ``margin``
+    (nats): |delta| within it reads "marginal" (``--margin``; not keyed, so a rerun with another margin takes the
+    measurements a killed run kept)."""
     t0 = time.perf_counter()
     for flag, value in (("--seeds", seeds), ("--teacher-epochs", teacher_epochs), ("--student-epochs", student_epochs)):
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
     check_seed(seed)
+    if not (np.isfinite(margin) and margin >= 0):
+        raise UserError(f"--margin {margin}: must be a finite number of nats >= 0")
     if teacher_cache is not None:
         cache_root(teacher_cache)  # a file there: refused before any training
     ds = datasets.load(data)
@@ -152,12 +156,12 @@ def rank_teachers(data: str, target: str, candidates: list[str] | None = None, s
                     store.save(s, c, values)
             for k, v in values.items():
                 per[c].setdefault(k, []).append(v)
-    ranking = [{**rank_row(c, row, estimators), "teacher": teachers[c] if c in teachers else "trained"}
+    ranking = [{**rank_row(c, row, estimators, margin), "teacher": teachers[c] if c in teachers else "trained"}
                for c, row in per.items()]
     ranking.sort(key=lambda r: -r["delta"])
     h_y_mean = float(np.mean(h_y))
     return {"data": data, "target": target, "seeds": list(range(seed, seed + seeds)), "units": "nats",
-            "primary_estimator": "gaussian", "margin_nats": MARGIN, "heldout_rows": heldout_rows,
+            "primary_estimator": "gaussian", "margin_nats": margin, "heldout_rows": heldout_rows,
             "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "device": str(dev), "ranking": ranking,
             "made_on": here if store is None else store.doc["made_on"], "label_entropy_nats": h_y_mean,
             **({"resumed_on": store.doc["resumed_on"]} if store is not None and store.doc["resumed_on"] else {}),
@@ -188,14 +192,14 @@ def _candidate_teacher(ds: datasets.Dataset, view: str, target: str, splits, see
     return t
 
 
-def rank_row(view: str, row: dict[str, list[float]], estimators: tuple[str, ...]) -> dict:
+def rank_row(view: str, row: dict[str, list[float]], estimators: tuple[str, ...], margin: float = MARGIN) -> dict:
     """One candidate's ranking entry from its per-seed measurements (lists in seed order)."""
     i_ts, i_sy = _agg(row["gaussian"]), _agg(row["i_sy"])
     delta = i_ts["mean"] - i_sy["mean"]
     per_seed = [a - b for a, b in zip(row["gaussian"], row["i_sy"], strict=True)]  # paired: one student per seed
     return {"view": view, "mi_teacher_student": i_ts, "mi_student_label": i_sy, "delta": delta,
-            "verdict": verdict(delta), "delta_per_seed": per_seed,
-            "seeds_agreeing": sum(verdict(d) == verdict(delta) for d in per_seed),
+            "verdict": verdict(delta, margin), "delta_per_seed": per_seed,
+            "seeds_agreeing": sum(verdict(d, margin) == verdict(delta, margin) for d in per_seed),
             "teacher_test_accuracy": None if None in row["teacher_acc"] else _agg(row["teacher_acc"]),
             "estimators": {"mi_teacher_student": {e: _agg(row[e]) for e in estimators},
                            "mi_student_label": {"probe": i_sy, **({"ksg_mixed": _agg(row["i_sy_ksg"])}

@@ -23,6 +23,7 @@ from tests.helpers import assert_one_line_error, synthetic_paired
 
 def test_verdicts():
     assert verdict(0.5) == "distill" and verdict(0.0) == "marginal" and verdict(-1).startswith("skip")
+    assert verdict(0.5, margin=1.0) == "marginal" and verdict(0.05, margin=0.0) == "distill"
 
 
 def test_verdict_counts_the_seeds_whose_own_delta_agrees_and_the_table_says_so():
@@ -333,3 +334,21 @@ def test_select_teacher_takes_its_teachers_from_a_config_file_as_a_list_or_one_s
     res = cli("select-teacher", "--data", ds.root, "--target", "tgt", "--config", tmp_path / "c.json")
     assert res.returncode == 0, res.stderr[-2000:]
     assert next(ln for ln in res.stdout.splitlines() if ln.startswith("src ")).endswith(f"({ident})")
+
+
+def test_select_teacher_margin_moves_the_verdict_not_the_measurements(tmp_path, caplog, cli):
+    """--margin (was fixed at 0.1 nat): a wide margin reads the same deltas as 'marginal'; it is not part of the
+    progress key, so a rerun with another margin takes the measurements kept by the first."""
+    from cmcd_edge.distill import select
+
+    ds = synthetic_paired(tmp_path / "d", n=300)
+    kwargs = {"seeds": 1, "teacher_epochs": 2, "student_epochs": 2, "progress": tmp_path / "p.json"}
+    first = select.rank_teachers(str(ds.root), "tgt", **kwargs)
+    caplog.set_level("INFO")
+    wide = select.rank_teachers(str(ds.root), "tgt", margin=100.0, **kwargs)
+    assert "seed 0  src    measured by an earlier run" in caplog.text
+    assert wide["ranking"][0]["delta"] == first["ranking"][0]["delta"] and wide["margin_nats"] == 100.0
+    assert first["ranking"][0]["verdict"] == "distill" and wide["ranking"][0]["verdict"] == "marginal"
+    for bad in ("-0.5", "nan"):
+        assert_one_line_error(cli("select-teacher", "--data", ds.root, "--target", "tgt", "--margin", bad), 2,
+                              f"--margin {bad}: must be a finite number of nats >= 0")
