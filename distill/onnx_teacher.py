@@ -1,6 +1,7 @@
 """``--teacher FILE.onnx``: a teacher from any framework that writes ONNX (TensorFlow through tf2onnx, JAX through
 jax2onnx, torch.onnx), run with onnxruntime over the source view. Its one input takes the batch; its outputs are
-named ``embedding`` (and ``logits``), or else read in order: the embedding, then the logits."""
+named ``embedding`` (and ``logits``), or one of two is named ``logits``, or else they are read in order: the
+embedding, then the logits."""
 
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class OnnxTeacher:
         self.dtype = _DTYPES[self.input.type]
         if "embedding" in outputs:
             self.outputs = ["embedding", *(["logits"] if "logits" in outputs else [])]
+        elif len(outputs) == 2 and "logits" in outputs:  # the other one is the embedding, in either order
+            self.outputs = [next(o for o in outputs if o != "logits"), "logits"]
         elif len(outputs) <= 2:
             self.outputs = outputs
         else:

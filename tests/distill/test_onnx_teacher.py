@@ -34,11 +34,18 @@ def test_onnx_teacher_embeds_every_row_as_its_graph_computes(batch, ds, tmp_path
     assert out.info["sha256"] == teachers.teacher_sha256(str(path))
 
 
-@pytest.mark.parametrize("outputs", [("embedding", "logits"), ("logits", "embedding"), ("e", "l")])
-def test_onnx_teacher_reads_logits_by_name_or_second(outputs, ds, tmp_path):
-    """Named outputs are taken by name whatever their order; unnamed ones in order: embedding, then logits."""
-    names = outputs if outputs[0] != "logits" else ("embedding", "logits")
-    path = save_onnx_linear(W, B, tmp_path / "t.onnx", outputs=names, logits_of=4)
+@pytest.mark.parametrize("outputs,reverse", [(("embedding", "logits"), False), (("embedding", "logits"), True),
+                                             (("feat", "logits"), True), (("e", "l"), False)])
+def test_onnx_teacher_reads_logits_by_name_or_second(outputs, reverse, ds, tmp_path):
+    """Named outputs are taken by name whatever their order in the graph (a 'logits' beside one other name: that is
+    the embedding); unnamed ones in order: embedding, then logits."""
+    path = save_onnx_linear(W, B, tmp_path / "t.onnx", outputs=outputs, logits_of=4)
+    if reverse:  # the graph lists the logits first
+        model = onnx.load(str(path))
+        first, second = list(model.graph.output)
+        del model.graph.output[:]
+        model.graph.output.extend([second, first])
+        onnx.save(model, str(path))
     out = teachers.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
     x = np.asarray(ds.view("src"), np.float32)
     np.testing.assert_allclose(out.logits.numpy(), x[:, :4] * 3, rtol=1e-6)
