@@ -131,6 +131,11 @@ class DistillConfig:
         return any(n != "ce" for _, n in self.terms)
 
     @property
+    def trains_teacher(self) -> bool:
+        """Whether a run of this config trains the built-in teacher (``--teacher train`` under a recipe that reads one)."""
+        return self.teacher == "train" and self.needs_teacher
+
+    @property
     def recipe_flag(self) -> str:
         """The flag that set the recipe, as messages name it: ``--recipe TEXT``, else ``--method NAME``."""
         return f"--recipe {self.recipe}" if self.recipe else f"--method {self.method}"

@@ -125,7 +125,7 @@ def network_change(record: dict, cfg: DistillConfig, ds: datasets.Dataset) -> st
     why = spec_change(record["student_spec"] if "student_spec" in record else None, cfg.student_spec(ds))
     if why:
         return f"trained another student network ({why}; made by an older version)"
-    if cfg.teacher != "train" or not cfg.needs_teacher:
+    if not cfg.trains_teacher:
         return None
     kept = record["teacher"] if "teacher" in record else None  # a finished run's: the teacher it was given
     made = kept["spec"] if kept is not None and "spec" in kept else \
@@ -147,9 +147,8 @@ def spec_change(made: dict | None, spec: students.NetSpec) -> str | None:
 def run_json(cfg: DistillConfig, ds: datasets.Dataset, splits: Splits, teacher: TeacherOutputs | None,
              status: str) -> dict:
     """run.json's record of a run: its config and recipe, the versions and machine, the data and splits, the teacher."""
-    trains_teacher = cfg.teacher == "train" and cfg.needs_teacher
     return {"config": cfg.to_json(), "recipe": recipe_str(cfg.terms), "student_spec": cfg.student_spec(ds).to_json(),
-            "teacher_spec": teacher_spec(ds, cfg.source).to_json() if trains_teacher else None,
+            "teacher_spec": teacher_spec(ds, cfg.source).to_json() if cfg.trains_teacher else None,
             "status": status, "versions": machine.versions(),
             "made_on": machine.made_on(engine.pick_device(cfg.device)), "data_fingerprint": ds.fingerprint(),
             "seed": cfg.seed, "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
