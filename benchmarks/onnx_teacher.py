@@ -39,7 +39,7 @@ def as_onnx(pt2: Path, out: Path) -> Path:
 
 def teacher_pass_s(ref: Path, data: Path) -> tuple[float, torch.Tensor]:
     from cmcd_edge import datasets
-    from cmcd_edge.distill.teachers import load_teacher
+    from cmcd_edge.distill.user_teacher import load_teacher
     from cmcd_edge.splitting import make_splits
 
     ds = datasets.load(str(data))

@@ -21,7 +21,8 @@ from cmcd_edge.distill.config import MAX_SEED, DistillConfig
 from cmcd_edge.distill.losses import METHODS, methods_without
 from cmcd_edge.distill.run_record import network_change, recipe_change, spec_change, training_diff
 from cmcd_edge.distill.teacher_cache import TeacherCache
-from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, teacher_spec, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, teacher_spec, train_teacher
+from cmcd_edge.distill.user_teacher import factory_module_sha256, load_teacher, teacher_sha256
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, write_json, write_text
 from cmcd_edge.registry import check_choice, check_unique
@@ -67,6 +68,8 @@ def teacher_for_seed(cfg: DistillConfig, folder: Path, loaded: TeacherOutputs | 
     if key_file.exists():  # absent: nothing started here, or cached by a version before keys (benchmarks reuse those)
         old = json.loads(key_file.read_text())
         made = old.pop("teacher_spec") if "teacher_spec" in old else None  # not a setting: the code builds it
+        if "teacher_sha256" in old and old["teacher_sha256"] == factory_module_sha256(cfg.teacher):
+            old["teacher_sha256"] = sha  # a factory keyed by its module alone (earlier versions): the same teacher
         if old != key:
             diff = _key_diff(old, key)
             raise UserError(f"{folder}: this cached teacher was made with other settings ({diff[:300]}); "

@@ -22,7 +22,8 @@ from cmcd_edge.distill.losses import LossDims, Pair, Recipe, recipe_str
 from cmcd_edge.distill.rows import ViewRows
 from cmcd_edge.distill.run_record import finished_record, note_resumed, prepare_out, run_json
 from cmcd_edge.distill.teacher_cache import TeacherCache
-from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, load_teacher, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, check_teacher_memory, train_teacher
+from cmcd_edge.distill.user_teacher import load_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import exclusive, make_dir, write_bytes, write_csv_rows, write_json
 from cmcd_edge.runtime.scores import confusions, macro_f1, per_class

@@ -13,7 +13,8 @@ from cmcd_edge import datasets
 from cmcd_edge.distill import engine, machine, students
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.losses import recipe_str
-from cmcd_edge.distill.teachers import TEACHER_FILES, TeacherOutputs, teacher_sha256, teacher_spec
+from cmcd_edge.distill.teachers import TeacherOutputs, teacher_spec
+from cmcd_edge.distill.user_teacher import TEACHER_FILES, teacher_replaced
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import remove_stale_temps, write_json
 from cmcd_edge.splitting import Splits
@@ -97,8 +98,8 @@ def resume_refusal(out: Path, cfg: DistillConfig) -> str | None:
     if why:
         return f"--resume: {out} {why}: rerun with --force, or use a new --out"
     cached = out / "teacher_outputs.json"  # the run goes on with these outputs of the teacher it started with
-    if cached.exists() and json.loads(cached.read_text()).get("sha256") not in (None, teacher_sha256(cfg.teacher)):
-        what = "its file" if Path(cfg.teacher).suffix in TEACHER_FILES else "its factory's module"
+    if cached.exists() and teacher_replaced(json.loads(cached.read_text()).get("sha256"), cfg.teacher):
+        what = "its file" if Path(cfg.teacher).suffix in TEACHER_FILES else "its factory's module or weights"
         return (f"--resume: --teacher {cfg.teacher} changed since {out} started (the sha256 of {what} differs from "
                 "teacher_outputs.json's): rerun with --force to distill from the new teacher, or use a new --out")
     return None

@@ -27,7 +27,8 @@ from cmcd_edge.distill.engine import TeacherTraining
 from cmcd_edge.distill.evaluate import chance_bar
 from cmcd_edge.distill.pipeline import run_distill
 from cmcd_edge.distill.teacher_cache import TeacherCache, cache_root
-from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher, teacher_sha256, train_teacher
+from cmcd_edge.distill.teachers import TeacherOutputs, train_teacher
+from cmcd_edge.distill.user_teacher import load_teacher, teacher_sha256
 from cmcd_edge.errors import UserError
 from cmcd_edge.fsutil import write_json
 from cmcd_edge.splitting import make_splits

@@ -34,7 +34,8 @@ from cmcd_edge import __version__, datasets, splitting
 from cmcd_edge.datasets import Dataset
 from cmcd_edge.distill import ddp, engine, machine, onnx_teacher, rows, students, teachers
 from cmcd_edge.distill.config import DistillConfig
-from cmcd_edge.distill.teachers import TEACHER_FILES, TeacherOutputs, teacher_sha256
+from cmcd_edge.distill.teachers import TeacherOutputs
+from cmcd_edge.distill.user_teacher import TEACHER_FILES, teacher_sha256
 from cmcd_edge.errors import CmcdError, OutputBusy, UserError
 from cmcd_edge.fsutil import atomic_dir, write_bytes, write_json
 from cmcd_edge.splitting import Splits

@@ -114,8 +114,10 @@ def save_exported(module, path, dynamic: bool = True) -> None:
 
 
 def teacher_of_kind(kind: str, folder: Path, seed: int, monkeypatch) -> str:
-    """A ``--teacher`` of ``kind`` taking (B, 16) rows, in ``folder``, made with ``seed``: a .pt2 or .onnx file, or a
-    ``pkg.module:factory`` whose module is (re)written. A second call with another seed replaces the first teacher."""
+    """A ``--teacher`` of ``kind`` taking (B, 16) rows, in ``folder``, made with ``seed``: a .pt2 or .onnx file, a
+    ``pkg.module:factory`` whose module is (re)written (``factory``), or one whose unchanged module loads a
+    safetensors checkpoint that is (re)written (``weights``). A second call with another seed replaces the first
+    teacher."""
     import torch
 
     torch.manual_seed(seed)
@@ -126,6 +128,17 @@ def teacher_of_kind(kind: str, folder: Path, seed: int, monkeypatch) -> str:
         lin = torch.nn.Linear(16, 8)
         save_onnx_linear(lin.weight.detach().numpy(), lin.bias.detach().numpy(), folder / "teacher.onnx")
         return str(folder / "teacher.onnx")
+    if kind == "weights":  # a factory whose module stays as it is, loading a checkpoint saved over
+        from safetensors.torch import save_file
+
+        weights = folder / "teacher.safetensors"
+        save_file(torch.nn.Linear(16, 8).state_dict(), str(weights))
+        name = "weights_teacher_" + re.sub(r"\W", "_", folder.name)
+        (folder / f"{name}.py").write_text("import torch\nfrom safetensors.torch import load_file\ndef make():\n"
+                                           "    net = torch.nn.Linear(16, 8)\n"
+                                           f"    net.load_state_dict(load_file({str(weights)!r}))\n    return net\n")
+        monkeypatch.syspath_prepend(str(folder))
+        return f"{name}:make"
     name = "teacher_" + re.sub(r"\W", "_", folder.name)  # one per test: a module imported stays in sys.modules
     (folder / f"{name}.py").write_text(f"import torch\ndef make():\n    torch.manual_seed({seed})\n"
                                        "    return torch.nn.Linear(16, 8)\n")
@@ -161,18 +174,22 @@ def save_onnx_linear(weight: np.ndarray, bias: np.ndarray, path: Path, batch: in
 
 def counted_teacher(folder: Path, name: str, monkeypatch) -> tuple[str, Path]:
     """A ``pkg.module:factory`` teacher taking (B, 16) rows, with 4-class logits (a teacher with a test score), that
-    adds an ``x`` to the returned file each time it is built: (its --teacher reference, that file)."""
-    builds = folder / f"{name}.builds.txt"
+    adds an ``x`` to the returned file each time it starts a pass over the rows (the 2-row probe that opens every
+    load_teacher): (its --teacher reference, that file). Building it (to key it, or to load it) adds nothing."""
+    passes = folder / f"{name}.passes.txt"
     (folder / f"{name}.py").write_text(
         "import pathlib, torch\n"
-        f"LOG = pathlib.Path({str(builds)!r})\n"
+        f"LOG = pathlib.Path({str(passes)!r})\n"
         "def make():\n"
-        "    LOG.write_text(LOG.read_text() + 'x' if LOG.exists() else 'x')\n"
         "    torch.manual_seed(0)\n"
         "    net = torch.nn.Linear(16, 8)\n"
-        "    return lambda x: (net(x), x[:, :4] * 3.0)\n")
+        "    def run(x):\n"
+        "        if len(x) == 2:\n"
+        "            LOG.write_text(LOG.read_text() + 'x' if LOG.exists() else 'x')\n"
+        "        return net(x), x[:, :4] * 3.0\n"
+        "    return run\n")
     monkeypatch.syspath_prepend(str(folder))
-    return f"{name}:make", builds
+    return f"{name}:make", passes
 
 
 def toy_dataset(tmp_path, n=60, **kw):

@@ -19,14 +19,15 @@ def test_compare_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(base, tmp
     """A --teacher file's or factory's outputs do not depend on the seed. Was: compare built the teacher and ran it
     over every row once per seed (3 passes for --seeds 3), where only its test top-1 differs from seed to seed."""
     from cmcd_edge import datasets
-    from cmcd_edge.distill.teachers import TeacherOutputs, load_teacher
+    from cmcd_edge.distill.teachers import TeacherOutputs
+    from cmcd_edge.distill.user_teacher import load_teacher
     from cmcd_edge.splitting import make_splits
 
-    ref, builds = counted_teacher(tmp_path, "counted_teacher", monkeypatch)
+    ref, passes = counted_teacher(tmp_path, "counted_teacher", monkeypatch)
     cfg = dataclasses.replace(base, teacher=ref)
     out = tmp_path / "cmp"
     r = run_compare(cfg, ["supervised"], 3, out, upper_bound=False)
-    assert builds.read_text() == "x"  # built and run once, not once per seed
+    assert passes.read_text() == "x"  # run once, not once per seed
     ds = datasets.load(cfg.data)
     for i, seed in enumerate(r["seeds"]):  # each seed's cache is what a fresh pass of the teacher gives
         splits = make_splits(ds, seed, labeled_fraction=cfg.labeled_fraction)
@@ -73,7 +74,7 @@ def test_compare_names_every_method_a_teacher_without_logits_cannot_serve(base, 
     assert row[-1] == (f"{wall:.1f} |" if wall < 10 else f"{wall:.0f} |")  # was '0' for a run under half a second
 
 
-@pytest.mark.parametrize("kind", ["pt2", "onnx", "factory"])
+@pytest.mark.parametrize("kind", ["pt2", "onnx", "factory", "weights"])
 def test_compare_resume_refuses_a_teacher_replaced_since(kind, base, tmp_path, monkeypatch):
     """Was: the key named the --teacher by its path or factory name, so a killed compare rerun after the file was
     replaced (a retrained teacher saved over the old one), or the factory's module edited, went on with the old
@@ -88,3 +89,19 @@ def test_compare_resume_refuses_a_teacher_replaced_since(kind, base, tmp_path, m
     with pytest.raises(UserError, match=r"seed0: this cached teacher was made with other settings \(teacher_sha256: "
                                         r"cached '[0-9a-f]{64}' vs now '[0-9a-f]{64}'\); pass --force"):
         run_compare(cfg, ["cmd"], 1, out, upper_bound=False)
+
+
+def test_compare_rerun_takes_a_factory_key_of_an_earlier_version(base, tmp_path, monkeypatch):
+    """Earlier versions keyed a factory by its module source alone: their teacher_key.json, with the module unchanged,
+    is the same teacher (was it refused, every compare made before weights were keyed would start over)."""
+    from cmcd_edge.distill.user_teacher import factory_module_sha256
+
+    cfg = dataclasses.replace(base, teacher=teacher_of_kind("weights", tmp_path, 0, monkeypatch))
+    out = tmp_path / "cmp"
+    first = run_compare(cfg, ["cmd"], 1, out, upper_bound=False)
+    key_file = out / "teachers" / "seed0" / "teacher_key.json"
+    key = json.loads(key_file.read_text())
+    key_file.write_text(json.dumps({**key, "teacher_sha256": factory_module_sha256(cfg.teacher)}))
+    (out / "results.json").unlink()
+    again = run_compare(cfg, ["cmd"], 1, out, upper_bound=False)
+    assert again["methods"]["cmd"] == first["methods"]["cmd"]

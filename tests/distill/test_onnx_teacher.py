@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from cmcd_edge.distill import teachers
+from cmcd_edge.distill import user_teacher
 from cmcd_edge.errors import UserError
 from cmcd_edge.splitting import make_splits
 from tests.helpers import assert_one_line_error, save_onnx_linear, synthetic_paired
@@ -27,11 +27,11 @@ def ds(tmp_path_factory):
 def test_onnx_teacher_embeds_every_row_as_its_graph_computes(batch, ds, tmp_path):
     """A dynamic batch, and graphs fixed at 1 row and at 7 (120 rows: the last chunk padded, its padding dropped)."""
     path = save_onnx_linear(W, B, tmp_path / "t.onnx", batch=batch)
-    out = teachers.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    out = user_teacher.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
     x = np.asarray(ds.view("src"), np.float32)
     np.testing.assert_allclose(out.emb.numpy(), x @ W.T + B, rtol=1e-5, atol=1e-5)
     assert out.logits is None and out.test_accuracy is None and out.info["kind"] == "file"
-    assert out.info["sha256"] == teachers.teacher_sha256(str(path))
+    assert out.info["sha256"] == user_teacher.teacher_sha256(str(path))
 
 
 @pytest.mark.parametrize("outputs,reverse", [(("embedding", "logits"), False), (("embedding", "logits"), True),
@@ -46,7 +46,7 @@ def test_onnx_teacher_reads_logits_by_name_or_second(outputs, reverse, ds, tmp_p
         del model.graph.output[:]
         model.graph.output.extend([second, first])
         onnx.save(model, str(path))
-    out = teachers.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    out = user_teacher.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
     x = np.asarray(ds.view("src"), np.float32)
     np.testing.assert_allclose(out.logits.numpy(), x[:, :4] * 3, rtol=1e-6)
     assert out.emb.shape == (120, 8) and out.test_accuracy is not None  # scored on the test split
@@ -56,20 +56,20 @@ def test_onnx_teacher_bad_files_get_one_line(ds, tmp_path):
     splits, cpu = make_splits(ds, 0), torch.device("cpu")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(UserError, match=r"^--teacher .*junk\.onnx: onnxruntime cannot load it \("):
-        teachers.load_teacher(str(tmp_path / "junk.onnx"), ds, "src", splits, cpu)
+        user_teacher.load_teacher(str(tmp_path / "junk.onnx"), ds, "src", splits, cpu)
     wide = save_onnx_linear(RNG.normal(size=(8, 32)).astype(np.float32), B, tmp_path / "wide.onnx")
     with pytest.raises(UserError, match=r"fails on a source batch of shape \[2, 16\]: its input 'x' takes rows of "
                                         r"shape \[32\], the source rows are \[16\]$"):
-        teachers.load_teacher(str(wide), ds, "src", splits, cpu)
+        user_teacher.load_teacher(str(wide), ds, "src", splits, cpu)
     with pytest.raises(UserError, match=r"missing\.onnx: no such file"):
-        teachers.load_teacher(str(tmp_path / "missing.onnx"), ds, "src", splits, cpu)
+        user_teacher.load_teacher(str(tmp_path / "missing.onnx"), ds, "src", splits, cpu)
     for name, graph, says in [("two_in", _identity_graph(inputs=2, outputs=1), r"the graph takes 2 inputs \(x0, x1\); "
                                                                               r"a teacher takes one, the source batch$"),
                               ("three_out", _identity_graph(inputs=1, outputs=3), r"the graph has 3 outputs \(y0, y1, "
                                                                                  r"y2\); name them 'embedding'")]:
         onnx.save(graph, str(tmp_path / f"{name}.onnx"))
         with pytest.raises(UserError, match=says):
-            teachers.load_teacher(str(tmp_path / f"{name}.onnx"), ds, "src", splits, cpu)
+            user_teacher.load_teacher(str(tmp_path / f"{name}.onnx"), ds, "src", splits, cpu)
 
 
 def _identity_graph(inputs: int, outputs: int):
@@ -92,7 +92,7 @@ def test_distill_from_an_onnx_teacher_and_resume_refuses_it_replaced(ds, tmp_pat
     res = cli(*args)
     assert res.returncode == 0, res.stderr[-2000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["teacher"]["sha256"] == teachers.teacher_sha256(str(path))
+    assert record["teacher"]["sha256"] == user_teacher.teacher_sha256(str(path))
     (tmp_path / "run" / "metrics.json").unlink()  # as if killed before its last write
     save_onnx_linear(W * 2, B, path, outputs=("embedding", "logits"), logits_of=4)
     assert_one_line_error(cli(*args, "--resume"), 2, f"--resume: --teacher {path} changed since", "its file")
@@ -106,13 +106,13 @@ def test_onnx_teacher_sha256_covers_its_external_data(tmp_path):
         (tmp_path / "t.onnx.data").unlink(missing_ok=True)  # onnx.save appends to a data file already there
         onnx.save(model, str(tmp_path / "t.onnx"), save_as_external_data=True, location="t.onnx.data",
                   size_threshold=0)
-        return (tmp_path / "t.onnx").read_bytes(), teachers.teacher_sha256(str(tmp_path / "t.onnx"))
+        return (tmp_path / "t.onnx").read_bytes(), user_teacher.teacher_sha256(str(tmp_path / "t.onnx"))
 
     graph0, sha0 = saved(W)
     graph1, sha1 = saved(W * 2)
     assert graph0 == graph1 and sha0 != sha1
     small = synthetic_paired(tmp_path / "d", n=40)
-    out = teachers.load_teacher(str(tmp_path / "t.onnx"), small, "src", make_splits(small, 0), torch.device("cpu"))
+    out = user_teacher.load_teacher(str(tmp_path / "t.onnx"), small, "src", make_splits(small, 0), torch.device("cpu"))
     x = np.asarray(small.view("src"), np.float32)
     np.testing.assert_allclose(out.emb.numpy(), x @ (W * 2).T + B, rtol=1e-5, atol=1e-5)  # its weights read
 
@@ -146,7 +146,7 @@ def test_onnx_teacher_takes_uint8_images_in_its_own_input_dtype(tmp_path):
         "cam", [helper.make_tensor_value_info("x", TensorProto.UINT8, ["batch", 3, 4, 5])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 60])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(tmp_path / "c.onnx"))
-    out = teachers.load_teacher(str(tmp_path / "c.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))
+    out = user_teacher.load_teacher(str(tmp_path / "c.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))
     assert torch.equal(out.emb, torch.from_numpy(img.reshape(60, -1).astype(np.float32)))
 
 
@@ -176,4 +176,4 @@ def test_onnx_teacher_of_channels_last_images_is_refused_with_the_transpose_hint
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(tmp_path / "t.onnx"))
     with pytest.raises(UserError, match=r"its input 'x' takes rows of shape \[8, 8, 3\], the source rows are \[3, 8, 8\] "
                                         r"\(a channels-last graph: tf2onnx --inputs-as-nchw transposes it\)$"):
-        teachers.load_teacher(str(tmp_path / "t.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))
+        user_teacher.load_teacher(str(tmp_path / "t.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))

@@ -43,16 +43,16 @@ def test_teacher_pass_reports_its_progress(tmp_path, caplog, monkeypatch):
     import functools
 
     from cmcd_edge import datasets
-    from cmcd_edge.distill import teachers
+    from cmcd_edge.distill import user_teacher
     from cmcd_edge.splitting import make_splits
     from tests.helpers import synthetic_paired, teacher_of_kind
 
     ds = datasets.load(synthetic_paired(tmp_path / "toy", n=300).root)
     ref = teacher_of_kind("factory", tmp_path, 0, monkeypatch)
     monkeypatch.setattr(progress, "RowsProgress", functools.partial(progress.RowsProgress, every_s=0.0))
-    monkeypatch.setattr(teachers, "EXTERNAL_BATCH_BYTES", 100 * 16 * 4)  # 100 rows of 16 float32 a batch
+    monkeypatch.setattr(user_teacher, "EXTERNAL_BATCH_BYTES", 100 * 16 * 4)  # 100 rows of 16 float32 a batch
     caplog.set_level("INFO", logger="cmcd_edge.distill.progress")
-    teachers.load_teacher(ref, ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    user_teacher.load_teacher(ref, ds, "src", make_splits(ds, 0), torch.device("cpu"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher outputs:")]
     assert [ln.split(" rows")[0] for ln in lines] == ["teacher outputs: 100 of 300", "teacher outputs: 200 of 300"]
 

@@ -225,7 +225,7 @@ def test_resume_refuses_a_run_whose_teacher_network_changed_since_it_started(tmp
         assert resume_refusal(run, cfg) == refusal
 
 
-@pytest.mark.parametrize("kind", ["pt2", "onnx", "factory"])
+@pytest.mark.parametrize("kind", ["pt2", "onnx", "factory", "weights"])
 def test_resume_refuses_a_teacher_replaced_since_the_run_started(kind, toy, tmp_path, cli, monkeypatch):
     """Was: --resume took the run's cached outputs of the old --teacher after the file was replaced, or the factory's
     module edited, and the run ended with a student of the old teacher."""
@@ -239,7 +239,7 @@ def test_resume_refuses_a_teacher_replaced_since_the_run_started(kind, toy, tmp_
     (tmp_path / "run" / "metrics.json").unlink()
     teacher_of_kind(kind, tmp_path, 1, monkeypatch)
     res = cli(*args, "--resume")
-    what = "its factory's module" if kind == "factory" else "its file"
+    what = "its factory's module or weights" if kind in ("factory", "weights") else "its file"
     assert_one_line_error(res, 2, f"--resume: --teacher {ref} changed since {tmp_path / 'run'} started (the sha256 "
                           f"of {what}", "--force")
 

@@ -286,7 +286,7 @@ def test_select_teacher_measures_a_views_own_teacher_file(cli, tmp_path):
     view's raw values, the same on every seed, and without logits it has no test top-1 (shown as '-'). A trained
     teacher ranks beside it; the progress key holds the file's sha256, so a file saved over is not mixed in."""
     from cmcd_edge.distill import select
-    from cmcd_edge.distill.teachers import teacher_sha256
+    from cmcd_edge.distill.user_teacher import teacher_sha256
     from tests.helpers import save_onnx_linear
 
     ds = synthetic_paired(tmp_path / "d", n=300)

@@ -75,15 +75,15 @@ def test_teacher_cache_serves_another_target_and_gives_the_student_a_run_without
 
 
 def test_teacher_cache_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(cfg, tmp_path, monkeypatch):
-    from cmcd_edge.distill.teachers import load_teacher
+    from cmcd_edge.distill.user_teacher import load_teacher
     from cmcd_edge.splitting import make_splits
 
-    ref, builds = counted_teacher(tmp_path, "counted_cache_teacher", monkeypatch)
+    ref, passes = counted_teacher(tmp_path, "counted_cache_teacher", monkeypatch)
     loaded = dataclasses.replace(cfg, teacher=ref, teacher_cache=str(tmp_path / "cache"))
     accs = [run_distill(dataclasses.replace(loaded, seed=s), tmp_path / f"s{s}").metrics["teacher_test_accuracy"]
             for s in (0, 1)]
     run_distill(dataclasses.replace(loaded, target="tgt2"), tmp_path / "tgt2")
-    assert builds.read_text() == "x"  # one pass over the rows served three runs
+    assert passes.read_text() == "x"  # one pass over the rows served three runs
     ds = datasets.load(cfg.data)
     for s, acc in zip((0, 1), accs, strict=True):
         fresh = load_teacher(loaded.teacher, ds, "src", make_splits(ds, s), torch.device("cpu"))
@@ -93,7 +93,7 @@ def test_teacher_cache_runs_a_loaded_teacher_once_and_scores_it_on_each_seed(cfg
     assert accs[0] != accs[1]  # each seed's own test split
 
 
-@pytest.mark.parametrize("kind", ["pt2", "onnx", "factory"])
+@pytest.mark.parametrize("kind", ["pt2", "onnx", "factory", "weights"])
 def test_teacher_cache_does_not_serve_a_teacher_changed_since(kind, cfg, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     for seed in (0, 1):  # the same path or factory name, another network
