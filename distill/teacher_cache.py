@@ -32,7 +32,7 @@ import torch
 
 from cmcd_edge import __version__, datasets, splitting
 from cmcd_edge.datasets import Dataset
-from cmcd_edge.distill import ddp, engine, machine, onnx_teacher, rows, students, teachers
+from cmcd_edge.distill import ddp, engine, machine, onnx_teacher, rows, students, teachers, user_teacher
 from cmcd_edge.distill.config import DistillConfig
 from cmcd_edge.distill.teachers import TeacherOutputs
 from cmcd_edge.distill.user_teacher import TEACHER_FILES, teacher_sha256
@@ -51,7 +51,7 @@ def _code_sha256() -> str:
     """sha256 of the modules that build, train and run a teacher, and split and normalise its rows: an edit between
     releases (the version stays) is another teacher."""
     h = hashlib.sha256()
-    for mod in (teachers, onnx_teacher, students, engine, rows, ddp, datasets, splitting):
+    for mod in (teachers, user_teacher, onnx_teacher, students, engine, rows, ddp, datasets, splitting):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 
