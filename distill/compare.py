@@ -225,6 +225,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     extra_runs = list(methods) + ([UPPER] if upper_bound else [])
     runs: dict[str, list[dict]] = {m: [] for m in extra_runs}  # each method's metrics.json, seed by seed
     teacher_acc = []
+    teacher_shas: list[str] = []  # a --teacher file's or factory's sha256, as each seed's cached outputs record it
     made: list[dict] = []  # the machines of each run (run.json's made_on and resumed_on; none from older versions)
     loaded = None  # a --teacher file's or factory's outputs: one pass over the rows serves every seed
     done, trained, total, start = 0, 0, len(seed_list) * len(extra_runs), time.perf_counter()
@@ -250,6 +251,8 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
                  time.perf_counter() - t0)
         loaded = teacher if base.teacher != "train" else None
         teacher_acc.append(teacher.test_accuracy)
+        if "sha256" in teacher.info and teacher.info["sha256"] not in teacher_shas:
+            teacher_shas.append(teacher.info["sha256"])
         _check_kd(base, methods, teacher)  # a teacher cached before: its probe was not run here
         return teacher
 
@@ -290,6 +293,7 @@ def _compare(base: DistillConfig, methods: list[str], seeds: int, out: Path, upp
     results = {
         "data": base.data, "source": base.source, "target": base.target, "labeled_fraction": base.labeled_fraction,
         "seeds": seed_list, "teacher_test_accuracy": teacher_stats(teacher_acc),
+        "teacher": {"ref": base.teacher, "sha256": teacher_shas},  # which model a file or factory was, seed by seed
         "methods": {m: summary(runs[m]) for m in methods},
         "paired": paired(extra_runs, {m: [r["test_accuracy"] for r in runs[m]] for m in extra_runs}),
         "confused_pairs": confused_pairs([r for m in methods for r in runs[m]]),

@@ -108,7 +108,7 @@ def seeds_to_decide(mean: float, sd: float, most: int = 1000) -> int | None:
 def results_markdown(r: dict) -> str:
     sup = r["methods"].get("supervised", {}).get("test_accuracy", {}).get("mean")
     lines = [f"{r['source']} -> {r['target']} on {r['data']}, {r['labeled_fraction']:.0%} target labels, "
-             f"seeds {r['seeds']}; teacher ({r['source']}) test top-1 {_teacher_cell(r['teacher_test_accuracy'])}"
+             f"seeds {r['seeds']}; {_teacher_name(r)} test top-1 {_teacher_cell(r['teacher_test_accuracy'])}"
              + _made_on(r), "",
              f"| method | test top-1 (%) | macro-F1 (%) | val top-1 (%) | vs supervised | {_paired_head(r)} | wall s |",
              "|---|---|---|---|---|---|---|"]
@@ -123,6 +123,16 @@ def results_markdown(r: dict) -> str:
         lines.append(f"| {m} | {_pm(a)} | {_pm(f) if f else ''} | {_pm(v['val_accuracy'])} | {delta} | "
                      f"{_paired_cell(r, m)} | {wall} |")
     return "\n".join(lines + _verdict_lines(r) + _ceiling_lines(r) + _per_class_lines(r)) + "\n"
+
+
+def _teacher_name(r: dict) -> str:
+    """"teacher (fac)" for the built-in one; "teacher t.pt2 on fac (sha256 0123456789ab)" for a file or factory, so
+    two compares of two teachers saved at one path say which model each was (results.json of earlier versions holds
+    no record: read as the built-in's line)."""
+    rec = r["teacher"] if "teacher" in r else {"ref": "train", "sha256": []}
+    if rec["ref"] == "train":
+        return f"teacher ({r['source']})"
+    return f"teacher {rec['ref']} on {r['source']} (sha256 {', '.join(s[:12] for s in rec['sha256']) or '-'})"
 
 
 def _made_on(r: dict) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cmcd_edge.distill.compare import run_compare
+from cmcd_edge.distill.user_teacher import teacher_sha256
 from cmcd_edge.errors import UserError
 from tests.helpers import counted_teacher, teacher_of_kind
 
@@ -67,7 +68,9 @@ def test_compare_names_every_method_a_teacher_without_logits_cannot_serve(base, 
     r = json.loads((tmp_path / "cmp" / "results.json").read_text(), parse_constant=strict)
     assert r["teacher_test_accuracy"] == {"mean": None, "std": None, "runs": []}
     md = (tmp_path / "cmp" / "results.md").read_text()
-    assert "teacher (src) test top-1 - (no logits)" in md
+    sha = teacher_sha256(cfg.teacher)  # the file is named, and which model it was: results.md of earlier
+    assert r["teacher"] == {"ref": cfg.teacher, "sha256": [sha]}  # versions read 'teacher (src)' for any teacher
+    assert f"teacher {cfg.teacher} on src (sha256 {sha[:12]}) test top-1 - (no logits)" in md
     row = next(ln for ln in md.splitlines() if ln.startswith("| cmd |")).split(" | ")
     acc, wall = r["methods"]["cmd"]["test_accuracy"]["mean"], r["methods"]["cmd"]["wall_s"]
     assert row[1] == f"{100 * acc:.1f}"  # was '... +- 0.0': one seed has no spread to show
