@@ -127,14 +127,43 @@ def factory_module_sha256(ref: str) -> str | None:
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """sha256 of a module's state_dict: each tensor's name, dtype, shape and bytes in name order (a meta tensor, which
-    holds no values, by its name, dtype and shape)."""
+    """sha256 of a module's state_dict in name order: each tensor's dtype, shape and bytes (a meta tensor, which holds
+    no values, by its dtype and shape; a quantized one by its integers and quantization parameters); what else a
+    state_dict may hold (a quantized Linear's packed (weight, bias) tuple, a module's extra state) entry by entry,
+    and plain values by their repr (an object whose repr is its address, by its type)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
-        if not t.is_meta and t.numel():
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for name, value in sorted(model.state_dict().items()):
+        h.update(f"{name}\n".encode())
+        _digest(h, value)
     return h.hexdigest()
+
+
+def _digest(h, value) -> None:
+    if isinstance(value, torch.Tensor):
+        h.update(f"tensor|{value.dtype}|{list(value.shape)}\n".encode())
+        if value.is_meta or not value.numel():
+            return
+        t = value.detach().cpu()
+        if t.is_quantized:
+            scales = (t.q_per_channel_scales(), t.q_per_channel_zero_points()) if t.qscheme() in (
+                torch.per_channel_affine, torch.per_channel_symmetric) else (t.q_scale(), t.q_zero_point())
+            _digest(h, scales)
+            t = t.int_repr()
+        elif t.layout != torch.strided:
+            t = t.to_dense()
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, (tuple, list)):
+        h.update(f"{type(value).__name__}|{len(value)}\n".encode())
+        for v in value:
+            _digest(h, v)
+    elif isinstance(value, dict):
+        h.update(f"dict|{len(value)}\n".encode())
+        for k in sorted(value, key=repr):
+            h.update(f"{k!r}\n".encode())
+            _digest(h, value[k])
+    else:  # an object whose repr is its address would make every build another teacher: its type alone
+        shown = repr(value)
+        h.update(f"{type(value).__qualname__}|{'' if ' at 0x' in shown else shown}\n".encode())
 
 
 def _factory_sha256(source: str, model) -> str:

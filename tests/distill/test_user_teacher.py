@@ -124,6 +124,36 @@ def test_weights_sha256_reads_names_dtypes_shapes_and_values():
     assert user_teacher.weights_sha256(meta) == user_teacher.weights_sha256(torch.nn.Linear(4, 3, device="meta"))
 
 
+def test_weights_sha256_reads_a_state_dict_beyond_tensors():
+    """Was: an AttributeError (a traceback) for a factory returning a dynamically quantized model, whose state_dict
+    holds a (weight, bias) tuple and a torch.dtype, or a module with extra state."""
+
+    def quantized(seed: int):
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates its quantized tensors
+            return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 4)),
+                                                          {torch.nn.Linear}, dtype=torch.qint8)
+
+    assert user_teacher.weights_sha256(quantized(0)) == user_teacher.weights_sha256(quantized(0))
+    assert user_teacher.weights_sha256(quantized(0)) != user_teacher.weights_sha256(quantized(1))
+
+    class Extra(torch.nn.Module):
+        def __init__(self, state) -> None:
+            super().__init__()
+            self.state = state
+
+        def get_extra_state(self):
+            return self.state
+
+        def set_extra_state(self, state) -> None:
+            self.state = state
+
+    assert user_teacher.weights_sha256(Extra({"vocab": ["a"]})) == user_teacher.weights_sha256(Extra({"vocab": ["a"]}))
+    assert user_teacher.weights_sha256(Extra({"vocab": ["a"]})) != user_teacher.weights_sha256(Extra({"vocab": ["b"]}))
+    assert user_teacher.weights_sha256(Extra(object())) == user_teacher.weights_sha256(Extra(object()))  # not its address
+
+
 def test_teacher_replaced_sees_new_weights_and_takes_a_module_only_record(tmp_path, monkeypatch):
     """A factory's key covers the checkpoint it loads (was: its module source alone, so a retrained checkpoint saved
     over the old one served the old teacher's cached outputs). A record of an earlier version, keyed by the module
