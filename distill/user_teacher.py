@@ -38,8 +38,11 @@ class _External(nn.Module):
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
+        self.dtype = weights_dtype(model)  # a half or bfloat16 teacher gets its batches in its own dtype
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if self.dtype is not None and x.is_floating_point() and x.dtype != self.dtype:
+            x = x.to(self.dtype)
         out = self.model(x)
         if isinstance(out, dict):
             if "embedding" not in out:
@@ -52,6 +55,18 @@ class _External(nn.Module):
         return None, out
 
 
+def weights_dtype(model) -> torch.dtype | None:
+    """The floating dtype of a torch teacher's first floating parameter (or buffer) when it is not float32: a model
+    loaded in float16 or bfloat16 to fit a GPU, whose first layer would refuse float32 batches. None otherwise (a
+    float32 model, a plain callable, an ONNX session, which casts to its input's dtype itself)."""
+    if not isinstance(model, nn.Module):
+        return None
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype if t.dtype != torch.float32 else None
+    return None
+
+
 def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: torch.device,
                  preload: str = "auto", dist: ddp.Dist = ddp.Dist(),
                  check: Callable[[TeacherOutputs], None] | None = None) -> TeacherOutputs:
@@ -61,6 +76,10 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
     teacher the run cannot use fails before the pass over every row."""
     model, info = _load_external(ref, device)
     net = _External(model)
+    if net.dtype is not None:
+        name = str(net.dtype).removeprefix("torch.")
+        log.info("teacher: %s weights: the source batches are cast to %s, its outputs read as float32", name, name)
+        info = {**info, "input_dtype": name}
     x = ViewRows.open(ds.view(source), device, preload, ranks=dist.world, what=f"--source {source}")
     try:
         with torch.no_grad():

@@ -187,3 +187,32 @@ def test_a_loaded_teacher_gets_the_stored_values_unnormalised(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     out = user_teacher.load_teacher("identity_teacher:make", ds, "cam", make_splits(ds, 0), torch.device("cpu"))
     assert out.emb.dtype == torch.float32 and torch.equal(out.emb, torch.from_numpy(img.reshape(60, -1).astype("float32")))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_teacher_gets_batches_in_its_dtype(dtype, tmp_path, monkeypatch, caplog):
+    """A pretrained teacher loaded in bfloat16 or float16 (to fit a GPU) is fed its own dtype, and its outputs are
+    kept as float32. Was: '--teacher ...: fails on a source batch of shape [2, 16]: mat1 and mat2 must have the same
+    dtype, but got Float and BFloat16'."""
+    import numpy as np
+
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+    from cmcd_edge.splitting import make_splits
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(60, 16)).astype(np.float32)
+    ds = datasets.write_dataset(tmp_path / "d", {"src": ViewSpec(src, "vector"), "tgt": ViewSpec(src[:, :3], "vector")},
+                                np.arange(60) % 3, ["a", "b", "c"])
+    name = f"half_teacher_{str(dtype).removeprefix('torch.')}"
+    (tmp_path / f"{name}.py").write_text(f"import torch\ndef make():\n    torch.manual_seed(0)\n"
+                                         f"    return torch.nn.Linear(16, 8).to({dtype})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    caplog.set_level("INFO", logger="cmcd_edge.distill.user_teacher")
+    out = user_teacher.load_teacher(f"{name}:make", ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    torch.manual_seed(0)
+    want = torch.nn.Linear(16, 8).to(dtype)(torch.from_numpy(src).to(dtype)).float()
+    assert out.emb.dtype == torch.float32 and torch.equal(out.emb, want.detach())
+    assert out.info["input_dtype"] == str(dtype).removeprefix("torch.")
+    assert any("source batches are cast to" in r.getMessage() for r in caplog.records)
+    assert user_teacher.weights_dtype(torch.nn.Linear(2, 2)) is None and user_teacher.weights_dtype(lambda x: x) is None
