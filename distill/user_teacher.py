@@ -88,7 +88,11 @@ def load_teacher(ref: str, ds: Dataset, source: str, splits: Splits, device: tor
         raise UserError(f"--teacher {ref}: fails on a source batch of shape {list(x[:2].shape)}: {exc}") from exc
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 2:
         shape = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
-        raise UserError(f"--teacher {ref}: a batch of 2 gave an embedding of shape {shape}; expected [2, D]")
+        pool = (": a feature map or a token sequence; pool it to [B, D] inside the model (a CNN's map: "
+                "torch.nn.Sequential(backbone, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()); a transformer's "
+                "tokens: their mean or the first one)") if isinstance(probe, torch.Tensor) and probe.ndim > 2 and \
+            probe.shape[0] == 2 else ""
+        raise UserError(f"--teacher {ref}: a batch of 2 gave an embedding of shape {shape}; expected [2, D]{pool}")
     if probe_logits is not None and (probe_logits.ndim != 2 or probe_logits.shape[1] != ds.n_classes):
         k = probe_logits.shape[-1] if probe_logits.ndim else 0
         log.warning("teacher logits have %d classes, the data %d: logits ignored", k, ds.n_classes)

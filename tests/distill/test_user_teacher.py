@@ -216,3 +216,22 @@ def test_a_half_precision_teacher_gets_batches_in_its_dtype(dtype, tmp_path, mon
     assert out.info["input_dtype"] == str(dtype).removeprefix("torch.")
     assert any("source batches are cast to" in r.getMessage() for r in caplog.records)
     assert user_teacher.weights_dtype(torch.nn.Linear(2, 2)) is None and user_teacher.weights_dtype(lambda x: x) is None
+
+
+def test_a_teacher_giving_a_feature_map_is_told_to_pool_it(tmp_path):
+    """A backbone's [B, C, H, W] map (or a transformer's [B, T, D] tokens) is refused with the pooling to add."""
+    import numpy as np
+
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+    from cmcd_edge.errors import UserError
+    from cmcd_edge.splitting import make_splits
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(30, 16)).astype(np.float32)
+    ds = datasets.write_dataset(tmp_path / "d", {"src": ViewSpec(src, "vector"), "tgt": ViewSpec(src[:, :3], "vector")},
+                                np.arange(30) % 3, ["a", "b", "c"])
+    save_exported(torch.nn.Unflatten(1, (4, 2, 2)).eval(), tmp_path / "map.pt2")  # (B, 16) -> (B, 4, 2, 2)
+    with pytest.raises(UserError, match=re.escape("gave an embedding of shape [2, 4, 2, 2]; expected [2, D]: a feature "
+                                                  "map or a token sequence; pool it to [B, D] inside the model")):
+        user_teacher.load_teacher(str(tmp_path / "map.pt2"), ds, "src", make_splits(ds, 0), torch.device("cpu"))
