@@ -174,17 +174,47 @@ def embed_rows(net: nn.Module, x: ViewRows, batch: int, dist: ddp.Dist,
     share = ddp.rank_share(batches, dist)
     gather = len(share) < len(batches)
     embs, logits = [], []
+    fits = _RowsThatFit()
     with progress.RowsProgress("teacher outputs", sum(s.stop - s.start for s in share), show=dist.main) as bar:
         for s in share:
-            lo, e = net.forward_both(x[s])
-            if with_logits and lo is None:
-                raise UserError(f"teacher returned no logits for rows {s.start}-{s.stop - 1} after giving them for "
-                                "others")
-            embs.append(e.float() if gather else e.float().cpu())  # kept on the device until the ranks' shares meet
-            if with_logits:
-                logits.append(lo.float() if gather else lo.float().cpu())
-            bar.update(s.stop - s.start)
+            for part, (lo, e) in fits.forward(net, x, s):
+                if with_logits and lo is None:
+                    raise UserError(f"teacher returned no logits for rows {part.start}-{part.stop - 1} after giving "
+                                    "them for others")
+                embs.append(e.float() if gather else e.float().cpu())  # on the device until the ranks' shares meet
+                if with_logits:
+                    logits.append(lo.float() if gather else lo.float().cpu())
+                bar.update(part.stop - part.start)
     emb, lo = torch.cat(embs), torch.cat(logits) if with_logits else None
     if gather:
         emb, lo = ddp.all_ranks(emb).cpu(), None if lo is None else ddp.all_ranks(lo).cpu()
     return emb, lo
+
+
+class _RowsThatFit:
+    """Runs a teacher over a slice of rows in parts that fit the GPU: on CUDA's out-of-memory error the part halves
+    (and stays halved for the slices after), so a large user teacher on a small GPU goes on instead of failing
+    after its probe; one warning says at what size. Until then each slice is one part, as it always was (the bits
+    depend on the batch). Rows keep their order; a row that does not fit alone fails in one line."""
+
+    def __init__(self) -> None:
+        self.rows: int | None = None  # no limit until the GPU runs out
+
+    def forward(self, net: nn.Module, x: ViewRows, s: slice):
+        start = s.start
+        while start < s.stop:
+            part = slice(start, s.stop if self.rows is None else min(start + self.rows, s.stop))
+            try:
+                out = net.forward_both(x[part])
+            except torch.OutOfMemoryError as exc:
+                size = part.stop - part.start
+                if size == 1:
+                    raise UserError(f"teacher: out of GPU memory on a single row ({str(exc).strip().splitlines()[0][:200]}"
+                                    "): run it on a larger GPU or on the CPU (--device cpu)") from exc
+                self.rows = max(1, size // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("teacher: out of GPU memory at %d rows a batch: going on with %d", size, self.rows)
+                continue
+            yield part, out
+            start = part.stop

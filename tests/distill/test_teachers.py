@@ -75,3 +75,38 @@ def test_train_teacher_takes_its_optimiser_and_patience_from_the_config(toy, tmp
     assert float(runs["default"][0]["lr"]) == pytest.approx(2e-3, rel=0.05)
     assert float(runs["set"][0]["lr"]) == pytest.approx(5e-4, rel=0.05)
     assert len(runs["set"]) < len(runs["default"]) == 12  # patience 1 stopped early; 20 ran all 12 epochs
+
+
+def test_teacher_pass_halves_its_batch_on_gpu_out_of_memory(tmp_path, monkeypatch, caplog):
+    """A user teacher too large for the GPU at the batch it is given (its activations are unknown beforehand) goes on
+    at half the rows, then half again, with one warning each time; the outputs are those of a pass that fitted. A
+    teacher that cannot take one row fails in one line. (CUDA's error is raised by the teacher here: no GPU in CI.)"""
+    import numpy as np
+
+    from cmcd_edge import datasets
+    from cmcd_edge.datasets import ViewSpec
+    from cmcd_edge.distill import user_teacher
+    from cmcd_edge.errors import UserError
+    from cmcd_edge.splitting import make_splits
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(60, 16)).astype(np.float32)
+    ds = datasets.write_dataset(tmp_path / "d", {"src": ViewSpec(src, "vector"), "tgt": ViewSpec(src[:, :3], "vector")},
+                                np.arange(60) % 3, ["a", "b", "c"])
+    (tmp_path / "big_teacher.py").write_text(
+        "import torch\nFITS = [lambda n: n <= 7]\ndef make():\n    def run(x):\n        if not FITS[0](len(x)):\n"
+        "            raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
+        "        return x * 2.0\n    return run\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(user_teacher, "EXTERNAL_BATCH_BYTES", 30 * 16 * 4)  # 30 rows a batch
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.teachers")
+    out = user_teacher.load_teacher("big_teacher:make", ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    assert torch.equal(out.emb, torch.from_numpy(src) * 2.0)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["teacher: out of GPU memory at 30 rows a batch: going on with 15",
+                    "teacher: out of GPU memory at 15 rows a batch: going on with 7"], said
+    import big_teacher
+
+    big_teacher.FITS[0] = lambda n: n == 2  # the probe's rows pass, no part of the pass fits
+    with pytest.raises(UserError, match=r"out of GPU memory on a single row \(CUDA out of memory\. Tried"):
+        user_teacher.load_teacher("big_teacher:make", ds, "src", make_splits(ds, 0), torch.device("cpu"))
