@@ -54,6 +54,9 @@ def _tensors(graph):
                 yield from _tensors(g)
 
 
+_OUT_OF_MEMORY = ("failed to allocate memory", "out of memory")  # onnxruntime's arena; CUDA's error 2
+
+
 class OnnxTeacher:
     """Callable on a batch of source rows (a torch tensor, float32): the embedding, or (embedding, logits), as torch
     tensors on the batch's device. A batch size fixed in the graph (a model exported for one row) is fed in chunks of
@@ -102,6 +105,14 @@ class OnnxTeacher:
             raise ValueError(f"its input {self.input.name!r} takes rows of shape {want}, the source rows are "
                              f"{list(shape)}{hint}")
 
+    def _run(self, chunk: np.ndarray) -> list[np.ndarray]:
+        try:
+            return self.session.run(self.outputs, {self.input.name: chunk})
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own RuntimeException)
+            if any(m in str(exc).lower() for m in _OUT_OF_MEMORY):  # the teacher pass halves its batch, as for torch
+                raise torch.OutOfMemoryError(str(exc).strip().splitlines()[0]) from exc
+            raise
+
     def __call__(self, x: torch.Tensor):
         self._check_shape(tuple(x.shape[1:]))
         rows = x.detach().cpu().numpy().astype(self.dtype, copy=False)
@@ -112,7 +123,7 @@ class OnnxTeacher:
             chunk = rows[i:i + step]
             if chunk.shape[0] < step:  # the last chunk of a fixed batch: padded with zeros, their outputs dropped
                 chunk = np.concatenate([chunk, np.zeros((step - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)])
-            parts.append(self.session.run(self.outputs, {self.input.name: chunk}))
+            parts.append(self._run(chunk))
         out = tuple(torch.from_numpy(np.concatenate([p[k] for p in parts])[:n].astype(np.float32)).to(x.device)
                     for k in range(len(self.outputs)))
         return out if len(out) > 1 else out[0]

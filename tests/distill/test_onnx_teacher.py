@@ -177,3 +177,42 @@ def test_onnx_teacher_of_channels_last_images_is_refused_with_the_transpose_hint
     with pytest.raises(UserError, match=r"its input 'x' takes rows of shape \[8, 8, 3\], the source rows are \[3, 8, 8\] "
                                         r"\(a channels-last graph: tf2onnx --inputs-as-nchw transposes it\)$"):
         user_teacher.load_teacher(str(tmp_path / "t.onnx"), ds, "cam", make_splits(ds, 0), torch.device("cpu"))
+
+
+def test_onnx_teacher_out_of_memory_halves_the_teacher_batch(ds, tmp_path, monkeypatch, caplog):
+    """onnxruntime's arena error under its CUDA provider ('Failed to allocate memory for requested buffer') becomes
+    torch's out-of-memory error, so the teacher pass halves its batch as for a torch teacher; other errors pass as
+    they are. (Raised by a wrapped session here: no GPU in CI.)"""
+    from cmcd_edge.distill import onnx_teacher
+
+    class RuntimeException(Exception):  # onnxruntime's own type, by name
+        pass
+
+    made = onnx_teacher.OnnxTeacher.__init__
+
+    def small_gpu(self, path, device):
+        made(self, path, device)
+        real = self.session
+
+        class Session:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def run(self, names, feed):
+                if len(next(iter(feed.values()))) > 30:
+                    raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned "
+                                           "while running Gemm node. Failed to allocate memory for requested buffer "
+                                           "of size 1073741824")
+                return real.run(names, feed)
+
+        self.session = Session()
+
+    monkeypatch.setattr(onnx_teacher.OnnxTeacher, "__init__", small_gpu)
+    path = save_onnx_linear(W, B, tmp_path / "t.onnx")
+    caplog.set_level("WARNING", logger="cmcd_edge.distill.teachers")
+    out = user_teacher.load_teacher(str(path), ds, "src", make_splits(ds, 0), torch.device("cpu"))
+    src = torch.from_numpy(np.array(ds.view("src")[:], np.float32))
+    torch.testing.assert_close(out.emb, src @ torch.from_numpy(W).T + torch.from_numpy(B))
+    assert [r.getMessage() for r in caplog.records] == ["teacher: out of GPU memory at 120 rows a batch: going on "
+                                                        "with 60", "teacher: out of GPU memory at 60 rows a batch: "
+                                                        "going on with 30"]
