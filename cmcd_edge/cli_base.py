@@ -69,8 +69,22 @@ class Group(click.Group):
             peer = _peer_gone(exc)
             if peer is not None:
                 raise click.ClickException(peer) from None
+            gpu = _gpu_out_of_memory(exc)
+            if gpu is not None:
+                raise click.ClickException(gpu) from None
             raise click.ClickException(one_line(f"internal error: {type(exc).__name__}: {exc}") + " (rerun with --debug)"
                                        ) from None
+
+
+def _gpu_out_of_memory(exc: BaseException) -> str | None:
+    """torch's CUDA out-of-memory error (known by its type, as this module imports no torch) as advice: training
+    has no backoff (the teacher pass over the rows has one)."""
+    kind = type(exc)
+    if kind.__name__ != "OutOfMemoryError" or not kind.__module__.startswith("torch"):
+        return None
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "no detail"
+    return (f"out of GPU memory ({first}): lower --batch-size (the built-in teacher's: teacher_batch_size in "
+            "--config), or run with --device cpu")
 
 
 INTERRUPT_HINT = "cmcd_edge.interrupt_hint"

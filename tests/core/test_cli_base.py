@@ -78,3 +78,21 @@ def test_peer_gone_names_the_other_rank_only_under_torchrun(monkeypatch, world, 
 ])
 def test_one_line_keeps_the_first_line_and_the_cause(text, line):
     assert one_line(text) == line
+
+
+def test_gpu_out_of_memory_is_one_line_of_advice(monkeypatch, tmp_path):
+    """Was: 'internal error: OutOfMemoryError: CUDA out of memory. Tried to allocate ...' (rerun with --debug)."""
+    import torch
+
+    from cmcd_edge.distill import pipeline
+
+    def short_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.6 GiB total)\nmore")
+
+    monkeypatch.setattr(pipeline, "run_distill", short_of_memory)
+    res = invoke_cli("distill", "--data", "builtin:mfeat", "--source", "fac", "--target", "zer", "--out",
+                     str(tmp_path / "run"))
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == ("Error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; "
+                                  "7.6 GiB total)): lower --batch-size (the built-in teacher's: teacher_batch_size in "
+                                  "--config), or run with --device cpu")
