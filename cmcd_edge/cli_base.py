@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from cmcd_edge.errors import CmcdError, UserError
+from cmcd_edge.errors import CmcdError, UserError, first_line
 from cmcd_edge.launch import launched_as
 from cmcd_edge.registry import check_unique
 
@@ -82,8 +82,7 @@ def _gpu_out_of_memory(exc: BaseException) -> str | None:
     kind = type(exc)
     if kind.__name__ != "OutOfMemoryError" or not kind.__module__.startswith("torch"):
         return None
-    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "no detail"
-    return (f"out of GPU memory ({first}): lower --batch-size (the built-in teacher's: teacher_batch_size in "
+    return (f"out of GPU memory ({first_line(exc, 160)}): lower --batch-size (the built-in teacher's: teacher_batch_size in "
             "--config), or run with --device cpu")
 
 

@@ -10,6 +10,7 @@ from cmcd_edge.runtime.errors import (
     InputShapeError,
     OutputBusy,
     UserError,
+    first_line,
     missing_extra,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "InputShapeError",
     "OutputBusy",
     "UserError",
+    "first_line",
     "missing_extra",
 ]

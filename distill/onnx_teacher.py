@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmcd_edge.errors import CmcdError, UserError
+from cmcd_edge.errors import CmcdError, UserError, first_line
 from cmcd_edge.runtime.manifest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class OnnxTeacher:
             return self.session.run(self.outputs, {self.input.name: chunk})
         except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own RuntimeException)
             if any(m in str(exc).lower() for m in _OUT_OF_MEMORY):  # the teacher pass halves its batch, as for torch
-                raise torch.OutOfMemoryError(str(exc).strip().splitlines()[0]) from exc
+                raise torch.OutOfMemoryError(first_line(exc, None)) from exc
             raise
 
     def __call__(self, x: torch.Tensor):

@@ -21,7 +21,7 @@ from cmcd_edge.datasets import Dataset, norm_stats
 from cmcd_edge.distill import ddp, engine, progress, students
 from cmcd_edge.distill.engine import TeacherTraining
 from cmcd_edge.distill.rows import ViewRows
-from cmcd_edge.errors import UserError
+from cmcd_edge.errors import UserError, first_line
 from cmcd_edge.fsutil import write_bytes, write_csv_rows, write_text
 from cmcd_edge.splitting import Splits
 
@@ -209,8 +209,8 @@ class _RowsThatFit:
             except torch.OutOfMemoryError as exc:
                 size = part.stop - part.start
                 if size == 1:
-                    raise UserError(f"teacher: out of GPU memory on a single row ({str(exc).strip().splitlines()[0][:200]}"
-                                    "): run it on a larger GPU or on the CPU (--device cpu)") from exc
+                    raise UserError(f"teacher: out of GPU memory on a single row ({first_line(exc)}): run it on a "
+                                    "larger GPU or on the CPU (--device cpu)") from exc
                 self.rows = max(1, size // 2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

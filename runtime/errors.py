@@ -48,6 +48,13 @@ class AccuracyGateError(CmcdError):
     """A quantized variant lost more accuracy than allowed."""
 
 
+def first_line(exc: BaseException | str, limit: int | None = 200) -> str:
+    """The first non-blank line of an error's message (a library's, to quote in one of ours), cut to ``limit``
+    characters; "no detail" when it has none."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else "no detail"
+
+
 def missing_extra(module: str, extra: str) -> EnvironmentFailure:
     """The error for an optional dependency that is not installed."""
     return EnvironmentFailure(f"this needs {module}, which is not installed: pip install 'cmcd-edge[{extra}]'")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmcd_edge.runtime.errors import BundleError, EnvironmentFailure
+from cmcd_edge.runtime.errors import BundleError, EnvironmentFailure, first_line
 
 PROVIDER_FOR_BACKEND = {"ort-tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
                         "cpu": "CPUExecutionProvider"}
@@ -51,8 +51,7 @@ def make_session(path: str | os.PathLike, backend: str = "cpu", threads: int | N
     try:
         return ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own untyped errors for bad files)
-        msg = str(exc).splitlines()[0][:200]
-        raise BundleError(f"{path}: onnxruntime cannot load it ({msg})") from exc
+        raise BundleError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from exc
 
 
 def run_batched(session, x: np.ndarray, batch: int = 256, output: str | None = None) -> np.ndarray:
